@@ -1,0 +1,42 @@
+// Shared by the host compiler and nvcc: the macro that lets one piece of math serve both backends.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__CUDACC__)
+#define OMNIFAST_HD __host__ __device__ __forceinline__
+#else
+#define OMNIFAST_HD inline
+#endif
+
+// Loop unrolling hint for nvcc; host compilers unroll on their own and would warn about it.
+#if defined(__CUDA_ARCH__)
+#define OMNIFAST_UNROLL _Pragma("unroll")
+#else
+#define OMNIFAST_UNROLL
+#endif
+
+// Loop over the first `count` of a chunk of VEC channels. On the device the trip count is the
+// constant VEC (fully unrolled, so per-channel arrays live in registers); on the host it is
+// `count` (a plain loop the compiler vectorises).
+#if defined(__CUDA_ARCH__)
+#define OMNIFAST_CHANNEL_LOOP(v, count, VEC) \
+  _Pragma("unroll") for (int v = 0; v < (VEC); ++v) if (v < (count))
+#else
+#define OMNIFAST_CHANNEL_LOOP(v, count, VEC) for (int v = 0; v < (count); ++v)
+#endif
+
+namespace omnifast {
+
+// Floor that is defined for the whole float range (callers range-check before casting to an index).
+template <typename T>
+OMNIFAST_HD T floor_of(T x) {
+#if defined(__CUDA_ARCH__)
+  return ::floor(x);
+#else
+  return std::floor(x);
+#endif
+}
+
+}  // namespace omnifast

@@ -1,0 +1,47 @@
+// The omnifast operator library: every schema lives here. Implementations register per dispatch
+// key next to their glue (csrc/<op>/<op>_ops.cpp); autograd and fake kernels are registered in
+// Python (omnifast/ops/).
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+#ifndef OMNIFAST_CUDA_ARCHS
+#define OMNIFAST_CUDA_ARCHS ""
+#endif
+
+namespace omnifast {
+namespace {
+
+// Which backends this binary carries, for omnifast.info(): "cpu" or "cpu,cuda:<archs>".
+std::string build_info() {
+#ifdef OMNIFAST_WITH_CUDA
+  return std::string("cpu,cuda:") + OMNIFAST_CUDA_ARCHS;
+#else
+  return "cpu";
+#endif
+}
+
+}  // namespace
+}  // namespace omnifast
+
+TORCH_LIBRARY(omnifast, m) {
+  m.def("build_info() -> str", &omnifast::build_info);
+  // axes: 3 x dims coordinate components (plane-major); scale: 3 factors (2 / box_warp);
+  // reduce: 0 none ([N, 3, M, C]), 1 sum, 2 mean ([N, M, C]).
+  m.def("triplane_sample(Tensor planes, Tensor coords, int[] axes, float[] scale, int reduce)"
+        " -> Tensor");
+  m.def("triplane_sample_backward(Tensor grad_out, Tensor planes, Tensor coords, int[] axes,"
+        " float[] scale, int reduce, bool want_planes, bool want_coords) -> (Tensor, Tensor)");
+  m.def("triplane_sample_double_backward(Tensor? grad_grad_planes, Tensor? grad_grad_coords,"
+        " Tensor grad_out, Tensor planes, Tensor coords, int[] axes, float[] scale, int reduce,"
+        " bool want_grad_out, bool want_planes, bool want_coords) -> (Tensor, Tensor, Tensor)");
+}
+
+// Importing omnifast._C loads this library so the registrations above run; the module itself is
+// empty (no pybind11, no CPython API beyond this).
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
+                                      nullptr,               nullptr, nullptr, nullptr};
+  return PyModule_Create(&module);
+}

@@ -1,0 +1,134 @@
+// CPU loops over the shared tri-plane math (triplane.h).
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include "triplane_launch.h"
+
+namespace omnifast {
+namespace {
+
+// One CPU worker handles every channel of a point, VEC channels at a time (one chunk for C <= 32).
+constexpr int kCpuVec = 32;
+constexpr ChunkRange kAllChunks{0, 1};
+constexpr int64_t kPointGrain = 256;
+
+template <typename acc_t>
+struct PlainAdd {
+  void operator()(acc_t* dst, const acc_t* val, int count) const {
+    for (int v = 0; v < count; ++v) dst[v] += val[v];
+  }
+};
+
+template <typename Body>
+void for_each_point(const TriplaneShape& s, Body&& body) {
+  at::parallel_for(0, s.batch * s.points, kPointGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) body(i / s.points, i % s.points);
+  });
+}
+
+// Plane gradients: one worker per (batch item, plane) walks the points in order, so the sum is
+// race-free and bitwise reproducible.
+template <typename Body>
+void for_each_plane_in_point_order(const TriplaneShape& s, Body&& body) {
+  at::parallel_for(0, s.batch * 3, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t np = begin; np < end; ++np)
+      for (int64_t m = 0; m < s.points; ++m) body(np / 3, static_cast<int>(np % 3), m);
+  });
+}
+
+template <int DIMS, typename T>
+void forward(const TriplaneShape& s, const TriplaneTensors& t) {
+  auto planes = static_cast<const T*>(t.planes);
+  auto coords = static_cast<const T*>(t.coords);
+  auto out = static_cast<T*>(t.out);
+  for_each_point(s, [&](int64_t n, int64_t m) {
+    triplane_forward_point<DIMS, kCpuVec, T, T>(s, planes, coords, t.coord_strides, out, n, m,
+                                                 kAllChunks);
+  });
+}
+
+template <int DIMS, typename T>
+void backward(const TriplaneShape& s, const TriplaneTensors& t) {
+  auto grad_out = static_cast<const T*>(t.grad_out);
+  auto planes = static_cast<const T*>(t.planes);
+  auto coords = static_cast<const T*>(t.coords);
+  auto grad_coords = static_cast<T*>(t.grad_coords);
+  auto grad_planes = static_cast<T*>(t.grad_planes);
+  if (grad_coords != nullptr) {
+    for_each_point(s, [&](int64_t n, int64_t m) {
+      T* dst = grad_coords + (n * s.points + m) * 3;
+      triplane_backward_point<DIMS, kCpuVec, T, T>(s, grad_out, t.grad_strides, planes, coords,
+                                                    t.coord_strides, nullptr, true, dst, n, m, 0,
+                                                    3, kAllChunks, PlainAdd<T>());
+    });
+  }
+  if (grad_planes != nullptr) {
+    for_each_plane_in_point_order(s, [&](int64_t n, int p, int64_t m) {
+      T unused[3];
+      triplane_backward_point<DIMS, kCpuVec, T, T>(s, grad_out, t.grad_strides, planes, coords,
+                                                    t.coord_strides, grad_planes, false, unused, n,
+                                                    m, p, p + 1, kAllChunks, PlainAdd<T>());
+    });
+  }
+}
+
+template <int DIMS, typename T>
+void double_backward(const TriplaneShape& s, const TriplaneTensors& t) {
+  auto grad_out = static_cast<const T*>(t.grad_out);
+  auto planes = static_cast<const T*>(t.planes);
+  auto coords = static_cast<const T*>(t.coords);
+  auto gg_planes = static_cast<const T*>(t.gg_planes);
+  auto gg_coords = static_cast<const T*>(t.gg_coords);
+  auto grad_grad_out = static_cast<T*>(t.out);
+  auto grad_coords = static_cast<T*>(t.grad_coords);
+  auto grad_planes = static_cast<T*>(t.grad_planes);
+  if (grad_grad_out != nullptr || grad_coords != nullptr) {
+    for_each_point(s, [&](int64_t n, int64_t m) {
+      T scratch[3];
+      T* dst = grad_coords != nullptr ? grad_coords + (n * s.points + m) * 3 : scratch;
+      triplane_double_backward_point<DIMS, kCpuVec, T, T>(
+          s, grad_out, t.grad_strides, planes, coords, t.coord_strides, gg_planes, gg_coords,
+          t.gg_coord_strides, grad_grad_out, nullptr, grad_coords != nullptr, dst, n, m, 0, 3,
+          kAllChunks, PlainAdd<T>());
+    });
+  }
+  if (grad_planes != nullptr && gg_coords != nullptr) {
+    for_each_plane_in_point_order(s, [&](int64_t n, int p, int64_t m) {
+      T unused[3];
+      triplane_double_backward_point<DIMS, kCpuVec, T, T>(
+          s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr, gg_coords,
+          t.gg_coord_strides, nullptr, grad_planes, false, unused, n, m, p, p + 1, kAllChunks,
+          PlainAdd<T>());
+    });
+  }
+}
+
+// float32 and float64 on the CPU; 16-bit storage is CUDA-only (checked by the glue first).
+#define OMNIFAST_CPU_DISPATCH(FN, s, type, t)                                         \
+  do {                                                                                \
+    TORCH_CHECK(type == StorageType::kFloat32 || type == StorageType::kFloat64,        \
+                "omnifast: the CPU tri-plane kernels take float32 or float64");        \
+    const bool is_double = type == StorageType::kFloat64;                              \
+    if (s.dims == 2) {                                                                 \
+      is_double ? FN<2, double>(s, t) : FN<2, float>(s, t);                            \
+    } else {                                                                           \
+      is_double ? FN<3, double>(s, t) : FN<3, float>(s, t);                            \
+    }                                                                                  \
+  } while (0)
+
+}  // namespace
+
+void triplane_forward_cpu(const TriplaneShape& s, StorageType type, const TriplaneTensors& t) {
+  OMNIFAST_CPU_DISPATCH(forward, s, type, t);
+}
+
+void triplane_backward_cpu(const TriplaneShape& s, StorageType type, const TriplaneTensors& t) {
+  OMNIFAST_CPU_DISPATCH(backward, s, type, t);
+}
+
+void triplane_double_backward_cpu(const TriplaneShape& s, StorageType type,
+                                  const TriplaneTensors& t) {
+  OMNIFAST_CPU_DISPATCH(double_backward, s, type, t);
+}
+
+}  // namespace omnifast

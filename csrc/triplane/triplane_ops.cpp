@@ -1,0 +1,290 @@
+// Torch glue of the tri-plane sampler: checks, layout conversion, allocation, and the hand-off
+// to the CPU loops or the CUDA launchers. Registered for both dispatch keys.
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <optional>
+#include <tuple>
+
+#ifdef OMNIFAST_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+#include "../common/checks.h"
+#include "triplane_launch.h"
+
+namespace omnifast {
+namespace {
+
+constexpr const char* kOp = "triplane_sample";
+
+struct Prepared {
+  TriplaneShape shape;
+  StorageType type;
+  at::ScalarType acc_type;
+  at::Tensor planes;  // feature-last, contiguous: [N, 3, (D,) H, W, C]
+  at::Tensor coords;  // accumulation type
+};
+
+bool is_16bit(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+StorageType storage_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return StorageType::kFloat32;
+    case at::kDouble: return StorageType::kFloat64;
+    case at::kHalf: return StorageType::kFloat16;
+    default: return StorageType::kBFloat16;
+  }
+}
+
+// Feature-last copy of a [N, 3, C, (D,) H, W] tensor; free when it already is feature-last.
+at::Tensor feature_last(const at::Tensor& planes) { return planes.movedim(2, -1).contiguous(); }
+
+Prepared prepare(const at::Tensor& planes, const at::Tensor& coords, at::IntArrayRef axes,
+                 at::ArrayRef<double> scale, int64_t reduce) {
+  check_defined(kOp, "planes", planes);
+  check_defined(kOp, "coords", coords);
+  OMNIFAST_CHECK_ARG(planes.dim() == 5 || planes.dim() == 6, kOp, "planes",
+                     "[N, 3, C, H, W] or [N, 3, C, D, H, W]", shape_of(planes));
+  OMNIFAST_CHECK_ARG(planes.size(1) == 3, kOp, "planes",
+                     "three planes in dim 1 ([N, 3, C, H, W] or [N, 3, C, D, H, W])",
+                     shape_of(planes));
+  const auto dtype = planes.scalar_type();
+  OMNIFAST_CHECK_ARG(dtype == at::kFloat || dtype == at::kDouble || is_16bit(dtype), kOp,
+                     "planes", "float32, float64, float16 or bfloat16", dtype);
+  OMNIFAST_CHECK_ARG(!is_16bit(dtype) || planes.is_cuda(), kOp, "planes",
+                     "float32 or float64 on the CPU (16-bit planes are CUDA-only)", dtype);
+  OMNIFAST_CHECK_ARG(planes.is_cpu() || planes.is_cuda(), kOp, "planes", "on a CPU or CUDA device",
+                     planes.device().str());
+  check_same_device(kOp, "coords", coords, "planes", planes);
+  const int64_t N = planes.size(0);
+  OMNIFAST_CHECK_ARG(coords.dim() == 3 && coords.size(0) == N && coords.size(2) == 3, kOp,
+                     "coords", "[N, M, 3] with N = " + std::to_string(N) + " (from planes)",
+                     shape_of(coords));
+  const at::ScalarType acc_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  if (is_16bit(dtype)) {
+    OMNIFAST_CHECK_ARG(coords.scalar_type() == at::kFloat || coords.scalar_type() == dtype, kOp,
+                       "coords", "float32 or the dtype of planes", coords.scalar_type());
+  } else {
+    OMNIFAST_CHECK_ARG(coords.scalar_type() == dtype, kOp, "coords",
+                       std::string("of the dtype of planes (") + c10::toString(dtype) + ")",
+                       coords.scalar_type());
+  }
+  const int dims = static_cast<int>(planes.dim()) - 3;
+  OMNIFAST_CHECK_ARG(static_cast<int64_t>(axes.size()) == 3 * dims, kOp, "axes",
+                     std::to_string(3 * dims) + " coordinate indices (3 planes x " +
+                         std::to_string(dims) + " grid axes)",
+                     axes.size());
+  OMNIFAST_CHECK_ARG(scale.size() == 3, kOp, "scale", "3 factors", scale.size());
+  for (double f : scale)
+    OMNIFAST_CHECK_ARG(std::isfinite(f) && f != 0.0, kOp, "scale (2 / box_warp)",
+                       "finite and non-zero", f);
+  OMNIFAST_CHECK_ARG(reduce >= kReduceNone && reduce <= kReduceMean, kOp, "reduce",
+                     "0 (none), 1 (sum) or 2 (mean)", reduce);
+
+  Prepared p;
+  TriplaneShape& s = p.shape;
+  s.batch = N;
+  s.points = coords.size(1);
+  s.channels = planes.size(2);
+  s.size[0] = planes.size(-1);
+  s.size[1] = planes.size(-2);
+  s.size[2] = dims == 3 ? planes.size(3) : 1;
+  for (int a = 0; a < dims; ++a)
+    OMNIFAST_CHECK_ARG(s.size[a] > 0, kOp, "planes", "non-empty spatial sizes", shape_of(planes));
+  s.dims = dims;
+  for (int plane = 0; plane < 3; ++plane) {
+    for (int a = 0; a < 3; ++a) s.axes[plane][a] = 0;
+    for (int a = 0; a < dims; ++a) {
+      const int64_t comp = axes[plane * dims + a];
+      OMNIFAST_CHECK_ARG(comp >= 0 && comp <= 2, kOp, "axes", "coordinate indices in 0..2", comp);
+      for (int b = 0; b < a; ++b)
+        OMNIFAST_CHECK_ARG(s.axes[plane][b] != comp, kOp, "axes",
+                           "distinct coordinates within each plane", axes);
+      s.axes[plane][a] = static_cast<int>(comp);
+    }
+  }
+  for (int k = 0; k < 3; ++k) s.scale[k] = scale[k];
+  s.reduce = static_cast<int>(reduce);
+  p.type = storage_type(dtype);
+  p.acc_type = acc_type;
+  p.planes = feature_last(planes);
+  p.coords = coords.to(acc_type);
+  return p;
+}
+
+CoordStrides coord_strides(const at::Tensor& c) {
+  return CoordStrides{c.stride(0), c.stride(1), c.stride(2)};
+}
+
+std::vector<int64_t> output_shape(const TriplaneShape& s) {
+  if (s.reduce == kReduceNone) return {s.batch, 3, s.points, s.channels};
+  return {s.batch, s.points, s.channels};
+}
+
+// Checks grad_out against the forward's output and returns its strides as [N, 3, M, C]
+// (plane stride 0 for a reduced output, which every plane reads).
+PointChannelStrides grad_strides(const Prepared& p, const at::Tensor& planes,
+                                 const at::Tensor& grad_out) {
+  check_defined(kOp, "grad_out", grad_out);
+  check_same_device(kOp, "grad_out", grad_out, "planes", planes);
+  check_shape(kOp, "grad_out", grad_out, output_shape(p.shape));
+  OMNIFAST_CHECK_ARG(grad_out.scalar_type() == planes.scalar_type(), kOp, "grad_out",
+                     "of the dtype of planes", grad_out.scalar_type());
+  if (p.shape.reduce == kReduceNone)
+    return {grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), grad_out.stride(3)};
+  return {grad_out.stride(0), 0, grad_out.stride(1), grad_out.stride(2)};
+}
+
+// Zero-filled plane gradient in the accumulation type, feature-last like the kernels read.
+at::Tensor plane_grad_buffer(const Prepared& p) {
+  return at::zeros(p.planes.sizes(), p.planes.options().dtype(p.acc_type));
+}
+
+// The feature-last gradient seen in the planes' own layout and dtype.
+at::Tensor as_plane_grad(const at::Tensor& buffer, const at::Tensor& planes) {
+  return buffer.movedim(-1, 2).to(planes.scalar_type());
+}
+
+at::Tensor nothing(const at::Tensor& like) { return at::empty({0}, like.options()); }
+
+template <typename CpuFn, typename CudaFn>
+void run(const at::Tensor& planes, CpuFn cpu, CudaFn cuda) {
+  if (planes.is_cpu()) {
+    cpu();
+    return;
+  }
+#ifdef OMNIFAST_WITH_CUDA
+  const c10::cuda::CUDAGuard guard(planes.device());
+  const char* err = cuda(static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
+  TORCH_CHECK(err == nullptr, "omnifast.", kOp, ": CUDA kernel launch failed: ", err);
+#else
+  (void)cuda;
+  TORCH_CHECK(false, "omnifast.", kOp,
+              ": this build has no CUDA kernels; reinstall with OMNIFAST_CUDA=1 and nvcc");
+#endif
+}
+
+// Plane gradients on CUDA are summed with atomics; under torch.use_deterministic_algorithms this
+// raises (or warns with warn_only), as PyTorch's own grid_sample backward does.
+void alert_if_nondeterministic(const at::Tensor& planes) {
+  if (planes.is_cuda())
+    at::globalContext().alertNotDeterministic(
+        "omnifast.triplane_sample backward (plane gradient) on CUDA");
+}
+
+at::Tensor triplane_sample(const at::Tensor& planes, const at::Tensor& coords,
+                           at::IntArrayRef axes, at::ArrayRef<double> scale, int64_t reduce) {
+  const Prepared p = prepare(planes, coords, axes, scale, reduce);
+  at::Tensor out = at::empty(output_shape(p.shape), planes.options());
+  TriplaneTensors t;
+  t.planes = p.planes.data_ptr();
+  t.coords = p.coords.data_ptr();
+  t.coord_strides = coord_strides(p.coords);
+  t.out = out.data_ptr();
+  run(
+      planes, [&] { triplane_forward_cpu(p.shape, p.type, t); },
+      [&](void* stream) { return triplane_forward_cuda(p.shape, p.type, t, stream); });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> triplane_sample_backward(
+    const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& coords,
+    at::IntArrayRef axes, at::ArrayRef<double> scale, int64_t reduce, bool want_planes,
+    bool want_coords) {
+  const Prepared p = prepare(planes, coords, axes, scale, reduce);
+  TriplaneTensors t;
+  t.grad_strides = grad_strides(p, planes, grad_out);
+  t.grad_out = grad_out.data_ptr();
+  t.planes = p.planes.data_ptr();
+  t.coords = p.coords.data_ptr();
+  t.coord_strides = coord_strides(p.coords);
+  at::Tensor grad_planes, grad_coords;
+  if (want_planes) {
+    alert_if_nondeterministic(planes);
+    grad_planes = plane_grad_buffer(p);
+    t.grad_planes = grad_planes.data_ptr();
+  }
+  if (want_coords) {
+    grad_coords = at::empty({p.shape.batch, p.shape.points, 3}, p.coords.options());
+    t.grad_coords = grad_coords.data_ptr();
+  }
+  if (want_planes || want_coords)
+    run(
+        planes, [&] { triplane_backward_cpu(p.shape, p.type, t); },
+        [&](void* stream) { return triplane_backward_cuda(p.shape, p.type, t, stream); });
+  return {want_planes ? as_plane_grad(grad_planes, planes) : nothing(planes),
+          want_coords ? grad_coords.to(coords.scalar_type()) : nothing(coords)};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
+    const std::optional<at::Tensor>& grad_grad_planes,
+    const std::optional<at::Tensor>& grad_grad_coords, const at::Tensor& grad_out,
+    const at::Tensor& planes, const at::Tensor& coords, at::IntArrayRef axes,
+    at::ArrayRef<double> scale, int64_t reduce, bool want_grad_out, bool want_planes,
+    bool want_coords) {
+  const Prepared p = prepare(planes, coords, axes, scale, reduce);
+  TriplaneTensors t;
+  t.grad_strides = grad_strides(p, planes, grad_out);
+  t.grad_out = grad_out.data_ptr();
+  t.planes = p.planes.data_ptr();
+  t.coords = p.coords.data_ptr();
+  t.coord_strides = coord_strides(p.coords);
+  at::Tensor gg_planes, gg_coords;
+  if (grad_grad_planes.has_value() && grad_grad_planes->defined()) {
+    check_same_device(kOp, "grad_grad_planes", *grad_grad_planes, "planes", planes);
+    check_shape(kOp, "grad_grad_planes", *grad_grad_planes, planes.sizes());
+    gg_planes = feature_last(grad_grad_planes->to(planes.scalar_type()));
+    t.gg_planes = gg_planes.data_ptr();
+  }
+  if (grad_grad_coords.has_value() && grad_grad_coords->defined()) {
+    check_same_device(kOp, "grad_grad_coords", *grad_grad_coords, "planes", planes);
+    check_shape(kOp, "grad_grad_coords", *grad_grad_coords, coords.sizes());
+    gg_coords = grad_grad_coords->to(p.acc_type);
+    t.gg_coords = gg_coords.data_ptr();
+    t.gg_coord_strides = coord_strides(gg_coords);
+  }
+  at::Tensor grad_grad_out, grad_planes, grad_coords;
+  if (want_grad_out) {
+    grad_grad_out = at::empty(output_shape(p.shape), planes.options());
+    t.out = grad_grad_out.data_ptr();
+  }
+  if (want_planes) {
+    grad_planes = plane_grad_buffer(p);
+    if (gg_coords.defined()) {  // planes enter the backward only through the coordinate grad
+      alert_if_nondeterministic(planes);
+      t.grad_planes = grad_planes.data_ptr();
+    }
+  }
+  if (want_coords) {
+    grad_coords = at::empty({p.shape.batch, p.shape.points, 3}, p.coords.options());
+    t.grad_coords = grad_coords.data_ptr();
+  }
+  if (t.out != nullptr || t.grad_planes != nullptr || t.grad_coords != nullptr)
+    run(
+        planes, [&] { triplane_double_backward_cpu(p.shape, p.type, t); },
+        [&](void* stream) { return triplane_double_backward_cuda(p.shape, p.type, t, stream); });
+  return {want_grad_out ? grad_grad_out : nothing(planes),
+          want_planes ? as_plane_grad(grad_planes, planes) : nothing(planes),
+          want_coords ? grad_coords.to(coords.scalar_type()) : nothing(coords)};
+}
+
+}  // namespace
+}  // namespace omnifast
+
+TORCH_LIBRARY_IMPL(omnifast, CPU, m) {
+  m.impl("triplane_sample", &omnifast::triplane_sample);
+  m.impl("triplane_sample_backward", &omnifast::triplane_sample_backward);
+  m.impl("triplane_sample_double_backward", &omnifast::triplane_sample_double_backward);
+}
+
+#ifdef OMNIFAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(omnifast, CUDA, m) {
+  m.impl("triplane_sample", &omnifast::triplane_sample);
+  m.impl("triplane_sample_backward", &omnifast::triplane_sample_backward);
+  m.impl("triplane_sample_double_backward", &omnifast::triplane_sample_double_backward);
+}
+#endif

@@ -1,0 +1,23 @@
+"""omnifast: fast kernels for geometry-guided 3D head synthesis (EG3D / OmniAvatar)."""
+from . import _C_loader  # noqa: F401  (loads the operator library first)
+from .ops import triplane_sample
+
+__version__ = "0.1.0"
+__all__ = ["triplane_sample", "info", "__version__"]
+
+
+def info():
+    """Version, torch, compiled backends and visible devices, as a dict."""
+    import torch
+
+    backends = _C_loader.compiled_backends()
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i} {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
+    return {
+        "omnifast": __version__,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "backends": ["cpu"] + ([f"cuda (sm {', '.join(backends['cuda_archs'])})"] if backends["cuda"] else []),
+        "devices": devices,
+    }
