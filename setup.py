@@ -46,9 +46,15 @@ def extension():
     cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cuda_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True))
     cxx_flags = ["-O3", "-std=c++17"]
+    link_flags = []
+    if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
+        # at::parallel_for is header-inline over OpenMP: without -fopenmp it runs serially.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     if not want_cuda():
         return cpp_extension.CppExtension(
-            "omnifast._C", cpp_sources, extra_compile_args={"cxx": cxx_flags}
+            "omnifast._C", cpp_sources, extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
         )
     archs = os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
     defines = ["-DOMNIFAST_WITH_CUDA", f'-DOMNIFAST_CUDA_ARCHS="{archs}"']
@@ -59,6 +65,7 @@ def extension():
             "cxx": cxx_flags + defines,
             "nvcc": ["-O3", "-std=c++17", "-lineinfo"] + defines,
         },
+        extra_link_args=link_flags,
     )
 
 

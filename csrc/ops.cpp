@@ -27,8 +27,11 @@ std::string build_info() {
 
 TORCH_LIBRARY(omnifast, m) {
   m.def("build_info() -> str", &omnifast::build_info);
-  // axes: 3 x dims coordinate components (plane-major); scale: 3 factors (2 / box_warp);
-  // reduce: 0 none ([N, 3, M, C]), 1 sum, 2 mean ([N, M, C]).
+  // [B, P, C, *spatial] -> contiguous [B, P, *spatial, C] (a copy; never an alias of x).
+  m.def("feature_last(Tensor x) -> Tensor");
+  // planes: feature-last [N, 3, H, W, C] or [N, 3, D, H, W, C]; axes: 3 x dims coordinate
+  // components (plane-major); scale: 3 factors (2 / box_warp); reduce: 0 none ([N, 3, M, C]),
+  // 1 sum, 2 mean ([N, M, C]).
   m.def("triplane_sample(Tensor planes, Tensor coords, int[] axes, float[] scale, int reduce)"
         " -> Tensor");
   m.def("triplane_sample_backward(Tensor grad_out, Tensor planes, Tensor coords, int[] axes,"

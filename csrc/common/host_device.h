@@ -4,8 +4,12 @@
 #include <cmath>
 #include <cstdint>
 
+// Always inlined, on both sides: each call site passes constants (which planes, which outputs)
+// that the compiler can then fold away.
 #if defined(__CUDACC__)
 #define OMNIFAST_HD __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+#define OMNIFAST_HD inline __attribute__((always_inline))
 #else
 #define OMNIFAST_HD inline
 #endif

@@ -27,9 +27,10 @@ struct TriplaneShape {
   int reduce;        // TriplaneReduce
 };
 
-// Element strides of a logical [N, 3, M, C] tensor; a reduced [N, M, C] tensor has plane = 0.
-struct PointChannelStrides {
-  int64_t batch, plane, point, channel;
+// Element strides of a logical [N, 3, M, C] tensor with unit channel stride; a reduced
+// [N, M, C] tensor has plane = 0, so every plane reads the same row.
+struct PointStrides {
+  int64_t batch, plane, point;
 };
 
 // Element strides of the [N, M, 3] coordinate tensor.
@@ -194,11 +195,32 @@ OMNIFAST_UNROLL
 
 // Loads the upstream gradient of one plane's chunk, with the reduction factor folded in.
 template <int VEC, typename scalar_t, typename acc_t>
-OMNIFAST_HD void load_grad_chunk(const scalar_t* grad, PointChannelStrides gs, int64_t n, int p,
+OMNIFAST_HD void load_grad_chunk(const scalar_t* grad, PointStrides gs, int64_t n, int p,
                                  int64_t m, int64_t c0, int nch, acc_t factor, acc_t g[VEC]) {
-  const scalar_t* src = grad + n * gs.batch + p * gs.plane + m * gs.point + c0 * gs.channel;
-  OMNIFAST_CHANNEL_LOOP(v, nch, VEC) g[v] = factor * static_cast<acc_t>(src[v * gs.channel]);
+  const scalar_t* src = grad + n * gs.batch + p * gs.plane + m * gs.point + c0;
+  OMNIFAST_CHANNEL_LOOP(v, nch, VEC) g[v] = factor * static_cast<acc_t>(src[v]);
 }
+
+// Per-channel partial sums of a point's coordinate gradient: elementwise multiply-adds in the
+// corner loops (which vectorise), one horizontal sum per chunk at the end.
+template <int VEC, typename acc_t>
+struct CoordGradPartial {
+  acc_t sum[3][VEC];
+
+  OMNIFAST_HD void zero() {
+    OMNIFAST_UNROLL
+    for (int j = 0; j < 3; ++j)
+      OMNIFAST_UNROLL
+      for (int v = 0; v < VEC; ++v) sum[j][v] = acc_t(0);
+  }
+
+  OMNIFAST_HD void add_to(acc_t grad_xyz[3]) const {
+    OMNIFAST_UNROLL
+    for (int j = 0; j < 3; ++j)
+      OMNIFAST_UNROLL
+      for (int v = 0; v < VEC; ++v) grad_xyz[j] += sum[j][v];
+  }
+};
 
 // ---------------------------------------------------------------------------------------------
 // Backward of the forward for planes [plane_begin, plane_end) of one point:
@@ -207,7 +229,7 @@ OMNIFAST_HD void load_grad_chunk(const scalar_t* grad, PointChannelStrides gs, i
 // - adds w * g into grad_planes through add(ptr, values, count) (when grad_planes is not null).
 template <int DIMS, int VEC, typename scalar_t, typename acc_t, typename Add>
 OMNIFAST_HD void triplane_backward_point(const TriplaneShape& s, const scalar_t* grad_out,
-                                         PointChannelStrides gs, const scalar_t* planes,
+                                         PointStrides gs, const scalar_t* planes,
                                          const acc_t* coords, CoordStrides cs, acc_t* grad_planes,
                                          bool want_coords, acc_t grad_xyz[3], int64_t n, int64_t m,
                                          int plane_begin, int plane_end, ChunkRange chunks,
@@ -217,8 +239,10 @@ OMNIFAST_HD void triplane_backward_point(const TriplaneShape& s, const scalar_t*
   grad_xyz[0] = grad_xyz[1] = grad_xyz[2] = acc_t(0);
   const int64_t C = s.channels;
   const acc_t factor = reduce_factor<acc_t>(s);
+  CoordGradPartial<VEC, acc_t> partial;
   for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
     const int nch = C - c0 < VEC ? static_cast<int>(C - c0) : VEC;
+    if (want_coords) partial.zero();
 OMNIFAST_UNROLL
     for (int p = 0; p < 3; ++p) {  // constant bounds: unrolled, so s.axes[p] is a static read
       if (p < plane_begin || p >= plane_end) continue;
@@ -227,10 +251,12 @@ OMNIFAST_UNROLL
       visit_corners<DIMS, 1>(s, n, p, xyz, [&](const Corner<acc_t>& k) {
         if (want_coords) {
           const scalar_t* src = planes + k.texel * C + c0;
-          acc_t dot = acc_t(0);
-          OMNIFAST_CHANNEL_LOOP(v, nch, VEC) dot += g[v] * static_cast<acc_t>(src[v]);
-OMNIFAST_UNROLL
-          for (int j = 0; j < 3; ++j) grad_xyz[j] += k.dw[j] * dot;
+          OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
+            const acc_t gp = g[v] * static_cast<acc_t>(src[v]);
+            partial.sum[0][v] += k.dw[0] * gp;
+            partial.sum[1][v] += k.dw[1] * gp;
+            partial.sum[2][v] += k.dw[2] * gp;
+          }
         }
         if (grad_planes != nullptr) {
           acc_t val[VEC];
@@ -239,6 +265,7 @@ OMNIFAST_UNROLL
         }
       });
     }
+    if (want_coords) partial.add_to(grad_xyz);
   }
 }
 
@@ -251,7 +278,7 @@ OMNIFAST_UNROLL
 //   d/dx : factor * sum <g,Q> dw + <g,P> (d2w a)       -> grad_xyz (partial, as above)
 template <int DIMS, int VEC, typename scalar_t, typename acc_t, typename Add>
 OMNIFAST_HD void triplane_double_backward_point(
-    const TriplaneShape& s, const scalar_t* grad_out, PointChannelStrides gs,
+    const TriplaneShape& s, const scalar_t* grad_out, PointStrides gs,
     const scalar_t* planes, const acc_t* coords, CoordStrides cs, const scalar_t* gg_planes,
     const acc_t* gg_coords, CoordStrides ggcs, scalar_t* grad_grad_out, acc_t* grad_planes,
     bool want_coords, acc_t grad_xyz[3], int64_t n, int64_t m, int plane_begin, int plane_end,
@@ -264,8 +291,10 @@ OMNIFAST_HD void triplane_double_backward_point(
   const int64_t C = s.channels;
   const acc_t factor = reduce_factor<acc_t>(s);
   const bool need_planes = gg_coords != nullptr;  // P enters only through the a-terms
+  CoordGradPartial<VEC, acc_t> partial;
   for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
     const int nch = C - c0 < VEC ? static_cast<int>(C - c0) : VEC;
+    if (want_coords) partial.zero();
     acc_t ggo[VEC];
     OMNIFAST_UNROLL
     for (int v = 0; v < VEC; ++v) ggo[v] = acc_t(0);
@@ -291,15 +320,17 @@ OMNIFAST_UNROLL
           add(grad_planes + k.texel * C + c0, val, nch);
         }
         if (want_coords) {
-          acc_t gq = acc_t(0), gp = acc_t(0);
-          OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
-            gq += g[v] * qv[v];
-            gp += g[v] * pv[v];
-          }
+          acc_t d2w_a[3];
 OMNIFAST_UNROLL
           for (int j = 0; j < 3; ++j)
-            grad_xyz[j] += k.dw[j] * gq +
-                           gp * (k.d2w[j][0] * a[0] + k.d2w[j][1] * a[1] + k.d2w[j][2] * a[2]);
+            d2w_a[j] = k.d2w[j][0] * a[0] + k.d2w[j][1] * a[1] + k.d2w[j][2] * a[2];
+          OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
+            const acc_t gq = g[v] * qv[v];
+            const acc_t gp = g[v] * pv[v];
+            partial.sum[0][v] += k.dw[0] * gq + d2w_a[0] * gp;
+            partial.sum[1][v] += k.dw[1] * gq + d2w_a[1] * gp;
+            partial.sum[2][v] += k.dw[2] * gq + d2w_a[2] * gp;
+          }
         }
       });
       if (grad_grad_out != nullptr && s.reduce == kReduceNone) {
@@ -314,6 +345,7 @@ OMNIFAST_UNROLL
       scalar_t* dst = grad_grad_out + (n * s.points + m) * C + c0;
       OMNIFAST_CHANNEL_LOOP(v, nch, VEC) dst[v] = static_cast<scalar_t>(ggo[v] * factor);
     }
+    if (want_coords) partial.add_to(grad_xyz);
   }
 }
 

@@ -2,13 +2,16 @@
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <vector>
+
 #include "triplane_launch.h"
 
 namespace omnifast {
 namespace {
 
-// One CPU worker handles every channel of a point, VEC channels at a time (one chunk for C <= 32).
-constexpr int kCpuVec = 32;
+// A CPU worker handles a point's channels VEC at a time; plane gradients split the channels into
+// chunks of VEC so that even one image's three planes keep every core busy.
+constexpr int kCpuVec = 16;
 constexpr ChunkRange kAllChunks{0, 1};
 constexpr int64_t kPointGrain = 256;
 
@@ -26,13 +29,17 @@ void for_each_point(const TriplaneShape& s, Body&& body) {
   });
 }
 
-// Plane gradients: one worker per (batch item, plane) walks the points in order, so the sum is
-// race-free and bitwise reproducible.
+// Plane gradients: one worker per (batch item, plane, channel chunk) walks the points in order,
+// so the sum is race-free and bitwise reproducible.
 template <typename Body>
 void for_each_plane_in_point_order(const TriplaneShape& s, Body&& body) {
-  at::parallel_for(0, s.batch * 3, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t np = begin; np < end; ++np)
-      for (int64_t m = 0; m < s.points; ++m) body(np / 3, static_cast<int>(np % 3), m);
+  const int64_t chunks = (s.channels + kCpuVec - 1) / kCpuVec;
+  at::parallel_for(0, s.batch * 3 * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t np = task / chunks;
+      const ChunkRange chunk{task % chunks, chunks};
+      for (int64_t m = 0; m < s.points; ++m) body(np / 3, static_cast<int>(np % 3), m, chunk);
+    }
   });
 }
 
@@ -54,22 +61,37 @@ void backward(const TriplaneShape& s, const TriplaneTensors& t) {
   auto coords = static_cast<const T*>(t.coords);
   auto grad_coords = static_cast<T*>(t.grad_coords);
   auto grad_planes = static_cast<T*>(t.grad_planes);
-  if (grad_coords != nullptr) {
+  if (grad_planes == nullptr) {
     for_each_point(s, [&](int64_t n, int64_t m) {
       T* dst = grad_coords + (n * s.points + m) * 3;
       triplane_backward_point<DIMS, kCpuVec, T, T>(s, grad_out, t.grad_strides, planes, coords,
                                                     t.coord_strides, nullptr, true, dst, n, m, 0,
                                                     3, kAllChunks, PlainAdd<T>());
     });
+    return;
   }
-  if (grad_planes != nullptr) {
-    for_each_plane_in_point_order(s, [&](int64_t n, int p, int64_t m) {
-      T unused[3];
-      triplane_backward_point<DIMS, kCpuVec, T, T>(s, grad_out, t.grad_strides, planes, coords,
-                                                    t.coord_strides, grad_planes, false, unused, n,
-                                                    m, p, p + 1, kAllChunks, PlainAdd<T>());
-    });
-  }
+  // One walk for both gradients: each (batch item, plane, chunk) worker also leaves its share of
+  // every point's coordinate gradient in `partial`, summed per point afterwards.
+  const int64_t slices = 3 * ((s.channels + kCpuVec - 1) / kCpuVec);
+  const int64_t per_slice = s.batch * s.points * 3;
+  std::vector<T> partial(grad_coords != nullptr ? slices * per_slice : 0);
+  for_each_plane_in_point_order(s, [&](int64_t n, int p, int64_t m, ChunkRange chunk) {
+    T unused[3];
+    const int64_t slice = p * chunk.step + chunk.first;
+    T* dst = grad_coords != nullptr ? &partial[slice * per_slice + (n * s.points + m) * 3] : unused;
+    triplane_backward_point<DIMS, kCpuVec, T, T>(s, grad_out, t.grad_strides, planes, coords,
+                                                  t.coord_strides, grad_planes,
+                                                  grad_coords != nullptr, dst, n, m, p, p + 1,
+                                                  chunk, PlainAdd<T>());
+  });
+  if (grad_coords == nullptr) return;
+  at::parallel_for(0, per_slice, 3 * kPointGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      T sum = T(0);
+      for (int64_t slice = 0; slice < slices; ++slice) sum += partial[slice * per_slice + i];
+      grad_coords[i] = sum;
+    }
+  });
 }
 
 template <int DIMS, typename T>
@@ -93,11 +115,11 @@ void double_backward(const TriplaneShape& s, const TriplaneTensors& t) {
     });
   }
   if (grad_planes != nullptr && gg_coords != nullptr) {
-    for_each_plane_in_point_order(s, [&](int64_t n, int p, int64_t m) {
+    for_each_plane_in_point_order(s, [&](int64_t n, int p, int64_t m, ChunkRange chunk) {
       T unused[3];
       triplane_double_backward_point<DIMS, kCpuVec, T, T>(
           s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr, gg_coords,
-          t.gg_coord_strides, nullptr, grad_planes, false, unused, n, m, p, p + 1, kAllChunks,
+          t.gg_coord_strides, nullptr, grad_planes, false, unused, n, m, p, p + 1, chunk,
           PlainAdd<T>());
     });
   }

@@ -14,8 +14,8 @@ struct TriplaneTensors {
   const void* planes = nullptr;       // storage type
   const void* coords = nullptr;       // acc type, strided
   CoordStrides coord_strides{};
-  const void* grad_out = nullptr;     // storage type, strided (backward passes)
-  PointChannelStrides grad_strides{};
+  const void* grad_out = nullptr;     // storage type, unit channel stride (backward passes)
+  PointStrides grad_strides{};
   const void* gg_planes = nullptr;    // storage type, optional (double backward)
   const void* gg_coords = nullptr;    // acc type, strided, optional (double backward)
   CoordStrides gg_coord_strides{};

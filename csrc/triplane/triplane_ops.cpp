@@ -25,7 +25,7 @@ struct Prepared {
   TriplaneShape shape;
   StorageType type;
   at::ScalarType acc_type;
-  at::Tensor planes;  // feature-last, contiguous: [N, 3, (D,) H, W, C]
+  at::Tensor planes;  // contiguous [N, 3, (D,) H, W, C]
   at::Tensor coords;  // accumulation type
 };
 
@@ -40,17 +40,14 @@ StorageType storage_type(at::ScalarType t) {
   }
 }
 
-// Feature-last copy of a [N, 3, C, (D,) H, W] tensor; free when it already is feature-last.
-at::Tensor feature_last(const at::Tensor& planes) { return planes.movedim(2, -1).contiguous(); }
-
 Prepared prepare(const at::Tensor& planes, const at::Tensor& coords, at::IntArrayRef axes,
                  at::ArrayRef<double> scale, int64_t reduce) {
   check_defined(kOp, "planes", planes);
   check_defined(kOp, "coords", coords);
   OMNIFAST_CHECK_ARG(planes.dim() == 5 || planes.dim() == 6, kOp, "planes",
-                     "[N, 3, C, H, W] or [N, 3, C, D, H, W]", shape_of(planes));
+                     "feature-last [N, 3, H, W, C] or [N, 3, D, H, W, C]", shape_of(planes));
   OMNIFAST_CHECK_ARG(planes.size(1) == 3, kOp, "planes",
-                     "three planes in dim 1 ([N, 3, C, H, W] or [N, 3, C, D, H, W])",
+                     "three planes in dim 1 ([N, 3, H, W, C] or [N, 3, D, H, W, C])",
                      shape_of(planes));
   const auto dtype = planes.scalar_type();
   OMNIFAST_CHECK_ARG(dtype == at::kFloat || dtype == at::kDouble || is_16bit(dtype), kOp,
@@ -89,10 +86,10 @@ Prepared prepare(const at::Tensor& planes, const at::Tensor& coords, at::IntArra
   TriplaneShape& s = p.shape;
   s.batch = N;
   s.points = coords.size(1);
-  s.channels = planes.size(2);
-  s.size[0] = planes.size(-1);
-  s.size[1] = planes.size(-2);
-  s.size[2] = dims == 3 ? planes.size(3) : 1;
+  s.channels = planes.size(-1);
+  s.size[0] = planes.size(-2);
+  s.size[1] = planes.size(-3);
+  s.size[2] = dims == 3 ? planes.size(2) : 1;
   for (int a = 0; a < dims; ++a)
     OMNIFAST_CHECK_ARG(s.size[a] > 0, kOp, "planes", "non-empty spatial sizes", shape_of(planes));
   s.dims = dims;
@@ -111,7 +108,7 @@ Prepared prepare(const at::Tensor& planes, const at::Tensor& coords, at::IntArra
   s.reduce = static_cast<int>(reduce);
   p.type = storage_type(dtype);
   p.acc_type = acc_type;
-  p.planes = feature_last(planes);
+  p.planes = planes.contiguous();
   p.coords = coords.to(acc_type);
   return p;
 }
@@ -125,28 +122,27 @@ std::vector<int64_t> output_shape(const TriplaneShape& s) {
   return {s.batch, s.points, s.channels};
 }
 
-// Checks grad_out against the forward's output and returns its strides as [N, 3, M, C]
-// (plane stride 0 for a reduced output, which every plane reads).
-PointChannelStrides grad_strides(const Prepared& p, const at::Tensor& planes,
-                                 const at::Tensor& grad_out) {
+// Checks grad_out against the forward's output; returns it with unit channel stride (a copy
+// only for layouts such as an expanded scalar gradient).
+at::Tensor checked_grad_out(const Prepared& p, const at::Tensor& planes,
+                            const at::Tensor& grad_out) {
   check_defined(kOp, "grad_out", grad_out);
   check_same_device(kOp, "grad_out", grad_out, "planes", planes);
   check_shape(kOp, "grad_out", grad_out, output_shape(p.shape));
   OMNIFAST_CHECK_ARG(grad_out.scalar_type() == planes.scalar_type(), kOp, "grad_out",
                      "of the dtype of planes", grad_out.scalar_type());
-  if (p.shape.reduce == kReduceNone)
-    return {grad_out.stride(0), grad_out.stride(1), grad_out.stride(2), grad_out.stride(3)};
-  return {grad_out.stride(0), 0, grad_out.stride(1), grad_out.stride(2)};
+  return grad_out.stride(-1) == 1 ? grad_out : grad_out.contiguous();
 }
 
-// Zero-filled plane gradient in the accumulation type, feature-last like the kernels read.
+// grad_out's strides as [N, 3, M, C] (plane stride 0 for a reduced output, read by every plane).
+PointStrides grad_strides(const Prepared& p, const at::Tensor& g) {
+  if (p.shape.reduce == kReduceNone) return {g.stride(0), g.stride(1), g.stride(2)};
+  return {g.stride(0), 0, g.stride(1)};
+}
+
+// Zero-filled plane gradient in the accumulation type.
 at::Tensor plane_grad_buffer(const Prepared& p) {
   return at::zeros(p.planes.sizes(), p.planes.options().dtype(p.acc_type));
-}
-
-// The feature-last gradient seen in the planes' own layout and dtype.
-at::Tensor as_plane_grad(const at::Tensor& buffer, const at::Tensor& planes) {
-  return buffer.movedim(-1, 2).to(planes.scalar_type());
 }
 
 at::Tensor nothing(const at::Tensor& like) { return at::empty({0}, like.options()); }
@@ -196,9 +192,10 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward(
     at::IntArrayRef axes, at::ArrayRef<double> scale, int64_t reduce, bool want_planes,
     bool want_coords) {
   const Prepared p = prepare(planes, coords, axes, scale, reduce);
+  const at::Tensor grad = checked_grad_out(p, planes, grad_out);
   TriplaneTensors t;
-  t.grad_strides = grad_strides(p, planes, grad_out);
-  t.grad_out = grad_out.data_ptr();
+  t.grad_strides = grad_strides(p, grad);
+  t.grad_out = grad.data_ptr();
   t.planes = p.planes.data_ptr();
   t.coords = p.coords.data_ptr();
   t.coord_strides = coord_strides(p.coords);
@@ -216,7 +213,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward(
     run(
         planes, [&] { triplane_backward_cpu(p.shape, p.type, t); },
         [&](void* stream) { return triplane_backward_cuda(p.shape, p.type, t, stream); });
-  return {want_planes ? as_plane_grad(grad_planes, planes) : nothing(planes),
+  return {want_planes ? grad_planes.to(planes.scalar_type()) : nothing(planes),
           want_coords ? grad_coords.to(coords.scalar_type()) : nothing(coords)};
 }
 
@@ -227,9 +224,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
     at::ArrayRef<double> scale, int64_t reduce, bool want_grad_out, bool want_planes,
     bool want_coords) {
   const Prepared p = prepare(planes, coords, axes, scale, reduce);
+  const at::Tensor grad = checked_grad_out(p, planes, grad_out);
   TriplaneTensors t;
-  t.grad_strides = grad_strides(p, planes, grad_out);
-  t.grad_out = grad_out.data_ptr();
+  t.grad_strides = grad_strides(p, grad);
+  t.grad_out = grad.data_ptr();
   t.planes = p.planes.data_ptr();
   t.coords = p.coords.data_ptr();
   t.coord_strides = coord_strides(p.coords);
@@ -237,7 +235,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
   if (grad_grad_planes.has_value() && grad_grad_planes->defined()) {
     check_same_device(kOp, "grad_grad_planes", *grad_grad_planes, "planes", planes);
     check_shape(kOp, "grad_grad_planes", *grad_grad_planes, planes.sizes());
-    gg_planes = feature_last(grad_grad_planes->to(planes.scalar_type()));
+    gg_planes = grad_grad_planes->to(planes.scalar_type()).contiguous();
     t.gg_planes = gg_planes.data_ptr();
   }
   if (grad_grad_coords.has_value() && grad_grad_coords->defined()) {
@@ -268,7 +266,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
         planes, [&] { triplane_double_backward_cpu(p.shape, p.type, t); },
         [&](void* stream) { return triplane_double_backward_cuda(p.shape, p.type, t, stream); });
   return {want_grad_out ? grad_grad_out : nothing(planes),
-          want_planes ? as_plane_grad(grad_planes, planes) : nothing(planes),
+          want_planes ? grad_planes.to(planes.scalar_type()) : nothing(planes),
           want_coords ? grad_coords.to(coords.scalar_type()) : nothing(coords)};
 }
 

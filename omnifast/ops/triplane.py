@@ -23,12 +23,40 @@ def plane_dims(planes, op="triplane_sample"):
     """2 for [N, 3, C, H, W] planes, 3 for [N, 3, C, D, H, W] volumes."""
     if not isinstance(planes, torch.Tensor):
         raise TypeError(f"omnifast.{op}: planes must be a torch.Tensor, got {type(planes).__name__}")
-    if planes.dim() not in (5, 6):
+    if planes.dim() not in (5, 6) or planes.shape[1] != 3:
         raise ValueError(
             f"omnifast.{op}: planes must be [N, 3, C, H, W] or [N, 3, C, D, H, W], "
             f"got {list(planes.shape)}"
         )
     return planes.dim() - 3
+
+
+FLOAT_TYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+HALF_TYPES = (torch.float16, torch.bfloat16)
+
+
+def check_tensors(planes, coords, op="triplane_sample"):
+    """Checks of the public entry, before any conversion (the C++ op checks the same again)."""
+    dims = plane_dims(planes, op)
+    if not isinstance(coords, torch.Tensor):
+        raise TypeError(f"omnifast.{op}: coords must be a torch.Tensor, got {type(coords).__name__}")
+    if planes.dtype not in FLOAT_TYPES:
+        raise TypeError(f"omnifast.{op}: planes must be float32, float64, float16 or bfloat16, "
+                        f"got {planes.dtype}")
+    if planes.dtype in HALF_TYPES and planes.device.type != "cuda":
+        raise TypeError(f"omnifast.{op}: planes must be float32 or float64 on the CPU (16-bit "
+                        f"planes are CUDA-only), got {planes.dtype}")
+    if coords.device != planes.device:
+        raise ValueError(f"omnifast.{op}: coords must be on the device of planes "
+                         f"({planes.device}), got {coords.device}")
+    if coords.dim() != 3 or coords.shape[0] != planes.shape[0] or coords.shape[2] != 3:
+        raise ValueError(f"omnifast.{op}: coords must be [N, M, 3] with N = {planes.shape[0]} "
+                         f"(from planes), got {list(coords.shape)}")
+    allowed = (torch.float32, planes.dtype) if planes.dtype in HALF_TYPES else (planes.dtype,)
+    if coords.dtype not in allowed:
+        raise TypeError(f"omnifast.{op}: coords must be of the dtype of planes ({planes.dtype}"
+                        f"{' or float32' if planes.dtype in HALF_TYPES else ''}), got {coords.dtype}")
+    return dims
 
 
 def resolve_axes(axes, dims, op="triplane_sample"):
@@ -100,26 +128,38 @@ def triplane_sample(planes, coords, *, box_warp=1.0, reduce="mean", axes=None):
         >>> omnifast.triplane_sample(planes, pts).shape
         torch.Size([2, 1000, 32])
     """
-    dims = plane_dims(planes)
-    if not isinstance(coords, torch.Tensor):
-        raise TypeError(f"omnifast.triplane_sample: coords must be a torch.Tensor, got "
-                        f"{type(coords).__name__}")
+    dims = check_tensors(planes, coords)
     flat_axes = [i for plane in resolve_axes(axes, dims) for i in plane]
     _C_loader.require_backend("triplane_sample", planes, coords)
     return torch.ops.omnifast.triplane_sample(
-        planes, coords, flat_axes, resolve_scale(box_warp), resolve_reduce(reduce))
+        feature_last(planes), coords, flat_axes, resolve_scale(box_warp), resolve_reduce(reduce))
+
+
+def feature_last(planes):
+    """``[N, 3, C, *spatial]`` -> contiguous ``[N, 3, *spatial, C]``, differentiably.
+
+    The kernels read a texel's channels as one contiguous run. Feature-last input (channels with
+    stride 1) is used as it is; anything else is copied once, and autograd keeps that copy for
+    the backward, which then needs none. Its gradient is a permuted view, so it costs nothing.
+    """
+    moved = planes.movedim(2, -1)
+    return moved if moved.is_contiguous() else torch.ops.omnifast.feature_last(planes)
 
 
 # ---- fake (meta) kernels: shapes, dtypes and strides exactly as the C++ kernels return them ----
 
-def _output_shape(planes, coords, reduce):
-    n, m, c = planes.shape[0], coords.shape[1], planes.shape[2]
+def _output_shape(planes_last, coords, reduce):
+    n, m, c = planes_last.shape[0], coords.shape[1], planes_last.shape[-1]
     return (n, 3, m, c) if reduce == REDUCE["none"] else (n, m, c)
 
 
-def _fake_plane_grad(planes):
-    # The kernels accumulate feature-last and return that buffer viewed in the planes' layout.
-    return planes.new_empty(planes.movedim(2, -1).shape).movedim(-1, 2)
+def _fake_plane_grad(planes_last):
+    return planes_last.new_empty(planes_last.shape)
+
+
+@torch.library.register_fake("omnifast::feature_last")
+def _feature_last_fake(x):
+    return x.new_empty(x.movedim(2, -1).shape)
 
 
 @torch.library.register_fake("omnifast::triplane_sample")
@@ -186,6 +226,9 @@ def _no_third_order(ctx, *grads):
         "omnifast.triplane_sample is differentiable twice; a third derivative is not implemented")
 
 
+torch.library.register_autograd("omnifast::feature_last",
+                                lambda ctx, grad: grad.movedim(-1, 2),
+                                setup_context=lambda ctx, inputs, output: None)
 torch.library.register_autograd("omnifast::triplane_sample", _backward_forward,
                                 setup_context=_setup_forward)
 torch.library.register_autograd("omnifast::triplane_sample_backward", _backward_backward,

@@ -1,0 +1,130 @@
+"""The omnifast command: `omnifast info`, `omnifast bench`."""
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+
+import torch
+
+
+def _cmd_info(args):
+    import omnifast
+
+    for key, value in omnifast.info().items():
+        value = ", ".join(value) if isinstance(value, list) else value
+        print(f"{key:>10}: {value}")
+    return 0
+
+
+def _device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads"
+
+
+def _copy_bandwidth(device):
+    """Device-to-device copy rate (read + write bytes per second), the practical HBM ceiling."""
+    from .bench import time_call
+
+    src = torch.empty(256 * 2 ** 20, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    timing = time_call(lambda: dst.copy_(src), device, warmup=2, runs=10)
+    return 2 * src.numel() * 4 / timing.median_s
+
+
+def _bench_triplane(device, quick, passes):
+    from .bench import measure_peak_bytes, time_calls, triplane_cases, triplane_runner
+
+    rows = []
+    for case in triplane_cases(device, quick=quick):
+        for pass_name in passes:
+            row = {"op": "triplane_sample", "case": case.name, "pass": pass_name,
+                   "sizes": {"N": case.batch, "C": case.channels, "H": case.resolution,
+                             "W": case.resolution, "D": case.depth or None, "M": case.points},
+                   "note": case.note}
+            impls = ("omnifast", "reference")
+            runs = [triplane_runner(case, impl, pass_name, device) for impl in impls]
+            timings = time_calls(runs, device, warmup=1, runs=3 if quick else 9)
+            for impl, run, timing in zip(impls, runs, timings):
+                row[f"{impl}_ms"] = timing.median_s * 1e3
+                row[f"{impl}_runs"] = timing.runs
+                row[f"{impl}_peak_bytes"] = measure_peak_bytes(run, device)
+            del runs
+            row["speedup"] = row["reference_ms"] / row["omnifast_ms"]
+            if row["omnifast_peak_bytes"] and row["reference_peak_bytes"] is not None:
+                row["memory_ratio"] = row["omnifast_peak_bytes"] / max(row["reference_peak_bytes"], 1)
+            if pass_name == "forward":
+                row["omnifast_forward_GBps"] = case.bytes_floor() / (row["omnifast_ms"] / 1e3) / 1e9
+            rows.append(row)
+            print(_format_row(row), flush=True)
+    return rows
+
+
+def _mib(value):
+    return "n/a" if value is None else f"{value / 2 ** 20:.0f}"
+
+
+def _format_row(row):
+    extra = f"  {row['omnifast_forward_GBps']:.0f} GB/s" if "omnifast_forward_GBps" in row else ""
+    return (f"{row['case'][:44]:<44} {row['pass']:<24} {row['omnifast_ms']:>9.2f} "
+            f"{row['reference_ms']:>10.2f} {row['speedup']:>7.2f}x "
+            f"{_mib(row['omnifast_peak_bytes']):>8} {_mib(row['reference_peak_bytes']):>8}{extra}")
+
+
+def _cmd_bench(args):
+    import omnifast
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda" and not omnifast._C_loader.compiled_backends()["cuda"]:
+        print("omnifast bench: this build has no CUDA kernels", file=sys.stderr)
+        return 2
+    passes = args.passes.split(",") if args.passes else list(omnifast.bench.TRIPLANE_PASSES)
+    unknown = set(passes) - set(omnifast.bench.TRIPLANE_PASSES)
+    if unknown:
+        print(f"omnifast bench: unknown pass {sorted(unknown)}; "
+              f"choose from {omnifast.bench.TRIPLANE_PASSES}", file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    print(f"omnifast {omnifast.__version__} | torch {torch.__version__} | "
+          f"device {_device_name(device)}")
+    report = {"omnifast": omnifast.__version__, "torch": torch.__version__,
+              "device": _device_name(device), "device_type": device.type,
+              "date": datetime.date.today().isoformat(), "quick": args.quick,
+              "command": "omnifast " + " ".join(sys.argv[1:]), "results": []}
+    if device.type == "cuda" and not args.quick:
+        report["copy_bandwidth_GBps"] = _copy_bandwidth(device) / 1e9
+        print(f"device-to-device copy: {report['copy_bandwidth_GBps']:.0f} GB/s (read + write)")
+    print("times are medians in ms; speedup = reference / omnifast; peak = extra MiB during the pass")
+    print(f"{'case':<44} {'pass':<24} {'omnifast':>9} {'reference':>10} {'speedup':>8} "
+          f"{'peak':>8} {'ref peak':>8}")
+    if args.op in ("triplane", "all"):
+        report["results"] += _bench_triplane(device, args.quick, passes)
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="omnifast", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="version, torch, compiled backends, devices")
+    bench = sub.add_parser("bench", help="omnifast vs the PyTorch reference, same run")
+    bench.add_argument("op", nargs="?", default="all", choices=["triplane", "all"])
+    bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    bench.add_argument("--quick", action="store_true", help="tiny sizes (checks the harness)")
+    bench.add_argument("--passes", help="comma-separated subset of: " + ",".join(
+        ("forward", "forward+backward", "forward+double-backward")))
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        return _cmd_info(args)
+    return _cmd_bench(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

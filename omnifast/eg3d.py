@@ -1,0 +1,117 @@
+"""Drop-ins with the exact signatures and outputs of EG3D's and OmniAvatar's renderer functions.
+
+    import omnifast.eg3d
+    from training.volumetric_rendering import renderer   # EG3D or OmniAvatar
+    omnifast.eg3d.patch(renderer)                          # the renderer now samples with omnifast
+
+Unpickled EG3D generators call the module-level functions of the installed renderer module, so
+patching that module is enough for existing training and inference code.
+"""
+import torch
+
+from .ops.triplane import plane_dims
+from .ops.triplane import triplane_sample
+from .reference import triplane as reference
+
+
+def generate_planes():
+    """EG3D's plane axis matrices, float32 [3, 3, 3] (rows are the plane's axes)."""
+    return torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+                         [[1, 0, 0], [0, 0, 1], [0, 1, 0]],
+                         [[0, 0, 1], [1, 0, 0], [0, 1, 0]]], dtype=torch.float32)
+
+
+def project_onto_planes(planes, coordinates):
+    """EG3D's projection: [N, M, 3] -> [N*3, M, 2] via the inverse plane matrices."""
+    n, m, _ = coordinates.shape
+    n_planes = planes.shape[0]
+    coords = coordinates.unsqueeze(1).expand(-1, n_planes, -1, -1).reshape(n * n_planes, m, 3)
+    inv = torch.linalg.inv(planes).unsqueeze(0).expand(n, -1, -1, -1).reshape(n * n_planes, 3, 3)
+    return torch.bmm(coords, inv)[..., :2]
+
+
+def plane_axes_to_indices(plane_axes):
+    """Coordinate indices per plane when `plane_axes` are permutation matrices, else None.
+
+    EG3D projects with inv(P); for a permutation P that is P^T, so component j of the projection
+    is the coordinate where row j of P holds its 1: a pure gather, bit-identical to the bmm.
+    """
+    if not isinstance(plane_axes, torch.Tensor) or plane_axes.shape != (3, 3, 3):
+        return None
+    values = plane_axes.detach().to("cpu", torch.float64)  # 27 numbers
+    is_permutation = (((values == 0) | (values == 1)).all() and (values.sum(1) == 1).all()
+                      and (values.sum(2) == 1).all())
+    if not is_permutation:
+        return None
+    return tuple(tuple(int(values[p, row].argmax()) for row in range(2)) for p in range(3))
+
+
+def sample_from_planes(plane_axes, plane_features, coordinates, mode='bilinear',
+                       padding_mode='zeros', box_warp=None):
+    """EG3D's ``sample_from_planes``: ``[N, 3, C, H, W]`` planes at ``[N, M, 3]`` -> ``[N, 3, M, C]``.
+
+    Permutation plane axes (EG3D's own and the fixed variant) take omnifast's kernel; anything
+    else runs EG3D's grid_sample pipeline.
+    """
+    assert padding_mode == 'zeros'
+    box_warp = 1.0 if box_warp is None else box_warp
+    axes = plane_axes_to_indices(plane_axes)
+    if mode != 'bilinear' or axes is None or plane_dims(plane_features, "sample_from_planes") != 2:
+        return _sample_from_planes_reference(plane_axes, plane_features, coordinates, mode,
+                                             box_warp)
+    return triplane_sample(plane_features, coordinates, box_warp=box_warp, reduce="none",
+                           axes=axes)
+
+
+def _sample_from_planes_reference(plane_axes, plane_features, coordinates, mode, box_warp):
+    n, n_planes, c, h, w = plane_features.shape
+    _, m, _ = coordinates.shape
+    features = plane_features.view(n * n_planes, c, h, w)
+    coordinates = (2 / box_warp) * coordinates
+    projected = project_onto_planes(plane_axes, coordinates).unsqueeze(1)
+    out = torch.nn.functional.grid_sample(features, projected, mode=mode,
+                                          padding_mode='zeros', align_corners=False)
+    return out.permute(0, 3, 2, 1).reshape(n, n_planes, m, c)
+
+
+def sample_from_volplanes(plane_features, coordinates, mode='bilinear', padding_mode='zeros',
+                          box_warp=None, triplane_depth=1, custimized_sample_op=False):
+    """OmniAvatar's ``sample_from_volplanes``: ``[N, 3, C*D, H, W]`` at ``[N, M, 3]`` -> ``[N, 3, M, C]``.
+
+    Each of the three C x D x H x W volumes is sampled trilinearly at xyz, yzx and xzy (zero
+    padding on the depth axis too, so D = 1 is not a plain bilinear plane).
+    """
+    assert padding_mode == 'zeros'
+    if custimized_sample_op:
+        # OmniAvatar's customised sampler is 2-D only; its own code fails on these 5-D volumes.
+        raise ValueError("sample_from_volplanes: custimized_sample_op=True is OmniAvatar's 2-D "
+                         "align_corners=True sampler, which cannot sample tri-grid volumes")
+    n, n_planes, cd, h, w = plane_features.shape
+    if cd % triplane_depth != 0:
+        raise ValueError(f"sample_from_volplanes: {cd} channels do not split into "
+                         f"triplane_depth={triplane_depth} slices")
+    volumes = plane_features.view(n, n_planes, cd // triplane_depth, triplane_depth, h, w)
+    box_warp = 1.0 if box_warp is None else box_warp
+    # OmniAvatar divides in float32: 2 / torch.tensor(box_warp, dtype=float32).
+    factor = (2 / torch.tensor(box_warp, dtype=torch.float32)).tolist()
+    box = [2.0 / f for f in factor] if isinstance(factor, list) else 2.0 / factor
+    if mode != 'bilinear':
+        return reference.triplane_sample(volumes, coordinates, box_warp=box, reduce="none")
+    return triplane_sample(volumes, coordinates, box_warp=box, reduce="none")
+
+
+def patch(module):
+    """Swap omnifast's drop-ins into an imported EG3D/OmniAvatar renderer module.
+
+    Returns the names replaced. The originals stay reachable as ``module._omnifast_originals``.
+    """
+    replaced = []
+    originals = getattr(module, "_omnifast_originals", {})
+    for name, fn in (("sample_from_planes", sample_from_planes),
+                     ("sample_from_volplanes", sample_from_volplanes)):
+        if hasattr(module, name):
+            originals.setdefault(name, getattr(module, name))
+            setattr(module, name, fn)
+            replaced.append(name)
+    module._omnifast_originals = originals
+    return replaced

@@ -1,0 +1,317 @@
+"""omnifast.triplane_sample against its references, in values, gradients and second derivatives."""
+import pytest
+import torch
+
+import omnifast
+from omnifast import reference
+from conftest import CUDA_READY, CUDA_SKIP_REASON, DEVICES, poison_allocator
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+AXES_2D = [None, "fixed", ((2, 1), (0, 2), (1, 0))]
+AXES_3D = [None, ((2, 0, 1), (1, 0, 2), (0, 1, 2))]
+
+
+def assert_close(actual, expected, rel):
+    """Every element within rel of the reference, relative to the reference's scale."""
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert not actual.isnan().any(), "NaN in the result"
+    scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
+    err = (actual - expected).abs().max().item() if expected.numel() else 0.0
+    assert err <= rel * scale, f"max error {err:.3e} > {rel:.0e} x scale {scale:.3e}"
+
+
+def make_planes(n, c, spatial, dtype, device):
+    return torch.randn(n, 3, c, *spatial, dtype=dtype, device=device)
+
+
+def make_coords(n, m, dtype, device, box=1.0):
+    # 30% beyond the box on each side, so points fade out and fall off the planes too.
+    return (torch.rand(n, m, 3, dtype=dtype, device=device) - 0.5) * 1.3 * box
+
+
+def spatial_for(dims):
+    return (6, 9) if dims == 2 else (3, 5, 4)  # H != W, D != H
+
+
+def axes_cases():
+    return [(2, a) for a in AXES_2D] + [(3, a) for a in AXES_3D]
+
+
+# ---------------------------------------------------------------------------------------------
+# Values and first derivatives against the grid_sample reference
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dims,axes", axes_cases())
+@pytest.mark.parametrize("reduce", ["mean", "sum", "none"])
+def test_forward_and_gradients_match_reference(device, dtype, dims, axes, reduce):
+    box_warp = 1.7
+    planes = make_planes(2, 7, spatial_for(dims), dtype, device).requires_grad_()
+    coords = make_coords(2, 300, dtype, device, box_warp).requires_grad_()
+    kwargs = dict(box_warp=box_warp, reduce=reduce, axes=axes)
+    out = omnifast.triplane_sample(planes, coords, **kwargs)
+    ref = reference.triplane_sample(planes, coords, **kwargs)
+    assert out.is_contiguous()
+    assert_close(out, ref, TOL[dtype])
+    grad_out = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (planes, coords), grad_out)
+    ref_grads = torch.autograd.grad(ref, (planes, coords), grad_out)
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, TOL[dtype])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dims,axes", axes_cases())
+@pytest.mark.parametrize("reduce", ["mean", "none"])
+def test_second_derivatives_match_reference(device, dims, axes, reduce):
+    """d/d(planes, coords) of <d out/d coords, v>: what an eikonal loss through a tri-plane needs."""
+    dtype = torch.float64
+    planes = make_planes(2, 5, spatial_for(dims), dtype, device).requires_grad_()
+    coords = make_coords(2, 200, dtype, device).requires_grad_()
+    grad_out_shape = (2, 3, 200, 5) if reduce == "none" else (2, 200, 5)
+    grad_out = torch.randn(grad_out_shape, dtype=dtype, device=device, requires_grad=True)
+    direction = torch.randn_like(coords)
+    results = []
+    for fn in (omnifast.triplane_sample, reference.triplane_sample_gather,
+               reference.triplane_sample):
+        out = fn(planes, coords, reduce=reduce, axes=axes)
+        grad_planes, grad_coords = torch.autograd.grad(out, (planes, coords), grad_out,
+                                                       create_graph=True)
+        loss = (grad_coords * direction).sum() + (grad_planes * grad_planes.detach()).sum()
+        results.append(torch.autograd.grad(loss, (planes, coords, grad_out)))
+    for ours, gather, grid_sample in zip(*results):
+        assert_close(ours, gather, 1e-10)
+        assert_close(ours, grid_sample, 1e-10)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("reduce", ["mean", "sum", "none"])
+def test_gradcheck_and_gradgradcheck(dims, reduce):
+    planes = make_planes(1, 3, (4, 5) if dims == 2 else (2, 3, 4), torch.float64, "cpu")
+    coords = make_coords(1, 12, torch.float64, "cpu")
+    planes.requires_grad_()
+    coords.requires_grad_()
+
+    def fn(p, x):
+        return omnifast.triplane_sample(p, x, reduce=reduce, box_warp=1.3)
+
+    assert torch.autograd.gradcheck(fn, (planes, coords), eps=1e-6, atol=1e-6)
+    assert torch.autograd.gradgradcheck(fn, (planes, coords), eps=1e-6, atol=1e-6)
+
+
+def test_gradgradcheck_through_backward_op_alone():
+    """The backward op's own derivatives, including with respect to grad_out."""
+    planes = make_planes(1, 3, (4, 5), torch.float64, "cpu").requires_grad_()
+    coords = make_coords(1, 10, torch.float64, "cpu").requires_grad_()
+    grad_out = torch.randn(1, 10, 3, dtype=torch.float64, requires_grad=True)
+
+    def backward(g, p, x):
+        return torch.ops.omnifast.triplane_sample_backward(
+            g, p.movedim(2, -1).contiguous(), x, [0, 1, 0, 2, 2, 0], [2.0, 2.0, 2.0], 2, True, True)
+
+    assert torch.autograd.gradcheck(backward, (grad_out, planes, coords), eps=1e-6, atol=1e-6)
+
+
+def test_third_derivative_raises_clearly():
+    planes = make_planes(1, 2, (4, 4), torch.float64, "cpu").requires_grad_()
+    coords = make_coords(1, 5, torch.float64, "cpu").requires_grad_()
+    out = omnifast.triplane_sample(planes, coords)
+    (g1,) = torch.autograd.grad(out.sum(), coords, create_graph=True)
+    (g2,) = torch.autograd.grad((g1 ** 2).sum(), coords, create_graph=True)
+    with pytest.raises(NotImplementedError, match="third derivative"):
+        torch.autograd.grad(g2.sum(), coords)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes, layouts and special points
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n,c,spatial,m", [
+    (1, 1, (1, 1), 9),            # single texel, single channel
+    (1, 5, (7, 3), 20),           # C not a multiple of 4, H != W
+    (3, 33, (4, 6), 17),          # C over one chunk of channels
+    (2, 4, (5, 5), 0),            # no points
+    (1, 3, (1, 4, 4), 15),        # a depth-1 tri-grid: trilinear, not a plain plane
+    (2, 6, (2, 3, 5), 11),
+])
+def test_odd_shapes(device, n, c, spatial, m):
+    planes = make_planes(n, c, spatial, torch.float64, device).requires_grad_()
+    coords = make_coords(n, m, torch.float64, device).requires_grad_()
+    out = omnifast.triplane_sample(planes, coords)
+    ref = reference.triplane_sample(planes, coords)
+    assert_close(out, ref, 1e-10)
+    grads = torch.autograd.grad(out, (planes, coords), torch.ones_like(out))
+    ref_grads = torch.autograd.grad(ref, (planes, coords), torch.ones_like(ref))
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, 1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_texel_centres_edges_and_box_border(device, dims):
+    """Pixel positions on exact integers and half-integers, and grid coordinates at +-1 and at
+    the far edge of the half-texel fade, where floor() and the weights change branch."""
+    size = 8
+    spatial = (size,) * dims
+    planes = make_planes(1, 4, spatial, torch.float64, device).requires_grad_()
+    centres = (2 * torch.arange(size, dtype=torch.float64) + 1) / size - 1
+    edges = 2 * torch.arange(size + 1, dtype=torch.float64) / size - 1
+    special = torch.cat([centres, edges, torch.tensor([-1 - 1 / size, 1 + 1 / size, 1.0, -1.0,
+                                                        1.5, -3.0], dtype=torch.float64)])
+    grid = torch.stack(torch.meshgrid(special, special, special[::3], indexing="ij"), -1)
+    coords = (grid.reshape(1, -1, 3) / 2).to(device).requires_grad_()  # world = grid / 2
+    out = omnifast.triplane_sample(planes, coords, reduce="none")
+    ref = reference.triplane_sample(planes, coords, reduce="none")
+    assert_close(out, ref, 1e-12)
+    grad_out = torch.randn_like(ref)
+    for g, r in zip(torch.autograd.grad(out, (planes, coords), grad_out),
+                    torch.autograd.grad(ref, (planes, coords), grad_out)):
+        assert_close(g, r, 1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_points_outside_the_box_and_non_finite_give_zero(device):
+    planes = make_planes(1, 3, (5, 5), torch.float32, device)
+    far = torch.tensor([[[5.0, 0, 0], [0, -7.0, 0], [1e30, 1e30, 1e30], [float("inf"), 0, 0],
+                         [float("nan"), float("nan"), float("nan")], [-1e38, 2e38, 0]]],
+                       device=device)
+    out = omnifast.triplane_sample(planes, far, reduce="none")
+    # One plane of the first two points may still see them (e.g. x=5 lies off every plane but
+    # y=-7 only off those that read y); compare with the reference where it is finite.
+    ref = reference.triplane_sample(planes, far[:, :2], reduce="none")
+    assert_close(out[:, :, :2], ref, 1e-6)
+    assert torch.equal(out[:, :, 2:], torch.zeros_like(out[:, :, 2:]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_any_strides_in_contiguous_out(device):
+    base = torch.randn(2, 6, 9, 3, 8, dtype=torch.float64, device=device)
+    planes = base.permute(0, 3, 4, 1, 2)[:, :, ::2]       # [2, 3, 4, 6, 9], channels strided
+    feature_last = torch.randn(2, 3, 6, 9, 4, dtype=torch.float64, device=device).movedim(-1, 2)
+    coords = make_coords(2, 40, torch.float64, device).transpose(0, 1).contiguous().transpose(0, 1)
+    coords = torch.cat([coords, coords], dim=2)[..., ::2]  # strided last dim
+    for p in (planes, feature_last):
+        out = omnifast.triplane_sample(p, coords, reduce="none")
+        assert out.is_contiguous()
+        assert_close(out, reference.triplane_sample(p, coords, reduce="none"), 1e-10)
+    # An expanded upstream gradient, as .sum() produces.
+    p = planes.detach().requires_grad_()
+    c = coords.detach().requires_grad_()
+    grads = torch.autograd.grad(omnifast.triplane_sample(p, c).sum(), (p, c))
+    ref_grads = torch.autograd.grad(reference.triplane_sample(p, c).sum(), (p, c))
+    for g, r in zip(grads, ref_grads):
+        assert_close(g, r, 1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_output_element_is_written(device):
+    planes = make_planes(2, 5, (6, 7), torch.float32, device).requires_grad_()
+    coords = make_coords(2, 64, torch.float32, device).requires_grad_()
+    for reduce in ("mean", "none"):
+        shape = (2, 3, 64, 5) if reduce == "none" else (2, 64, 5)
+        poison_allocator(device, torch.Size(shape).numel(), torch.float32)
+        out = omnifast.triplane_sample(planes, coords, reduce=reduce)
+        assert_close(out, reference.triplane_sample(planes, coords, reduce=reduce), 1e-5)
+        poison_allocator(device, coords.numel(), torch.float32)
+        (grad_coords,) = torch.autograd.grad(out, coords, torch.randn_like(out))
+        assert not grad_coords.isnan().any()
+
+
+def test_float64_box_warp_per_axis_and_scaling():
+    planes = make_planes(1, 4, (8, 8), torch.float64, "cpu")
+    coords = make_coords(1, 100, torch.float64, "cpu", box=2.0)
+    out = omnifast.triplane_sample(planes, coords, box_warp=(2.0, 1.0, 3.0))
+    ref = reference.triplane_sample(planes, coords, box_warp=(2.0, 1.0, 3.0))
+    assert_close(out, ref, 1e-10)
+    # A per-axis box is the same as pre-scaling the coordinates.
+    scaled = coords / torch.tensor([2.0, 1.0, 3.0], dtype=torch.float64)
+    assert_close(out, omnifast.triplane_sample(planes, scaled, box_warp=1.0), 1e-12)
+
+
+def test_eg3d_axes_quirk_is_reproduced():
+    """Plane 2 of EG3D reads (z, x): its u (width) axis follows z. With the fixed axes it follows
+    z too, but plane 1 then reads (y, z) instead of (x, z)."""
+    planes = torch.zeros(1, 3, 1, 4, 4, dtype=torch.float64)
+    planes[0, :, 0] = torch.arange(4, dtype=torch.float64).expand(4, 4)  # value = column index
+    point = torch.tensor([[[0.0, 0.3, -0.3]]], dtype=torch.float64)  # x centre, y +, z -
+    eg3d = omnifast.triplane_sample(planes, point, reduce="none")[0, :, 0, 0]
+    fixed = omnifast.triplane_sample(planes, point, reduce="none", axes="fixed")[0, :, 0, 0]
+    column = lambda c: ((c * 2 + 1) * 4 - 1) / 2  # noqa: E731  (pixel position along W)
+    assert torch.allclose(eg3d, torch.tensor([column(0.0), column(0.0), column(-0.3)],
+                                              dtype=torch.float64))
+    assert torch.allclose(fixed, torch.tensor([column(0.0), column(0.3), column(-0.3)],
+                                               dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism
+
+def test_cpu_backward_is_bitwise_reproducible():
+    planes = make_planes(2, 8, (16, 16), torch.float32, "cpu").requires_grad_()
+    coords = make_coords(2, 5000, torch.float32, "cpu").requires_grad_()
+    grad_out = torch.randn(2, 5000, 8)
+    first = torch.autograd.grad(omnifast.triplane_sample(planes, coords), (planes, coords), grad_out)
+    for _ in range(3):
+        again = torch.autograd.grad(omnifast.triplane_sample(planes, coords), (planes, coords),
+                                    grad_out)
+        assert all(torch.equal(a, b) for a, b in zip(first, again))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
+def test_cuda_plane_gradient_honours_deterministic_mode():
+    planes = make_planes(1, 4, (8, 8), torch.float32, "cuda").requires_grad_()
+    coords = make_coords(1, 100, torch.float32, "cuda")
+    out = omnifast.triplane_sample(planes, coords)
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="triplane_sample"):
+            torch.autograd.grad(out.sum(), planes)
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA: 16-bit planes and parity with the CPU twin
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dims", [2, 3])
+def test_cuda_16bit_planes_accumulate_in_float32(dtype, dims):
+    planes = make_planes(2, 32, spatial_for(dims), torch.float32, "cuda")
+    coords = make_coords(2, 500, torch.float32, "cuda").requires_grad_()
+    planes16 = planes.to(dtype).requires_grad_()
+    out = omnifast.triplane_sample(planes16, coords)
+    assert out.dtype == dtype
+    ref = reference.triplane_sample(planes16.detach().float(), coords.detach())
+    rel = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    assert_close(out.float(), ref, rel)
+    grad_planes, grad_coords = torch.autograd.grad(out, (planes16, coords), torch.ones_like(out))
+    assert grad_planes.dtype == dtype and grad_coords.dtype == torch.float32
+    p = planes16.detach().float().requires_grad_()
+    c = coords.detach().requires_grad_()
+    ref_grads = torch.autograd.grad(reference.triplane_sample(p, c), (p, c),
+                                    torch.ones_like(ref))
+    assert_close(grad_planes.float(), ref_grads[0], rel)
+    assert_close(grad_coords, ref_grads[1], 5 * rel)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_cuda_matches_cpu_twin(dims):
+    planes = make_planes(2, 19, spatial_for(dims), torch.float64, "cpu").requires_grad_()
+    coords = make_coords(2, 700, torch.float64, "cpu").requires_grad_()
+    direction = torch.randn_like(coords)
+    results = []
+    for device in ("cpu", "cuda"):
+        p = planes.detach().to(device).requires_grad_()
+        c = coords.detach().to(device).requires_grad_()
+        out = omnifast.triplane_sample(p, c, reduce="none")
+        gp, gc = torch.autograd.grad(out, (p, c), torch.ones_like(out), create_graph=True)
+        second = torch.autograd.grad((gc * direction.to(device)).sum(), (p, c))
+        results.append([t.detach().cpu() for t in (out, gp, gc, *second)])
+    for cpu, cuda in zip(*results):
+        assert_close(cuda, cpu, 1e-10)
