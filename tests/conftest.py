@@ -1,4 +1,6 @@
+import contextlib
 import hashlib
+import warnings
 
 import pytest
 import torch
@@ -25,11 +27,20 @@ def seeded(request):
     return seed
 
 
-def poison_allocator(device, numel, dtype):
-    """Leave NaN-filled blocks in the allocator, so an output the kernel fails to write shows up.
-
-    Small blocks are recycled by both glibc and the CUDA caching allocator: a new tensor of
-    about this size is likely to land on NaN-filled memory.
-    """
-    blocks = [torch.full((numel,), float("nan"), dtype=dtype, device=device) for _ in range(4)]
-    del blocks
+@contextlib.contextmanager
+def poisoned_outputs():
+    """Every tensor allocated uninitialised (at::empty) inside is NaN-filled by PyTorch itself
+    (deterministic mode with fill_uninitialized_memory), so an output element that a kernel fails
+    to write shows up as NaN. warn_only keeps CUDA's non-deterministic atomics usable."""
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.utils.deterministic.fill_uninitialized_memory = previous[2]

@@ -4,7 +4,7 @@ import torch
 
 import omnifast
 from omnifast import reference
-from conftest import CUDA_READY, CUDA_SKIP_REASON, DEVICES, poison_allocator
+from conftest import CUDA_READY, CUDA_SKIP_REASON, DEVICES, poisoned_outputs
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 AXES_2D = [None, "fixed", ((2, 1), (0, 2), (1, 0))]
@@ -83,6 +83,25 @@ def test_second_derivatives_match_reference(device, dims, axes, reduce):
     for ours, gather, grid_sample in zip(*results):
         assert_close(ours, gather, 1e-10)
         assert_close(ours, grid_sample, 1e-10)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_second_derivative_of_plane_gradient_alone(device):
+    """A loss on the plane gradient only, with fixed coordinates: its derivative reaches
+    grad_out, while the planes' own derivative is exactly zero and must be written as zeros."""
+    planes = make_planes(2, 4, (5, 6), torch.float64, device).requires_grad_()
+    coords = make_coords(2, 80, torch.float64, device)
+    grad_out = torch.randn(2, 80, 4, dtype=torch.float64, device=device, requires_grad=True)
+    results = []
+    for fn in (omnifast.triplane_sample, reference.triplane_sample):
+        (grad_planes,) = torch.autograd.grad(fn(planes, coords), planes, grad_out,
+                                             create_graph=True)
+        with poisoned_outputs():
+            results.append(torch.autograd.grad((grad_planes ** 2).sum(), (planes, grad_out),
+                                               allow_unused=True, materialize_grads=True))
+    for ours, ref in zip(*results):
+        assert_close(ours, ref, 1e-10)
+    assert torch.equal(results[0][0], torch.zeros_like(planes))
 
 
 @pytest.mark.parametrize("dims", [2, 3])
@@ -205,17 +224,24 @@ def test_any_strides_in_contiguous_out(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_every_output_element_is_written(device):
-    planes = make_planes(2, 5, (6, 7), torch.float32, device).requires_grad_()
-    coords = make_coords(2, 64, torch.float32, device).requires_grad_()
-    for reduce in ("mean", "none"):
-        shape = (2, 3, 64, 5) if reduce == "none" else (2, 64, 5)
-        poison_allocator(device, torch.Size(shape).numel(), torch.float32)
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("reduce", ["mean", "none"])
+def test_every_output_element_is_written(device, dims, reduce):
+    """Forward, backward and double backward under NaN-filled allocations."""
+    planes = make_planes(2, 5, spatial_for(dims), torch.float64, device).requires_grad_()
+    coords = make_coords(2, 64, torch.float64, device).requires_grad_()
+    with poisoned_outputs():
         out = omnifast.triplane_sample(planes, coords, reduce=reduce)
-        assert_close(out, reference.triplane_sample(planes, coords, reduce=reduce), 1e-5)
-        poison_allocator(device, coords.numel(), torch.float32)
-        (grad_coords,) = torch.autograd.grad(out, coords, torch.randn_like(out))
-        assert not grad_coords.isnan().any()
+        grad_out = torch.randn_like(out).requires_grad_()
+        grads = torch.autograd.grad(out, (planes, coords), grad_out, create_graph=True)
+        second = torch.autograd.grad((grads[1] ** 2).sum() + grads[0].sum(),
+                                     (planes, coords, grad_out))
+    ref = reference.triplane_sample(planes, coords, reduce=reduce)
+    ref_grads = torch.autograd.grad(ref, (planes, coords), grad_out, create_graph=True)
+    ref_second = torch.autograd.grad((ref_grads[1] ** 2).sum() + ref_grads[0].sum(),
+                                     (planes, coords, grad_out))
+    for ours, theirs in zip((out, *grads, *second), (ref, *ref_grads, *ref_second)):
+        assert_close(ours, theirs, 1e-10)
 
 
 def test_float64_box_warp_per_axis_and_scaling():

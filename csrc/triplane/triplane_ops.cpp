@@ -140,9 +140,12 @@ PointStrides grad_strides(const Prepared& p, const at::Tensor& g) {
   return {g.stride(0), 0, g.stride(1)};
 }
 
-// Zero-filled plane gradient in the accumulation type.
+// Plane gradient in the accumulation type. The CUDA kernels add into a zeroed buffer; the CPU
+// workers zero their own shares just before adding to them.
 at::Tensor plane_grad_buffer(const Prepared& p) {
-  return at::zeros(p.planes.sizes(), p.planes.options().dtype(p.acc_type));
+  const auto options = p.planes.options().dtype(p.acc_type);
+  return p.planes.is_cpu() ? at::empty(p.planes.sizes(), options)
+                           : at::zeros(p.planes.sizes(), options);
 }
 
 at::Tensor nothing(const at::Tensor& like) { return at::empty({0}, like.options()); }
@@ -251,10 +254,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
     t.out = grad_grad_out.data_ptr();
   }
   if (want_planes) {
-    grad_planes = plane_grad_buffer(p);
-    if (gg_coords.defined()) {  // planes enter the backward only through the coordinate grad
+    if (gg_coords.defined()) {
       alert_if_nondeterministic(planes);
+      grad_planes = plane_grad_buffer(p);
       t.grad_planes = grad_planes.data_ptr();
+    } else {  // planes reach the backward's outputs only through the coordinate gradient
+      grad_planes = at::zeros(p.planes.sizes(), p.planes.options().dtype(p.acc_type));
     }
   }
   if (want_coords) {
