@@ -169,6 +169,15 @@ def test_cuda_tensor_without_cuda_kernels_is_a_clear_error(monkeypatch):
 # ---------------------------------------------------------------------------------------------
 # Drop-ins for EG3D / OmniAvatar code
 
+def assert_same_values_and_gradients(ours, theirs, inputs):
+    """float32 values, and gradients for one random upstream gradient."""
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+    grad = torch.randn_like(theirs)
+    for g, r in zip(torch.autograd.grad(ours, inputs, grad),
+                    torch.autograd.grad(theirs, inputs, grad)):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("plane_axes", ["eg3d", "fixed", "rotated"])
 def test_sample_from_planes_matches_eg3d(device, plane_axes):
@@ -186,11 +195,7 @@ def test_sample_from_planes_matches_eg3d(device, plane_axes):
     ours = omnifast.eg3d.sample_from_planes(axes, planes, coords, box_warp=1.0)
     theirs = eg3d_local.sample_from_planes(axes, planes, coords, box_warp=1.0)
     assert ours.shape == (2, 3, 500, 32)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(theirs)
-    for g, r in zip(torch.autograd.grad(ours, (planes, coords), grad),
-                    torch.autograd.grad(theirs, (planes, coords), grad)):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+    assert_same_values_and_gradients(ours, theirs, (planes, coords))
 
 
 def test_plane_axes_recognised_as_permutations():
@@ -209,11 +214,7 @@ def test_sample_from_volplanes_matches_omniavatar(device, depth, box_warp):
     theirs = eg3d_local.sample_from_volplanes(planes, coords, box_warp=box_warp,
                                               triplane_depth=depth)
     assert ours.shape == (2, 3, 300, 8)
-    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(theirs)
-    for g, r in zip(torch.autograd.grad(ours, (planes, coords), grad),
-                    torch.autograd.grad(theirs, (planes, coords), grad)):
-        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+    assert_same_values_and_gradients(ours, theirs, (planes, coords))
 
 
 def test_sample_from_volplanes_rejects_customised_2d_sampler():

@@ -148,6 +148,19 @@ at::Tensor plane_grad_buffer(const Prepared& p) {
                            : at::zeros(p.planes.sizes(), options);
 }
 
+// The pointers every pass reads: planes and coordinates, and for the backward passes grad_out.
+TriplaneTensors inputs_of(const Prepared& p, const at::Tensor& grad = at::Tensor()) {
+  TriplaneTensors t;
+  t.planes = p.planes.data_ptr();
+  t.coords = p.coords.data_ptr();
+  t.coord_strides = coord_strides(p.coords);
+  if (grad.defined()) {
+    t.grad_out = grad.data_ptr();
+    t.grad_strides = grad_strides(p, grad);
+  }
+  return t;
+}
+
 at::Tensor nothing(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
 template <typename CpuFn, typename CudaFn>
@@ -179,10 +192,7 @@ at::Tensor triplane_sample(const at::Tensor& planes, const at::Tensor& coords,
                            at::IntArrayRef axes, at::ArrayRef<double> scale, int64_t reduce) {
   const Prepared p = prepare(planes, coords, axes, scale, reduce);
   at::Tensor out = at::empty(output_shape(p.shape), planes.options());
-  TriplaneTensors t;
-  t.planes = p.planes.data_ptr();
-  t.coords = p.coords.data_ptr();
-  t.coord_strides = coord_strides(p.coords);
+  TriplaneTensors t = inputs_of(p);
   t.out = out.data_ptr();
   run(
       planes, [&] { triplane_forward_cpu(p.shape, p.type, t); },
@@ -196,12 +206,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward(
     bool want_coords) {
   const Prepared p = prepare(planes, coords, axes, scale, reduce);
   const at::Tensor grad = checked_grad_out(p, planes, grad_out);
-  TriplaneTensors t;
-  t.grad_strides = grad_strides(p, grad);
-  t.grad_out = grad.data_ptr();
-  t.planes = p.planes.data_ptr();
-  t.coords = p.coords.data_ptr();
-  t.coord_strides = coord_strides(p.coords);
+  TriplaneTensors t = inputs_of(p, grad);
   at::Tensor grad_planes, grad_coords;
   if (want_planes) {
     alert_if_nondeterministic(planes);
@@ -228,12 +233,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
     bool want_coords) {
   const Prepared p = prepare(planes, coords, axes, scale, reduce);
   const at::Tensor grad = checked_grad_out(p, planes, grad_out);
-  TriplaneTensors t;
-  t.grad_strides = grad_strides(p, grad);
-  t.grad_out = grad.data_ptr();
-  t.planes = p.planes.data_ptr();
-  t.coords = p.coords.data_ptr();
-  t.coord_strides = coord_strides(p.coords);
+  TriplaneTensors t = inputs_of(p, grad);
   at::Tensor gg_planes, gg_coords;
   if (grad_grad_planes.has_value() && grad_grad_planes->defined()) {
     check_same_device(kOp, "grad_grad_planes", *grad_grad_planes, "planes", planes);
