@@ -39,6 +39,9 @@ TORCH_LIBRARY(omnifast, m) {
   m.def("triplane_sample_double_backward(Tensor? grad_grad_planes, Tensor? grad_grad_coords,"
         " Tensor grad_out, Tensor planes, Tensor coords, int[] axes, float[] scale, int reduce,"
         " bool want_grad_out, bool want_planes, bool want_coords) -> (Tensor, Tensor, Tensor)");
+  // The plane gradient in a fixed order (CUDA's deterministic path; CPU twin for tests).
+  m.def("triplane_sample_plane_grad_rows(Tensor grad_out, Tensor planes, Tensor coords,"
+        " Tensor? grad_grad_coords, int[] axes, float[] scale, int reduce) -> Tensor");
 }
 
 // Importing omnifast._C loads this library so the registrations above run; the module itself is

@@ -284,18 +284,85 @@ def test_cpu_backward_is_bitwise_reproducible():
         assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
+def row_walk_inputs(dims, reduce, device, m=400):
+    planes = make_planes(2, 6, spatial_for(dims), torch.float64, device)
+    coords = make_coords(2, m, torch.float64, device)
+    out_shape = (2, 3, m, 6) if reduce == "none" else (2, m, 6)
+    grad_out = torch.randn(out_shape, dtype=torch.float64, device=device)
+    axes = [i for plane in omnifast.ops.triplane.resolve_axes(None, dims) for i in plane]
+    code = omnifast.ops.triplane.REDUCE[reduce]
+    return grad_out, planes.movedim(2, -1).contiguous(), coords, axes, [2.0, 2.0, 2.0], code
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("reduce", ["mean", "none"])
+def test_row_walk_plane_gradient_matches_backward(device, dims, reduce):
+    """The fixed-order plane gradient (CUDA's deterministic path) against the backward's, for
+    the first and the second derivative, run twice for bitwise equality."""
+    grad_out, planes, coords, axes, scale, code = row_walk_inputs(dims, reduce, device)
+    grad_grad_coords = torch.randn_like(coords)
+    with poisoned_outputs():
+        rows = torch.ops.omnifast.triplane_sample_plane_grad_rows(
+            grad_out, planes, coords, None, axes, scale, code)
+        rows_second = torch.ops.omnifast.triplane_sample_plane_grad_rows(
+            grad_out, planes, coords, grad_grad_coords, axes, scale, code)
+    expected, _ = torch.ops.omnifast.triplane_sample_backward(
+        grad_out, planes, coords, axes, scale, code, True, False)
+    _, expected_second, _ = torch.ops.omnifast.triplane_sample_double_backward(
+        None, grad_grad_coords, grad_out, planes, coords, axes, scale, code, False, True, False)
+    assert_close(rows, expected, 1e-12)
+    assert_close(rows_second, expected_second, 1e-12)
+    again = torch.ops.omnifast.triplane_sample_plane_grad_rows(
+        grad_out, planes, coords, None, axes, scale, code)
+    assert torch.equal(rows, again)
+
+
+def test_row_walk_with_points_off_the_planes_and_none_at_all():
+    grad_out, planes, coords, axes, scale, code = row_walk_inputs(2, "mean", "cpu", m=50)
+    coords[:, ::3] = 10.0  # no corner on any plane: the keys' sentinel
+    expected, _ = torch.ops.omnifast.triplane_sample_backward(
+        grad_out, planes, coords, axes, scale, code, True, False)
+    rows = torch.ops.omnifast.triplane_sample_plane_grad_rows(
+        grad_out, planes, coords, None, axes, scale, code)
+    assert_close(rows, expected, 1e-12)
+    empty = torch.ops.omnifast.triplane_sample_plane_grad_rows(
+        grad_out[:, :0], planes, coords[:, :0], None, axes, scale, code)
+    assert torch.equal(empty, torch.zeros_like(planes))
+
+
+def test_row_walk_opcheck():
+    grad_out, planes, coords, axes, scale, code = row_walk_inputs(3, "mean", "cpu", m=30)
+    torch.library.opcheck(torch.ops.omnifast.triplane_sample_plane_grad_rows,
+                          (grad_out, planes, coords, torch.randn_like(coords), axes, scale, code),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
-def test_cuda_plane_gradient_honours_deterministic_mode():
-    planes = make_planes(1, 4, (8, 8), torch.float32, "cuda").requires_grad_()
-    coords = make_coords(1, 100, torch.float32, "cuda")
-    out = omnifast.triplane_sample(planes, coords)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_cuda_deterministic_mode_is_bitwise_reproducible(dims):
+    planes = make_planes(2, 32, (64, 64) if dims == 2 else (3, 32, 32), torch.float32, "cuda")
+    planes.requires_grad_()
+    coords = make_coords(2, 20000, torch.float32, "cuda").requires_grad_()
+    grad_out = torch.randn(2, 20000, 32, device="cuda")
+    direction = torch.randn_like(coords)
+
+    def gradients():
+        out = omnifast.triplane_sample(planes, coords)
+        gp, gc = torch.autograd.grad(out, (planes, coords), grad_out, create_graph=True)
+        (second,) = torch.autograd.grad((gc * direction).sum(), planes)
+        return gp, second
+
+    fast = gradients()
     torch.use_deterministic_algorithms(True)
     try:
-        with pytest.raises(RuntimeError, match="triplane_sample"):
-            torch.autograd.grad(out.sum(), planes)
+        first, again = gradients(), gradients()
     finally:
         torch.use_deterministic_algorithms(False)
+    for a, b, f in zip(first, again, fast):
+        assert torch.equal(a, b)
+        assert_close(a, f, 1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,32 +49,56 @@ struct Corner {
   acc_t d2w[3][3];
 };
 
+// Where a point falls on one plane: per grid axis the lower corner index, the fraction towards
+// the upper one and d(pixel position)/d(world coordinate). `inside` is false when every corner
+// lies outside (or the coordinate is NaN/inf); otherwise at least one corner is in range.
+template <int DIMS, typename acc_t>
+struct PlanePosition {
+  bool inside;
+  int comp[DIMS];  // the coordinate component feeding each grid axis
+  int64_t base[DIMS];
+  acc_t frac[DIMS];
+  acc_t jac[DIMS];
+};
+
+template <int DIMS, typename acc_t>
+OMNIFAST_HD PlanePosition<DIMS, acc_t> locate(const TriplaneShape& s, int plane,
+                                              const acc_t xyz[3]) {
+  PlanePosition<DIMS, acc_t> pos;
+  pos.inside = true;
+OMNIFAST_UNROLL
+  for (int a = 0; a < DIMS; ++a) {
+    pos.comp[a] = s.axes[plane][a];
+    acc_t coord = xyz[0], scale = static_cast<acc_t>(s.scale[0]);
+    if (pos.comp[a] == 1) coord = xyz[1], scale = static_cast<acc_t>(s.scale[1]);
+    if (pos.comp[a] == 2) coord = xyz[2], scale = static_cast<acc_t>(s.scale[2]);
+    const acc_t size = static_cast<acc_t>(s.size[a]);
+    const acc_t pix = ((coord * scale + acc_t(1)) * size - acc_t(1)) / acc_t(2);
+    // Checked before the cast, which keeps the integer conversion defined for any input.
+    if (!(pix >= acc_t(-1) && pix < size)) {
+      pos.inside = false;
+      return pos;
+    }
+    const acc_t lower = floor_of(pix);
+    pos.base[a] = static_cast<int64_t>(lower);
+    pos.frac[a] = pix - lower;
+    pos.jac[a] = scale * size / acc_t(2);
+  }
+  return pos;
+}
+
 // Calls visit(corner) for each in-range corner of `plane` at world point xyz, in grid_sample's
 // order (x fastest). ORDER 0 fills w, 1 adds dw, 2 adds d2w. Multilinear weights have no pure
 // second derivative, so d2w holds only the cross terms of two different grid axes.
 template <int DIMS, int ORDER, typename acc_t, typename Visit>
 OMNIFAST_HD void visit_corners(const TriplaneShape& s, int64_t n, int plane, const acc_t xyz[3],
                                Visit&& visit) {
-  int64_t base[DIMS];
-  acc_t frac[DIMS];
-  acc_t jac[DIMS];  // d(pixel position) / d(world coordinate)
-  int comp[DIMS];
-OMNIFAST_UNROLL
-  for (int a = 0; a < DIMS; ++a) {
-    comp[a] = s.axes[plane][a];
-    acc_t coord = xyz[0], scale = static_cast<acc_t>(s.scale[0]);
-    if (comp[a] == 1) coord = xyz[1], scale = static_cast<acc_t>(s.scale[1]);
-    if (comp[a] == 2) coord = xyz[2], scale = static_cast<acc_t>(s.scale[2]);
-    const acc_t size = static_cast<acc_t>(s.size[a]);
-    const acc_t pix = ((coord * scale + acc_t(1)) * size - acc_t(1)) / acc_t(2);
-    // Both corners are outside (or the coordinate is NaN/inf): nothing to add. Checking before
-    // the cast keeps the integer conversion defined for any input.
-    if (!(pix >= acc_t(-1) && pix < size)) return;
-    const acc_t lower = floor_of(pix);
-    base[a] = static_cast<int64_t>(lower);
-    frac[a] = pix - lower;
-    jac[a] = scale * size / acc_t(2);
-  }
+  const PlanePosition<DIMS, acc_t> pos = locate<DIMS>(s, plane, xyz);
+  if (!pos.inside) return;
+  const int* comp = pos.comp;
+  const int64_t* base = pos.base;
+  const acc_t* frac = pos.frac;
+  const acc_t* jac = pos.jac;
   const int64_t plane_texel0 = (n * 3 + plane) * s.size[2] * s.size[1] * s.size[0];
 OMNIFAST_UNROLL
   for (int k = 0; k < (1 << DIMS); ++k) {
@@ -347,6 +371,73 @@ OMNIFAST_UNROLL
     }
     if (want_coords) partial.add_to(grad_xyz);
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plane gradients without atomics, in a fixed order (the deterministic path).
+//
+// Every (point, plane) gets the key of the texel row (d, y) of its lowest corner; sorting the
+// keys stably groups the points by row and keeps them in point order within a row. A worker that
+// owns one gradient row then walks the 2 (planes) or 4 (volumes) groups whose corners reach its
+// row and adds only inside it: no two workers write the same element, and each element's sum
+// has the same order in every run.
+
+// Keys per plane: rows of lowest corners, (D + 1) x (H + 1) with the "-1" rows included, plus
+// one for points with no corner on the plane (sorted last and never read).
+OMNIFAST_HD int64_t row_keys_per_plane(const TriplaneShape& s) {
+  return (s.dims == 3 ? s.size[2] + 1 : 1) * (s.size[1] + 1) + 1;
+}
+
+template <int DIMS, typename acc_t>
+OMNIFAST_HD int64_t lowest_row_key(const TriplaneShape& s, int plane, const acc_t xyz[3]) {
+  const PlanePosition<DIMS, acc_t> pos = locate<DIMS>(s, plane, xyz);
+  if (!pos.inside) return row_keys_per_plane(s) - 1;
+  const int64_t depth_row = DIMS == 3 ? pos.base[DIMS - 1] + 1 : 0;
+  return depth_row * (s.size[1] + 1) + pos.base[1] + 1;
+}
+
+// Sort key of point m on plane p of image n: plane-major, then row.
+template <int DIMS, typename acc_t>
+OMNIFAST_HD int64_t row_sort_key(const TriplaneShape& s, const acc_t* coords, CoordStrides cs,
+                                 int64_t n, int p, int64_t m) {
+  acc_t xyz[3];
+  load_point(coords, cs, n, m, xyz);
+  return (n * 3 + p) * row_keys_per_plane(s) + lowest_row_key<DIMS>(s, p, xyz);
+}
+
+// Adds only inside [begin, end): the elements of the row a worker owns.
+template <int VEC, typename acc_t>
+struct RowAdd {
+  acc_t* begin;
+  acc_t* end;
+  OMNIFAST_HD void operator()(acc_t* dst, const acc_t* val, int count) const {
+    if (dst < begin || dst >= end) return;
+    OMNIFAST_CHANNEL_LOOP(v, count, VEC) dst[v] += val[v];
+  }
+};
+
+// Calls add_point(n, p, m, row_add) for every point whose corners reach gradient row `row`
+// (flat over N x 3 x D x H), in a fixed order. `order` lists flat (n * 3 + p) * M + m indices
+// sorted stably by row_sort_key; `key_start[k]` is the first position of key k.
+template <int DIMS, int VEC, typename acc_t, typename AddPoint>
+OMNIFAST_HD void walk_row(const TriplaneShape& s, int64_t row, const int64_t* order,
+                          const int64_t* key_start, acc_t* grad_planes, AddPoint&& add_point) {
+  const int64_t H = s.size[1], D = s.size[2];
+  const int64_t y = row % H, d = (row / H) % D, np = row / (H * D);
+  const int64_t row_elements = s.size[0] * s.channels;
+  acc_t* row_begin = grad_planes + row * row_elements;
+  const RowAdd<VEC, acc_t> row_add{row_begin, row_begin + row_elements};
+  const int64_t plane_key0 = np * row_keys_per_plane(s);
+OMNIFAST_UNROLL
+  for (int dd = 0; dd < (DIMS == 3 ? 2 : 1); ++dd)
+OMNIFAST_UNROLL
+    for (int dy = 0; dy < 2; ++dy) {
+      // Lowest-corner rows (d - dd, y - dy) reach row (d, y); keys shift both by one.
+      const int64_t depth_row = DIMS == 3 ? d - dd + 1 : 0;
+      const int64_t key = plane_key0 + depth_row * (H + 1) + (y - dy + 1);
+      for (int64_t i = key_start[key]; i < key_start[key + 1]; ++i)
+        add_point(np / 3, static_cast<int>(np % 3), order[i] % s.points, row_add);
+    }
 }
 
 }  // namespace omnifast

@@ -133,16 +133,55 @@ void double_backward(const TriplaneShape& s, const TriplaneTensors& t) {
   }
 }
 
+template <int DIMS, typename T>
+void row_keys(const TriplaneShape& s, const TriplaneTensors& t, int64_t* keys) {
+  auto coords = static_cast<const T*>(t.coords);
+  at::parallel_for(0, s.batch * 3 * s.points, kPointGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t np = i / s.points;
+      keys[i] = row_sort_key<DIMS>(s, coords, t.coord_strides, np / 3, static_cast<int>(np % 3),
+                                   i % s.points);
+    }
+  });
+}
+
+template <int DIMS, typename T>
+void plane_grad_rows(const TriplaneShape& s, const TriplaneTensors& t) {
+  auto grad_out = static_cast<const T*>(t.grad_out);
+  auto planes = static_cast<const T*>(t.planes);
+  auto coords = static_cast<const T*>(t.coords);
+  auto gg_coords = static_cast<const T*>(t.gg_coords);
+  auto grad_planes = static_cast<T*>(t.grad_planes);
+  const int64_t rows = s.batch * 3 * s.size[2] * s.size[1];
+  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row)
+      walk_row<DIMS, kCpuVec>(s, row, t.row_order, t.row_key_start, grad_planes,
+                              [&](int64_t n, int p, int64_t m, const RowAdd<kCpuVec, T>& add) {
+        T unused[3];
+        if (gg_coords == nullptr)
+          triplane_backward_point<DIMS, kCpuVec, T, T>(s, grad_out, t.grad_strides, planes,
+                                                        coords, t.coord_strides, grad_planes,
+                                                        false, unused, n, m, p, p + 1,
+                                                        kAllChunks, add);
+        else
+          triplane_double_backward_point<DIMS, kCpuVec, T, T>(
+              s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr, gg_coords,
+              t.gg_coord_strides, nullptr, grad_planes, false, unused, n, m, p, p + 1,
+              kAllChunks, add);
+      });
+  });
+}
+
 // float32 and float64 on the CPU; 16-bit storage is CUDA-only (checked by the glue first).
-#define OMNIFAST_CPU_DISPATCH(FN, s, type, t)                                         \
+#define OMNIFAST_CPU_DISPATCH(FN, s, type, ...)                                       \
   do {                                                                                \
     TORCH_CHECK(type == StorageType::kFloat32 || type == StorageType::kFloat64,        \
                 "omnifast: the CPU tri-plane kernels take float32 or float64");        \
     const bool is_double = type == StorageType::kFloat64;                              \
     if (s.dims == 2) {                                                                 \
-      is_double ? FN<2, double>(s, t) : FN<2, float>(s, t);                            \
+      is_double ? FN<2, double>(s, __VA_ARGS__) : FN<2, float>(s, __VA_ARGS__);        \
     } else {                                                                           \
-      is_double ? FN<3, double>(s, t) : FN<3, float>(s, t);                            \
+      is_double ? FN<3, double>(s, __VA_ARGS__) : FN<3, float>(s, __VA_ARGS__);        \
     }                                                                                  \
   } while (0)
 
@@ -159,6 +198,16 @@ void triplane_backward_cpu(const TriplaneShape& s, StorageType type, const Tripl
 void triplane_double_backward_cpu(const TriplaneShape& s, StorageType type,
                                   const TriplaneTensors& t) {
   OMNIFAST_CPU_DISPATCH(double_backward, s, type, t);
+}
+
+void triplane_row_keys_cpu(const TriplaneShape& s, StorageType type, const TriplaneTensors& t,
+                           int64_t* keys) {
+  OMNIFAST_CPU_DISPATCH(row_keys, s, type, t, keys);
+}
+
+void triplane_plane_grad_rows_cpu(const TriplaneShape& s, StorageType type,
+                                  const TriplaneTensors& t) {
+  OMNIFAST_CPU_DISPATCH(plane_grad_rows, s, type, t);
 }
 
 }  // namespace omnifast

@@ -143,18 +143,71 @@ __global__ void double_backward_kernel(TriplaneShape s, TriplaneTensors t, int l
   }
 }
 
-enum class Pass { kForward, kBackward, kDoubleBackward };
+template <int DIMS, typename acc_t>
+__global__ void row_keys_kernel(TriplaneShape s, TriplaneTensors t, int64_t* keys) {
+  const auto coords = static_cast<const acc_t*>(t.coords);
+  OMNIFAST_THREAD_LOOP(i, s.batch * 3 * s.points) {
+    const int64_t np = i / s.points;
+    keys[i] = row_sort_key<DIMS>(s, coords, t.coord_strides, np / 3, static_cast<int>(np % 3),
+                                 i % s.points);
+  }
+}
+
+// One group of `lanes` threads per gradient row; lanes own disjoint channels, so plain adds.
+template <int DIMS, typename scalar_t, typename acc_t>
+__global__ void plane_grad_rows_kernel(TriplaneShape s, TriplaneTensors t, int lanes,
+                                       int log2_lanes, int64_t total) {
+  const auto grad_out = static_cast<const scalar_t*>(t.grad_out);
+  const auto planes = static_cast<const scalar_t*>(t.planes);
+  const auto coords = static_cast<const acc_t*>(t.coords);
+  const auto gg_coords = static_cast<const acc_t*>(t.gg_coords);
+  const auto grad_planes = static_cast<acc_t*>(t.grad_planes);
+  OMNIFAST_THREAD_LOOP(i, total) {
+    const ChunkRange chunks{i & (lanes - 1), lanes};
+    walk_row<DIMS, kVec>(s, i >> log2_lanes, t.row_order, t.row_key_start, grad_planes,
+                         [&](int64_t n, int p, int64_t m, const RowAdd<kVec, acc_t>& add) {
+      acc_t unused[3];
+      if (gg_coords == nullptr)
+        triplane_backward_point<DIMS, kVec, scalar_t, acc_t>(
+            s, grad_out, t.grad_strides, planes, coords, t.coord_strides, grad_planes, false,
+            unused, n, m, p, p + 1, chunks, add);
+      else
+        triplane_double_backward_point<DIMS, kVec, scalar_t, acc_t>(
+            s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr, gg_coords,
+            t.gg_coord_strides, nullptr, grad_planes, false, unused, n, m, p, p + 1, chunks,
+            add);
+    });
+  }
+}
+
+enum class Pass { kForward, kBackward, kDoubleBackward, kPlaneGradRows };
+
+dim3 grid_for(int64_t threads) {
+  int64_t blocks = (threads + kThreads - 1) / kThreads;
+  if (blocks > kMaxBlocks) blocks = kMaxBlocks;
+  return dim3(static_cast<unsigned>(blocks));
+}
+
+const char* last_error() {
+  const cudaError_t err = cudaGetLastError();
+  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+}
 
 template <Pass PASS, int DIMS, typename scalar_t, typename acc_t>
 const char* launch_typed(const TriplaneShape& s, const TriplaneTensors& t, cudaStream_t stream) {
   const int lanes = lanes_for(s.channels);
+  if constexpr (PASS == Pass::kPlaneGradRows) {
+    const int64_t total = s.batch * 3 * s.size[2] * s.size[1] * lanes;
+    if (total == 0 || s.channels == 0) return nullptr;
+    plane_grad_rows_kernel<DIMS, scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
+        s, t, lanes, log2_of(lanes), total);
+    return last_error();
+  }
   const int64_t threads = s.batch * s.points * lanes;
   const int64_t total = (threads + 31) / 32 * 32;
   if (total == 0 || s.channels == 0) return nullptr;
-  int64_t blocks = (total + kThreads - 1) / kThreads;
-  if (blocks > kMaxBlocks) blocks = kMaxBlocks;
   const int log2_lanes = log2_of(lanes);
-  const dim3 grid(static_cast<unsigned>(blocks));
+  const dim3 grid = grid_for(total);
   if constexpr (PASS == Pass::kForward)
     forward_kernel<DIMS, scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(s, t, lanes, log2_lanes,
                                                                          total);
@@ -164,8 +217,7 @@ const char* launch_typed(const TriplaneShape& s, const TriplaneTensors& t, cudaS
   else
     double_backward_kernel<DIMS, scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
         s, t, lanes, log2_lanes, total);
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
+  return last_error();
 }
 
 template <Pass PASS, int DIMS>
@@ -207,6 +259,27 @@ const char* triplane_backward_cuda(const TriplaneShape& s, StorageType type,
 const char* triplane_double_backward_cuda(const TriplaneShape& s, StorageType type,
                                           const TriplaneTensors& t, void* stream) {
   return launch<Pass::kDoubleBackward>(s, type, t, stream);
+}
+
+const char* triplane_plane_grad_rows_cuda(const TriplaneShape& s, StorageType type,
+                                          const TriplaneTensors& t, void* stream) {
+  return launch<Pass::kPlaneGradRows>(s, type, t, stream);
+}
+
+const char* triplane_row_keys_cuda(const TriplaneShape& s, StorageType type,
+                                   const TriplaneTensors& t, int64_t* keys, void* stream) {
+  const int64_t total = s.batch * 3 * s.points;
+  if (total == 0) return nullptr;
+  auto cuda_stream = static_cast<cudaStream_t>(stream);
+  // Keys read only the coordinates, stored as double for float64 and as float otherwise.
+  const bool is_double = type == StorageType::kFloat64;
+  if (s.dims == 2)
+    is_double ? row_keys_kernel<2, double><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys)
+              : row_keys_kernel<2, float><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys);
+  else
+    is_double ? row_keys_kernel<3, double><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys)
+              : row_keys_kernel<3, float><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys);
+  return last_error();
 }
 
 }  // namespace omnifast

@@ -22,6 +22,10 @@ struct TriplaneTensors {
   void* out = nullptr;                // storage type, contiguous: forward output or grad of grad_out
   void* grad_planes = nullptr;        // acc type, zero-filled, optional
   void* grad_coords = nullptr;        // acc type, contiguous [N, M, 3], optional
+  // The row walk (plane gradients in a fixed order): flat (n * 3 + p) * M + m indices sorted
+  // stably by row_sort_key, and the first position of each key (one more entry than keys).
+  const int64_t* row_order = nullptr;
+  const int64_t* row_key_start = nullptr;
 };
 
 // CPU twins (triplane_cpu.cpp). Deterministic: plane gradients are accumulated by one worker
@@ -30,15 +34,27 @@ void triplane_forward_cpu(const TriplaneShape& s, StorageType type, const Tripla
 void triplane_backward_cpu(const TriplaneShape& s, StorageType type, const TriplaneTensors& t);
 void triplane_double_backward_cpu(const TriplaneShape& s, StorageType type,
                                   const TriplaneTensors& t);
+// The row walk: keys[(n * 3 + p) * M + m] = row_sort_key; then grad_planes (zero-filled) from
+// grad_out alone (the backward's plane gradient) or, when gg_coords is set, the double
+// backward's plane term. Bitwise reproducible on both backends.
+void triplane_row_keys_cpu(const TriplaneShape& s, StorageType type, const TriplaneTensors& t,
+                           int64_t* keys);
+void triplane_plane_grad_rows_cpu(const TriplaneShape& s, StorageType type,
+                                  const TriplaneTensors& t);
 
 // CUDA launchers (triplane_cuda.cu) on the given cudaStream_t. They return nullptr on success or
-// the CUDA error string of a failed launch. Plane gradients are accumulated with atomics, so
-// their summation order (and last bits) can change from run to run.
+// the CUDA error string of a failed launch. The backward kernels accumulate plane gradients with
+// atomics, so their summation order (and last bits) can change from run to run; the row walk
+// below is the deterministic alternative.
 const char* triplane_forward_cuda(const TriplaneShape& s, StorageType type,
                                   const TriplaneTensors& t, void* stream);
 const char* triplane_backward_cuda(const TriplaneShape& s, StorageType type,
                                    const TriplaneTensors& t, void* stream);
 const char* triplane_double_backward_cuda(const TriplaneShape& s, StorageType type,
+                                          const TriplaneTensors& t, void* stream);
+const char* triplane_row_keys_cuda(const TriplaneShape& s, StorageType type,
+                                   const TriplaneTensors& t, int64_t* keys, void* stream);
+const char* triplane_plane_grad_rows_cuda(const TriplaneShape& s, StorageType type,
                                           const TriplaneTensors& t, void* stream);
 
 }  // namespace omnifast

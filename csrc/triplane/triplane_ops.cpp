@@ -180,12 +180,35 @@ void run(const at::Tensor& planes, CpuFn cpu, CudaFn cuda) {
 #endif
 }
 
-// Plane gradients on CUDA are summed with atomics; under torch.use_deterministic_algorithms this
-// raises (or warns with warn_only), as PyTorch's own grid_sample backward does.
-void alert_if_nondeterministic(const at::Tensor& planes) {
-  if (planes.is_cuda())
-    at::globalContext().alertNotDeterministic(
-        "omnifast.triplane_sample backward (plane gradient) on CUDA");
+// The plane gradient through the row walk (triplane.h): keys, a stable sort, one worker per
+// gradient row. Bitwise reproducible; CUDA uses it under torch.use_deterministic_algorithms,
+// where its atomics would not be.
+at::Tensor plane_grad_by_rows(const Prepared& p, TriplaneTensors t) {
+  const TriplaneShape& s = p.shape;
+  const auto long_options = p.coords.options().dtype(at::kLong);
+  at::Tensor keys = at::empty({s.batch * 3 * s.points}, long_options);
+  int64_t* key_data = keys.data_ptr<int64_t>();
+  run(
+      p.planes, [&] { triplane_row_keys_cpu(s, p.type, t, key_data); },
+      [&](void* stream) { return triplane_row_keys_cuda(s, p.type, t, key_data, stream); });
+  const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const at::Tensor order = std::get<1>(sorted);
+  const int64_t total_keys = s.batch * 3 * row_keys_per_plane(s);
+  const at::Tensor key_start =
+      at::searchsorted(std::get<0>(sorted), at::arange(total_keys + 1, long_options));
+  at::Tensor grad_planes = at::zeros(p.planes.sizes(), p.planes.options().dtype(p.acc_type));
+  t.row_order = order.data_ptr<int64_t>();
+  t.row_key_start = key_start.data_ptr<int64_t>();
+  t.grad_planes = grad_planes.data_ptr();
+  run(
+      p.planes, [&] { triplane_plane_grad_rows_cpu(s, p.type, t); },
+      [&](void* stream) { return triplane_plane_grad_rows_cuda(s, p.type, t, stream); });
+  return grad_planes;
+}
+
+// CUDA adds plane gradients with atomics unless deterministic algorithms are requested.
+bool use_row_walk(const at::Tensor& planes) {
+  return planes.is_cuda() && at::globalContext().deterministicAlgorithms();
 }
 
 at::Tensor triplane_sample(const at::Tensor& planes, const at::Tensor& coords,
@@ -208,8 +231,9 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward(
   const at::Tensor grad = checked_grad_out(p, planes, grad_out);
   TriplaneTensors t = inputs_of(p, grad);
   at::Tensor grad_planes, grad_coords;
-  if (want_planes) {
-    alert_if_nondeterministic(planes);
+  const bool rows = want_planes && use_row_walk(planes);
+  if (rows) grad_planes = plane_grad_by_rows(p, t);
+  if (want_planes && !rows) {
     grad_planes = plane_grad_buffer(p);
     t.grad_planes = grad_planes.data_ptr();
   }
@@ -217,7 +241,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward(
     grad_coords = at::empty({p.shape.batch, p.shape.points, 3}, p.coords.options());
     t.grad_coords = grad_coords.data_ptr();
   }
-  if (want_planes || want_coords)
+  if (t.grad_planes != nullptr || t.grad_coords != nullptr)
     run(
         planes, [&] { triplane_backward_cpu(p.shape, p.type, t); },
         [&](void* stream) { return triplane_backward_cuda(p.shape, p.type, t, stream); });
@@ -254,12 +278,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
     t.out = grad_grad_out.data_ptr();
   }
   if (want_planes) {
-    if (gg_coords.defined()) {
-      alert_if_nondeterministic(planes);
+    if (!gg_coords.defined()) {  // planes reach the backward's outputs only through grad_coords
+      grad_planes = at::zeros(p.planes.sizes(), p.planes.options().dtype(p.acc_type));
+    } else if (use_row_walk(planes)) {
+      grad_planes = plane_grad_by_rows(p, t);
+    } else {
       grad_planes = plane_grad_buffer(p);
       t.grad_planes = grad_planes.data_ptr();
-    } else {  // planes reach the backward's outputs only through the coordinate gradient
-      grad_planes = at::zeros(p.planes.sizes(), p.planes.options().dtype(p.acc_type));
     }
   }
   if (want_coords) {
@@ -275,10 +300,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
           want_coords ? grad_coords.to(coords.scalar_type()) : nothing(coords)};
 }
 
+// The plane gradient through the row walk, as an op of its own: the deterministic CUDA path,
+// with its CPU twin for the tests. With grad_grad_coords: the double backward's plane term.
+at::Tensor triplane_sample_plane_grad_rows(const at::Tensor& grad_out, const at::Tensor& planes,
+                                           const at::Tensor& coords,
+                                           const std::optional<at::Tensor>& grad_grad_coords,
+                                           at::IntArrayRef axes, at::ArrayRef<double> scale,
+                                           int64_t reduce) {
+  const Prepared p = prepare(planes, coords, axes, scale, reduce);
+  const at::Tensor grad = checked_grad_out(p, planes, grad_out);
+  TriplaneTensors t = inputs_of(p, grad);
+  at::Tensor gg_coords;
+  if (grad_grad_coords.has_value() && grad_grad_coords->defined()) {
+    check_same_device(kOp, "grad_grad_coords", *grad_grad_coords, "planes", planes);
+    check_shape(kOp, "grad_grad_coords", *grad_grad_coords, coords.sizes());
+    gg_coords = grad_grad_coords->to(p.acc_type);
+    t.gg_coords = gg_coords.data_ptr();
+    t.gg_coord_strides = coord_strides(gg_coords);
+  }
+  return plane_grad_by_rows(p, t).to(planes.scalar_type());
+}
+
 }  // namespace
 }  // namespace omnifast
 
 TORCH_LIBRARY_IMPL(omnifast, CPU, m) {
+  m.impl("triplane_sample_plane_grad_rows", &omnifast::triplane_sample_plane_grad_rows);
   m.impl("triplane_sample", &omnifast::triplane_sample);
   m.impl("triplane_sample_backward", &omnifast::triplane_sample_backward);
   m.impl("triplane_sample_double_backward", &omnifast::triplane_sample_double_backward);
@@ -286,6 +333,7 @@ TORCH_LIBRARY_IMPL(omnifast, CPU, m) {
 
 #ifdef OMNIFAST_WITH_CUDA
 TORCH_LIBRARY_IMPL(omnifast, CUDA, m) {
+  m.impl("triplane_sample_plane_grad_rows", &omnifast::triplane_sample_plane_grad_rows);
   m.impl("triplane_sample", &omnifast::triplane_sample);
   m.impl("triplane_sample_backward", &omnifast::triplane_sample_backward);
   m.impl("triplane_sample_double_backward", &omnifast::triplane_sample_double_backward);

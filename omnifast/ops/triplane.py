@@ -184,6 +184,12 @@ def _triplane_sample_double_backward_fake(grad_grad_planes, grad_grad_coords, gr
             coords.new_empty(coords.shape) if want_coords else coords.new_empty(0))
 
 
+@torch.library.register_fake("omnifast::triplane_sample_plane_grad_rows")
+def _triplane_sample_plane_grad_rows_fake(grad_out, planes, coords, grad_grad_coords, axes, scale,
+                                          reduce):
+    return planes.new_empty(planes.shape)
+
+
 # ---- autograd: forward -> backward op -> double-backward op ----
 
 def _setup_forward(ctx, inputs, output):
