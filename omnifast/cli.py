@@ -101,6 +101,11 @@ def _cmd_bench(args):
           f"{'peak':>8} {'ref peak':>8}")
     if args.op in ("triplane", "all"):
         report["results"] += _bench_triplane(device, args.quick, passes)
+    if "copy_bandwidth_GBps" in report:  # how close the forward comes to the bytes it must move
+        for row in report["results"]:
+            if "omnifast_forward_GBps" in row:
+                row["forward_fraction_of_copy_bandwidth"] = (
+                    row["omnifast_forward_GBps"] / report["copy_bandwidth_GBps"])
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
