@@ -45,7 +45,7 @@ def extension():
     # Globbed, so setup.py and CMakeLists.txt never keep two source lists.
     cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cuda_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True))
-    cxx_flags = ["-O3", "-std=c++17"]
+    cxx_flags = ["-O3"]  # the language standard is the one this torch builds its extensions with
     link_flags = []
     if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
         # at::parallel_for is header-inline over OpenMP: without -fopenmp it runs serially.
@@ -63,7 +63,7 @@ def extension():
         cpp_sources + cuda_sources,
         extra_compile_args={
             "cxx": cxx_flags + defines,
-            "nvcc": ["-O3", "-std=c++17", "-lineinfo"] + defines,
+            "nvcc": ["-O3", "-lineinfo"] + defines,
         },
         extra_link_args=link_flags,
     )
