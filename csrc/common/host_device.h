@@ -33,6 +33,31 @@
 
 namespace omnifast {
 
+// Conversions between a storage type and the accumulation type. CUDA's 16-bit types get
+// explicit specialisations (cuda_half.cuh): torch compiles extensions with their implicit
+// conversions switched off (__CUDA_NO_HALF_CONVERSIONS__ and friends).
+template <typename T>
+struct Storage {
+  template <typename A>
+  static OMNIFAST_HD A to(T x) {
+    return static_cast<A>(x);
+  }
+  template <typename A>
+  static OMNIFAST_HD T from(A x) {
+    return static_cast<T>(x);
+  }
+};
+
+template <typename A, typename T>
+OMNIFAST_HD A load_as(T x) {
+  return Storage<T>::template to<A>(x);
+}
+
+template <typename T, typename A>
+OMNIFAST_HD T store_as(A x) {
+  return Storage<T>::template from<A>(x);
+}
+
 // Floor that is defined for the whole float range (callers range-check before casting to an index).
 template <typename T>
 OMNIFAST_HD T floor_of(T x) {

@@ -166,7 +166,7 @@ OMNIFAST_HD void load_point(const coord_t* coords, CoordStrides cs, int64_t n, i
   const coord_t* p = coords + n * cs.batch + m * cs.point;
 OMNIFAST_UNROLL
 OMNIFAST_UNROLL
-  for (int k = 0; k < 3; ++k) xyz[k] = static_cast<acc_t>(p[k * cs.component]);
+  for (int k = 0; k < 3; ++k) xyz[k] = load_as<acc_t>(p[k * cs.component]);
 }
 
 // Factor applied to the plane sum: 1/3 for the mean, 1 otherwise.
@@ -200,19 +200,19 @@ OMNIFAST_UNROLL
     for (int p = 0; p < 3; ++p) {
       visit_corners<DIMS, 0>(s, n, p, xyz, [&](const Corner<acc_t>& k) {
         const scalar_t* src = planes + k.texel * C + c0;
-        OMNIFAST_CHANNEL_LOOP(v, nch, VEC) acc[v] += k.w * static_cast<acc_t>(src[v]);
+        OMNIFAST_CHANNEL_LOOP(v, nch, VEC) acc[v] += k.w * load_as<acc_t>(src[v]);
       });
       if (s.reduce == kReduceNone) {
         scalar_t* dst = out + ((n * 3 + p) * s.points + m) * C + c0;
         OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
-          dst[v] = static_cast<scalar_t>(acc[v]);
+          dst[v] = store_as<scalar_t>(acc[v]);
           acc[v] = acc_t(0);
         }
       }
     }
     if (s.reduce != kReduceNone) {
       scalar_t* dst = out + (n * s.points + m) * C + c0;
-      OMNIFAST_CHANNEL_LOOP(v, nch, VEC) dst[v] = static_cast<scalar_t>(acc[v] * factor);
+      OMNIFAST_CHANNEL_LOOP(v, nch, VEC) dst[v] = store_as<scalar_t>(acc[v] * factor);
     }
   }
 }
@@ -222,7 +222,7 @@ template <int VEC, typename scalar_t, typename acc_t>
 OMNIFAST_HD void load_grad_chunk(const scalar_t* grad, PointStrides gs, int64_t n, int p,
                                  int64_t m, int64_t c0, int nch, acc_t factor, acc_t g[VEC]) {
   const scalar_t* src = grad + n * gs.batch + p * gs.plane + m * gs.point + c0;
-  OMNIFAST_CHANNEL_LOOP(v, nch, VEC) g[v] = factor * static_cast<acc_t>(src[v]);
+  OMNIFAST_CHANNEL_LOOP(v, nch, VEC) g[v] = factor * load_as<acc_t>(src[v]);
 }
 
 // Per-channel partial sums of a point's coordinate gradient: elementwise multiply-adds in the
@@ -276,7 +276,7 @@ OMNIFAST_UNROLL
         if (want_coords) {
           const scalar_t* src = planes + k.texel * C + c0;
           OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
-            const acc_t gp = g[v] * static_cast<acc_t>(src[v]);
+            const acc_t gp = g[v] * load_as<acc_t>(src[v]);
             partial.sum[0][v] += k.dw[0] * gp;
             partial.sum[1][v] += k.dw[1] * gp;
             partial.sum[2][v] += k.dw[2] * gp;
@@ -332,8 +332,8 @@ OMNIFAST_UNROLL
         acc_t pv[VEC];
         acc_t qv[VEC];
         OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
-          pv[v] = need_planes ? static_cast<acc_t>(planes[k.texel * C + c0 + v]) : acc_t(0);
-          qv[v] = gg_planes != nullptr ? static_cast<acc_t>(gg_planes[k.texel * C + c0 + v])
+          pv[v] = need_planes ? load_as<acc_t>(planes[k.texel * C + c0 + v]) : acc_t(0);
+          qv[v] = gg_planes != nullptr ? load_as<acc_t>(gg_planes[k.texel * C + c0 + v])
                                        : acc_t(0);
         }
         if (grad_grad_out != nullptr)
@@ -360,14 +360,14 @@ OMNIFAST_UNROLL
       if (grad_grad_out != nullptr && s.reduce == kReduceNone) {
         scalar_t* dst = grad_grad_out + ((n * 3 + p) * s.points + m) * C + c0;
         OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
-          dst[v] = static_cast<scalar_t>(ggo[v]);
+          dst[v] = store_as<scalar_t>(ggo[v]);
           ggo[v] = acc_t(0);
         }
       }
     }
     if (grad_grad_out != nullptr && s.reduce != kReduceNone) {
       scalar_t* dst = grad_grad_out + (n * s.points + m) * C + c0;
-      OMNIFAST_CHANNEL_LOOP(v, nch, VEC) dst[v] = static_cast<scalar_t>(ggo[v] * factor);
+      OMNIFAST_CHANNEL_LOOP(v, nch, VEC) dst[v] = store_as<scalar_t>(ggo[v] * factor);
     }
     if (want_coords) partial.add_to(grad_xyz);
   }

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "../common/cuda_half.cuh"
 #include "triplane_launch.h"
 
 namespace omnifast {
