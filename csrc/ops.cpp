@@ -39,6 +39,15 @@ TORCH_LIBRARY(omnifast, m) {
   m.def("triplane_sample_double_backward(Tensor? grad_grad_planes, Tensor? grad_grad_coords,"
         " Tensor grad_out, Tensor planes, Tensor coords, int[] axes, float[] scale, int reduce,"
         " bool want_grad_out, bool want_planes, bool want_coords) -> (Tensor, Tensor, Tensor)");
+  // Fused SDF-to-density compositing over rays: features [R, S, C], field/depths [R, S].
+  // Returns (features [R, C], opacity [R], depth = sum(w z) / opacity [R], weights [R, L]).
+  m.def("composite(Tensor features, Tensor field, Tensor depths, Tensor? beta,"
+        " Tensor? density_delta, int field_type, int mode, bool want_weights)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("composite_backward(Tensor grad_features, Tensor grad_opacity, Tensor grad_depth,"
+        " Tensor? grad_weights, Tensor features, Tensor field, Tensor depths, Tensor? beta,"
+        " Tensor? density_delta, Tensor opacity, Tensor depth_raw, int field_type, int mode)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The plane gradient in a fixed order (CUDA's deterministic path; CPU twin for tests).
   m.def("triplane_sample_plane_grad_rows(Tensor grad_out, Tensor planes, Tensor coords,"
         " Tensor? grad_grad_coords, int[] axes, float[] scale, int reduce) -> Tensor");

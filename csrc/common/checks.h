@@ -7,7 +7,20 @@
 #include <sstream>
 #include <string>
 
+#include "storage_type.h"
+
 namespace omnifast {
+
+inline bool is_16bit(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
+
+inline StorageType storage_type_of(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return StorageType::kFloat32;
+    case at::kDouble: return StorageType::kFloat64;
+    case at::kHalf: return StorageType::kFloat16;
+    default: return StorageType::kBFloat16;
+  }
+}
 
 inline std::string shape_of(const at::Tensor& t) {
   std::ostringstream os;

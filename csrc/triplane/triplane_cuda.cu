@@ -7,29 +7,11 @@
 #include <cstdint>
 
 #include "../common/cuda_half.cuh"
+#include "../common/cuda_launch.cuh"
 #include "triplane_launch.h"
 
 namespace omnifast {
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int kVec = 4;  // consecutive channels per lane: one 16-byte read of a float32 texel
-constexpr int64_t kMaxBlocks = int64_t(1) << 20;
-
-// A point's channels are split over `lanes` consecutive threads (a power of two <= 32, so a
-// point's lanes share a warp and can be summed with shuffles); lane l takes chunks l, l+lanes, ...
-int lanes_for(int64_t channels) {
-  const int64_t chunks = (channels + kVec - 1) / kVec;
-  int lanes = 1;
-  while (lanes < chunks && lanes < 32) lanes *= 2;
-  return lanes;
-}
-
-int log2_of(int power_of_two) {
-  int l = 0;
-  while ((1 << l) < power_of_two) ++l;
-  return l;
-}
 
 template <typename acc_t>
 struct AtomicAdd {
@@ -52,14 +34,6 @@ struct AtomicAdd<float> {
   }
 };
 
-// Sum over the `lanes` threads of a point's group (every lane of the warp must call it).
-template <typename acc_t>
-__device__ acc_t group_sum(acc_t v, int lanes) {
-  for (int offset = lanes / 2; offset > 0; offset /= 2)
-    v += __shfl_xor_sync(0xffffffffu, v, offset);
-  return v;
-}
-
 struct ThreadPoint {
   bool active;
   int64_t n, m;
@@ -77,12 +51,6 @@ __device__ ThreadPoint thread_point(const TriplaneShape& s, int64_t i, int lanes
   tp.chunks = ChunkRange{i & (lanes - 1), lanes};
   return tp;
 }
-
-// Grid-stride loop over a thread count rounded up to whole warps: every lane of a warp runs the
-// same number of iterations, which the shuffles in group_sum need.
-#define OMNIFAST_THREAD_LOOP(i, total)                                               \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (total);     \
-       i += int64_t(gridDim.x) * blockDim.x)
 
 template <typename acc_t>
 __device__ void write_point_grad(const TriplaneShape& s, const ThreadPoint& tp, int lanes,
@@ -183,17 +151,6 @@ __global__ void plane_grad_rows_kernel(TriplaneShape s, TriplaneTensors t, int l
 
 enum class Pass { kForward, kBackward, kDoubleBackward, kPlaneGradRows };
 
-dim3 grid_for(int64_t threads) {
-  int64_t blocks = (threads + kThreads - 1) / kThreads;
-  if (blocks > kMaxBlocks) blocks = kMaxBlocks;
-  return dim3(static_cast<unsigned>(blocks));
-}
-
-const char* last_error() {
-  const cudaError_t err = cudaGetLastError();
-  return err == cudaSuccess ? nullptr : cudaGetErrorString(err);
-}
-
 template <Pass PASS, int DIMS, typename scalar_t, typename acc_t>
 const char* launch_typed(const TriplaneShape& s, const TriplaneTensors& t, cudaStream_t stream) {
   const int lanes = lanes_for(s.channels);
@@ -205,7 +162,7 @@ const char* launch_typed(const TriplaneShape& s, const TriplaneTensors& t, cudaS
     return last_error();
   }
   const int64_t threads = s.batch * s.points * lanes;
-  const int64_t total = (threads + 31) / 32 * 32;
+  const int64_t total = whole_warps(threads);
   if (total == 0 || s.channels == 0) return nullptr;
   const int log2_lanes = log2_of(lanes);
   const dim3 grid = grid_for(total);

@@ -2,11 +2,10 @@
 // side is compiled by nvcc without ATen, the CPU side by the host compiler.
 #pragma once
 
+#include "../common/storage_type.h"
 #include "triplane.h"
 
 namespace omnifast {
-
-enum class StorageType : int { kFloat32, kFloat64, kFloat16, kBFloat16 };
 
 // Pointers of one call. Plane-shaped tensors are feature-last and contiguous; "acc" tensors use
 // the accumulation type (float for float32/16-bit storage, double for float64).

@@ -8,12 +8,8 @@
 #include <optional>
 #include <tuple>
 
-#ifdef OMNIFAST_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#endif
-
 #include "../common/checks.h"
+#include "../common/dispatch.h"
 #include "triplane_launch.h"
 
 namespace omnifast {
@@ -28,17 +24,6 @@ struct Prepared {
   at::Tensor planes;  // contiguous [N, 3, (D,) H, W, C]
   at::Tensor coords;  // accumulation type
 };
-
-bool is_16bit(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
-
-StorageType storage_type(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return StorageType::kFloat32;
-    case at::kDouble: return StorageType::kFloat64;
-    case at::kHalf: return StorageType::kFloat16;
-    default: return StorageType::kBFloat16;
-  }
-}
 
 Prepared prepare(const at::Tensor& planes, const at::Tensor& coords, at::IntArrayRef axes,
                  at::ArrayRef<double> scale, int64_t reduce) {
@@ -106,7 +91,7 @@ Prepared prepare(const at::Tensor& planes, const at::Tensor& coords, at::IntArra
   }
   for (int k = 0; k < 3; ++k) s.scale[k] = scale[k];
   s.reduce = static_cast<int>(reduce);
-  p.type = storage_type(dtype);
+  p.type = storage_type_of(dtype);
   p.acc_type = acc_type;
   p.planes = planes.contiguous();
   p.coords = coords.to(acc_type);
@@ -163,23 +148,6 @@ TriplaneTensors inputs_of(const Prepared& p, const at::Tensor& grad = at::Tensor
 
 at::Tensor nothing(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
-template <typename CpuFn, typename CudaFn>
-void run(const at::Tensor& planes, CpuFn cpu, CudaFn cuda) {
-  if (planes.is_cpu()) {
-    cpu();
-    return;
-  }
-#ifdef OMNIFAST_WITH_CUDA
-  const c10::cuda::CUDAGuard guard(planes.device());
-  const char* err = cuda(static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
-  TORCH_CHECK(err == nullptr, "omnifast.", kOp, ": CUDA kernel launch failed: ", err);
-#else
-  (void)cuda;
-  TORCH_CHECK(false, "omnifast.", kOp,
-              ": this build has no CUDA kernels; reinstall with OMNIFAST_CUDA=1 and nvcc");
-#endif
-}
-
 // The plane gradient through the row walk (triplane.h): keys, a stable sort, one worker per
 // gradient row. Bitwise reproducible; CUDA uses it under torch.use_deterministic_algorithms,
 // where its atomics would not be.
@@ -188,8 +156,8 @@ at::Tensor plane_grad_by_rows(const Prepared& p, TriplaneTensors t) {
   const auto long_options = p.coords.options().dtype(at::kLong);
   at::Tensor keys = at::empty({s.batch * 3 * s.points}, long_options);
   int64_t* key_data = keys.data_ptr<int64_t>();
-  run(
-      p.planes, [&] { triplane_row_keys_cpu(s, p.type, t, key_data); },
+  run_on(
+      kOp, p.planes, [&] { triplane_row_keys_cpu(s, p.type, t, key_data); },
       [&](void* stream) { return triplane_row_keys_cuda(s, p.type, t, key_data, stream); });
   const auto sorted = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
   const at::Tensor order = std::get<1>(sorted);
@@ -200,8 +168,8 @@ at::Tensor plane_grad_by_rows(const Prepared& p, TriplaneTensors t) {
   t.row_order = order.data_ptr<int64_t>();
   t.row_key_start = key_start.data_ptr<int64_t>();
   t.grad_planes = grad_planes.data_ptr();
-  run(
-      p.planes, [&] { triplane_plane_grad_rows_cpu(s, p.type, t); },
+  run_on(
+      kOp, p.planes, [&] { triplane_plane_grad_rows_cpu(s, p.type, t); },
       [&](void* stream) { return triplane_plane_grad_rows_cuda(s, p.type, t, stream); });
   return grad_planes;
 }
@@ -217,8 +185,8 @@ at::Tensor triplane_sample(const at::Tensor& planes, const at::Tensor& coords,
   at::Tensor out = at::empty(output_shape(p.shape), planes.options());
   TriplaneTensors t = inputs_of(p);
   t.out = out.data_ptr();
-  run(
-      planes, [&] { triplane_forward_cpu(p.shape, p.type, t); },
+  run_on(
+      kOp, planes, [&] { triplane_forward_cpu(p.shape, p.type, t); },
       [&](void* stream) { return triplane_forward_cuda(p.shape, p.type, t, stream); });
   return out;
 }
@@ -242,8 +210,8 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward(
     t.grad_coords = grad_coords.data_ptr();
   }
   if (t.grad_planes != nullptr || t.grad_coords != nullptr)
-    run(
-        planes, [&] { triplane_backward_cpu(p.shape, p.type, t); },
+    run_on(
+        kOp, planes, [&] { triplane_backward_cpu(p.shape, p.type, t); },
         [&](void* stream) { return triplane_backward_cuda(p.shape, p.type, t, stream); });
   return {want_planes ? grad_planes.to(planes.scalar_type()) : nothing(planes),
           want_coords ? grad_coords.to(coords.scalar_type()) : nothing(coords)};
@@ -292,8 +260,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
     t.grad_coords = grad_coords.data_ptr();
   }
   if (t.out != nullptr || t.grad_planes != nullptr || t.grad_coords != nullptr)
-    run(
-        planes, [&] { triplane_double_backward_cpu(p.shape, p.type, t); },
+    run_on(
+        kOp, planes, [&] { triplane_double_backward_cpu(p.shape, p.type, t); },
         [&](void* stream) { return triplane_double_backward_cuda(p.shape, p.type, t, stream); });
   return {want_grad_out ? grad_grad_out : nothing(planes),
           want_planes ? grad_planes.to(planes.scalar_type()) : nothing(planes),

@@ -1,5 +1,6 @@
 """Pure-PyTorch references: the definition of correct for tests, the baseline for benchmarks, and
 a fallback (`backend="reference"`) for A/B checks in a model."""
+from .composite import composite
 from .triplane import triplane_sample, triplane_sample_gather
 
-__all__ = ["triplane_sample", "triplane_sample_gather"]
+__all__ = ["composite", "triplane_sample", "triplane_sample_gather"]

@@ -1,0 +1,333 @@
+// Fused SDF-to-density volume rendering along a ray, written once for the CPU loops and the CUDA
+// kernels. It reproduces EG3D's MipRayMarcher2 chain exactly: per-sample raw density (from an
+// SDF or given), midpoint averaging (or the absorption layout), softplus(sigma - 1),
+// alpha = 1 - exp(-sigma * delta), transmittance as the product of (1 - alpha + 1e-10),
+// weights, and the weighted sums. The caller finishes depth (nan_to_num, the global clamp) and
+// white_back on the per-ray outputs, exactly as the reference does.
+//
+// The backward needs no stored per-sample state and never divides by 1 - alpha. With g_k the
+// gradient of the loss with respect to weight w_k and P_k = sum_{j<=k} g_j w_j of the total G:
+//   dL/dalpha_k = T_k g_k - (G - P_k) / t_k,  t_k = 1 - alpha_k + 1e-10 >= 1e-10,
+// and dL/dtau_k = exp(-tau_k) dL/dalpha_k, where exp(-tau_k) / t_k <= 1. Two forward walks: one
+// for G, one for the gradients.
+#pragma once
+
+#include "../common/host_device.h"
+#include "../triplane/triplane.h"  // ChunkRange
+
+namespace omnifast {
+
+enum CompositeField : int { kFieldSdf = 0, kFieldSdfLaplace = 1, kFieldDensity = 2 };
+enum CompositeMode : int { kModeMidpoint = 0, kModeAbsorption = 1 };
+
+struct CompositeShape {
+  int64_t rays;      // R (all leading dimensions flattened)
+  int64_t samples;   // S
+  int64_t channels;  // C
+  int field;         // CompositeField
+  int mode;          // CompositeMode
+};
+
+template <typename acc_t>
+OMNIFAST_HD acc_t exp_of(acc_t x) {
+#if defined(__CUDA_ARCH__)
+  return ::exp(x);
+#else
+  return std::exp(x);
+#endif
+}
+
+template <typename acc_t>
+OMNIFAST_HD acc_t log1p_of(acc_t x) {
+#if defined(__CUDA_ARCH__)
+  return ::log1p(x);
+#else
+  return std::log1p(x);
+#endif
+}
+
+// Raw density of one sample and its derivatives with respect to the field value and beta.
+template <typename acc_t>
+struct Density {
+  acc_t sigma, d_field, d_beta;
+};
+
+template <typename acc_t>
+OMNIFAST_HD Density<acc_t> raw_density(int field, acc_t value, acc_t beta, acc_t delta) {
+  Density<acc_t> d{value + delta, acc_t(1), acc_t(0)};
+  if (field == kFieldSdf) {
+    // sigmoid(-s / beta) / beta, as OmniAvatar's sdf_activation(-s).
+    const acc_t sig = acc_t(1) / (acc_t(1) + exp_of(value / beta));
+    d.sigma = sig / beta + delta;
+    d.d_field = -sig * (acc_t(1) - sig) / (beta * beta);
+    d.d_beta = sig / (beta * beta) * ((acc_t(1) - sig) * value / beta - acc_t(1));
+  } else if (field == kFieldSdfLaplace) {
+    // VolSDF: Laplace CDF of -s with scale beta, over beta; exp(-|s| / beta) never overflows.
+    const acc_t e = exp_of(-(value < acc_t(0) ? -value : value) / beta) / acc_t(2);
+    const acc_t psi = value >= acc_t(0) ? e : acc_t(1) - e;
+    d.sigma = psi / beta + delta;
+    d.d_field = -e / (beta * beta);
+    const acc_t d_psi_d_beta = e * value / (beta * beta);  // the same on both branches
+    d.d_beta = d_psi_d_beta / beta - psi / (beta * beta);
+  }
+  return d;
+}
+
+// softplus(x - 1) with PyTorch's threshold of 20, and its derivative.
+template <typename acc_t>
+OMNIFAST_HD acc_t shifted_softplus(acc_t x) {
+  const acc_t y = x - acc_t(1);
+  return y > acc_t(20) ? y : log1p_of(exp_of(y));
+}
+
+template <typename acc_t>
+OMNIFAST_HD acc_t shifted_softplus_grad(acc_t x) {
+  const acc_t y = x - acc_t(1);
+  if (y > acc_t(20)) return acc_t(1);
+  const acc_t z = exp_of(y);
+  return z / (z + acc_t(1));
+}
+
+// Pointers of one call; per-sample arrays are contiguous [R, S] (features [R, S, C]).
+template <typename scalar_t, typename acc_t>
+struct CompositeInputs {
+  const scalar_t* features;
+  const acc_t* field;
+  const acc_t* depths;
+  const acc_t* delta;  // optional density correction, null when absent
+  acc_t beta;
+};
+
+// One interval of the marcher: its raw-density midpoint, depth midpoint and length, and which
+// samples feed its features with which weights.
+template <typename acc_t>
+struct Interval {
+  acc_t sigma, depth, length;
+  int64_t first, second;  // samples averaged (midpoint) or the sample itself twice (absorption)
+};
+
+template <typename acc_t>
+OMNIFAST_HD int64_t interval_count(const CompositeShape& s) {
+  return s.mode == kModeMidpoint ? s.samples - 1 : s.samples;
+}
+
+// Walks a ray's intervals in order, tracking transmittance exactly as the reference's cumprod.
+template <typename scalar_t, typename acc_t>
+struct RayWalk {
+  const CompositeShape& s;
+  const CompositeInputs<scalar_t, acc_t>& in;
+  int64_t base;          // r * S
+  acc_t transmittance;   // T_k before interval k
+  acc_t next_sigma;      // raw density of the sample after the current one (midpoint)
+
+  OMNIFAST_HD RayWalk(const CompositeShape& shape, const CompositeInputs<scalar_t, acc_t>& inputs,
+                      int64_t ray)
+      : s(shape), in(inputs), base(ray * shape.samples), transmittance(acc_t(1)),
+        next_sigma(acc_t(0)) {
+    if (s.samples > 0) next_sigma = density(0).sigma;
+  }
+
+  OMNIFAST_HD Density<acc_t> density(int64_t j) const {
+    const acc_t delta = in.delta != nullptr ? in.delta[base + j] : acc_t(0);
+    return raw_density(s.field, in.field[base + j], in.beta, delta);
+  }
+
+  OMNIFAST_HD Interval<acc_t> interval(int64_t k) {
+    Interval<acc_t> iv;
+    const acc_t z0 = in.depths[base + k];
+    if (s.mode == kModeMidpoint) {
+      const acc_t z1 = in.depths[base + k + 1];
+      const acc_t sigma0 = next_sigma;
+      next_sigma = density(k + 1).sigma;
+      iv.sigma = (sigma0 + next_sigma) / acc_t(2);
+      iv.depth = (z0 + z1) / acc_t(2);
+      iv.length = z1 - z0;
+      iv.first = k;
+      iv.second = k + 1;
+    } else {
+      iv.sigma = next_sigma;
+      if (k + 1 < s.samples) next_sigma = density(k + 1).sigma;
+      iv.depth = z0;
+      iv.length = k + 1 < s.samples ? in.depths[base + k + 1] - z0 : acc_t(1e10);
+      iv.first = iv.second = k;
+    }
+    return iv;
+  }
+};
+
+// Feature c of interval iv: the midpoint average (a + b) / 2, or the sample's own value.
+template <typename scalar_t, typename acc_t>
+OMNIFAST_HD acc_t interval_feature(const CompositeShape& s, const scalar_t* features,
+                                   int64_t base, const Interval<acc_t>& iv, int64_t c) {
+  const acc_t a = load_as<acc_t>(features[(base + iv.first) * s.channels + c]);
+  if (s.mode != kModeMidpoint) return a;
+  const acc_t b = load_as<acc_t>(features[(base + iv.second) * s.channels + c]);
+  return (a + b) / acc_t(2);
+}
+
+// alpha, the weight, and the transmittance update of one interval.
+template <typename acc_t>
+struct Opacity {
+  acc_t softplus, tau, alpha, factor, weight;  // factor t_k = 1 - alpha + 1e-10
+};
+
+template <typename acc_t>
+OMNIFAST_HD Opacity<acc_t> opacity_of(const Interval<acc_t>& iv, acc_t transmittance) {
+  Opacity<acc_t> o;
+  o.softplus = shifted_softplus(iv.sigma);
+  o.tau = o.softplus * iv.length;
+  o.alpha = acc_t(1) - exp_of(-o.tau);
+  o.factor = acc_t(1) - o.alpha + acc_t(1e-10);
+  o.weight = o.alpha * transmittance;
+  return o;
+}
+
+// Forward of one ray for this worker's channel chunks. Writes the composited features (acc
+// type), and when `ray_outputs`: opacity W, the raw depth sum(w z) / W, and the weights if asked.
+template <int VEC, typename scalar_t, typename acc_t>
+OMNIFAST_HD void composite_forward_ray(const CompositeShape& s,
+                                       const CompositeInputs<scalar_t, acc_t>& in,
+                                       acc_t* features_out, acc_t* opacity, acc_t* depth_raw,
+                                       acc_t* weights, int64_t r, ChunkRange chunks,
+                                       bool ray_outputs) {
+  const int64_t L = interval_count<acc_t>(s);
+  const int64_t C = s.channels;
+  bool first_chunk = true;
+  // The worker with the ray outputs walks the ray even when it holds no channels (C = 0).
+  for (int64_t c0 = chunks.first * VEC; c0 < C || (first_chunk && ray_outputs);
+       c0 += chunks.step * VEC) {
+    const int nch = c0 >= C ? 0 : (C - c0 < VEC ? static_cast<int>(C - c0) : VEC);
+    acc_t acc[VEC];
+OMNIFAST_UNROLL
+    for (int v = 0; v < VEC; ++v) acc[v] = acc_t(0);
+    acc_t total = acc_t(0), depth_sum = acc_t(0);
+    RayWalk<scalar_t, acc_t> walk(s, in, r);
+    for (int64_t k = 0; k < L; ++k) {
+      const Interval<acc_t> iv = walk.interval(k);
+      const Opacity<acc_t> o = opacity_of(iv, walk.transmittance);
+      walk.transmittance *= o.factor;
+      total += o.weight;
+      depth_sum += o.weight * iv.depth;
+      if (ray_outputs && first_chunk && weights != nullptr) weights[r * L + k] = o.weight;
+      OMNIFAST_CHANNEL_LOOP(v, nch, VEC)
+        acc[v] += o.weight * interval_feature<scalar_t, acc_t>(s, in.features, walk.base, iv, c0 + v);
+    }
+    OMNIFAST_CHANNEL_LOOP(v, nch, VEC) features_out[r * C + c0 + v] = acc[v];
+    if (ray_outputs && first_chunk) {
+      opacity[r] = total;
+      depth_raw[r] = depth_sum / total;  // 0 / 0 for an empty ray: NaN, as the reference
+    }
+    first_chunk = false;
+  }
+}
+
+// Upstream gradients of one ray, as the backward reads them.
+template <typename acc_t>
+struct CompositeGrads {
+  const acc_t* features;  // [R, C]
+  const acc_t* opacity;   // [R]
+  const acc_t* depth;     // [R], of the raw depth
+  const acc_t* weights;   // [R, L], optional
+};
+
+// Gradient outputs: per-sample arrays [R, S] (features [R, S, C]); beta as one partial per ray.
+template <typename acc_t>
+struct CompositeGradOutputs {
+  acc_t* features;
+  acc_t* field;
+  acc_t* depths;
+  acc_t* delta;
+  acc_t* beta;
+};
+
+// Backward of one ray. `reduce(x)` sums a per-worker partial over the workers of the ray (the
+// lanes sharing it on CUDA; the identity on the CPU). Every worker of a ray walks the same
+// intervals; the per-ray scalars are written by the worker with `ray_outputs`.
+template <int VEC, typename scalar_t, typename acc_t, typename Reduce>
+OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
+                                        const CompositeInputs<scalar_t, acc_t>& in,
+                                        const acc_t* opacity, const acc_t* depth_raw,
+                                        const CompositeGrads<acc_t>& g,
+                                        const CompositeGradOutputs<acc_t>& out, int64_t r,
+                                        ChunkRange chunks, bool ray_outputs, Reduce&& reduce) {
+  const int64_t L = interval_count<acc_t>(s);
+  const int64_t C = s.channels;
+  const acc_t* g_features = g.features + r * C;
+  // Depth = D / W: its gradient reaches D and W unless the depth was NaN (W = 0).
+  const acc_t W = opacity[r];
+  const acc_t g_depth = g.depth[r];
+  const bool depth_defined = W != acc_t(0) && g_depth != acc_t(0);
+  const acc_t g_depth_sum = depth_defined ? g_depth / W : acc_t(0);
+  const acc_t g_total = g.opacity[r] - (depth_defined ? g_depth * depth_raw[r] / W : acc_t(0));
+
+  // The gradient of the loss with respect to interval k's weight.
+  auto weight_grad = [&](RayWalk<scalar_t, acc_t>& walk, const Interval<acc_t>& iv, int64_t k) {
+    acc_t dot = acc_t(0);
+    for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
+      const int nch = C - c0 < VEC ? static_cast<int>(C - c0) : VEC;
+      OMNIFAST_CHANNEL_LOOP(v, nch, VEC)
+        dot += g_features[c0 + v] *
+               interval_feature<scalar_t, acc_t>(s, in.features, walk.base, iv, c0 + v);
+    }
+    acc_t gw = reduce(dot) + g_total + g_depth_sum * iv.depth;
+    if (g.weights != nullptr) gw += g.weights[r * L + k];
+    return gw;
+  };
+
+  acc_t total = acc_t(0);  // G = sum_k g_k w_k
+  {
+    RayWalk<scalar_t, acc_t> walk(s, in, r);
+    for (int64_t k = 0; k < L; ++k) {
+      const Interval<acc_t> iv = walk.interval(k);
+      const Opacity<acc_t> o = opacity_of(iv, walk.transmittance);
+      walk.transmittance *= o.factor;
+      total += weight_grad(walk, iv, k) * o.weight;
+    }
+  }
+
+  // Per-sample gradients collect from the intervals on either side; `pending_*` holds the share
+  // of the previous interval for the sample that interval k starts at.
+  const bool midpoint = s.mode == kModeMidpoint;
+  const acc_t share = midpoint ? acc_t(0.5) : acc_t(1);
+  acc_t pending_weight = acc_t(0), pending_sigma = acc_t(0), pending_depth = acc_t(0);
+  acc_t beta_partial = acc_t(0), prefix = acc_t(0);
+  RayWalk<scalar_t, acc_t> walk(s, in, r);
+  auto finish_sample = [&](int64_t j, acc_t feature_weight, acc_t g_sigma, acc_t g_z) {
+    for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
+      const int nch = C - c0 < VEC ? static_cast<int>(C - c0) : VEC;
+      acc_t* dst = out.features + (walk.base + j) * C + c0;
+      OMNIFAST_CHANNEL_LOOP(v, nch, VEC) dst[v] = feature_weight * g_features[c0 + v];
+    }
+    if (!ray_outputs) return;
+    const Density<acc_t> d = walk.density(j);
+    out.field[walk.base + j] = g_sigma * d.d_field;
+    if (out.delta != nullptr) out.delta[walk.base + j] = g_sigma;
+    out.depths[walk.base + j] = g_z;
+    beta_partial += g_sigma * d.d_beta;
+  };
+  for (int64_t k = 0; k < L; ++k) {
+    const Interval<acc_t> iv = walk.interval(k);
+    const acc_t T = walk.transmittance;
+    const Opacity<acc_t> o = opacity_of(iv, T);
+    walk.transmittance *= o.factor;
+    const acc_t gw = weight_grad(walk, iv, k);
+    prefix += gw * o.weight;
+    const acc_t g_alpha = T * gw - (total - prefix) / o.factor;
+    const acc_t g_tau = exp_of(-o.tau) * g_alpha;
+    const acc_t g_sigma_mid = iv.length * g_tau * shifted_softplus_grad(iv.sigma);
+    const acc_t g_length = (!midpoint && k + 1 == s.samples) ? acc_t(0) : o.softplus * g_tau;
+    const acc_t g_depth_mid = o.weight * g_depth_sum;
+    // Sample k: its share of this interval and of the previous one; the length z_{k+1} - z_k
+    // takes from sample k and gives to sample k + 1.
+    finish_sample(k, share * o.weight + pending_weight, share * g_sigma_mid + pending_sigma,
+                  share * g_depth_mid + pending_depth - g_length);
+    pending_weight = midpoint ? share * o.weight : acc_t(0);
+    pending_sigma = midpoint ? share * g_sigma_mid : acc_t(0);
+    pending_depth = (midpoint ? share * g_depth_mid : acc_t(0)) + g_length;
+  }
+  if (midpoint && s.samples > 0)
+    finish_sample(s.samples - 1, pending_weight, pending_sigma, pending_depth);
+  if (ray_outputs) out.beta[r] = beta_partial;
+}
+
+}  // namespace omnifast

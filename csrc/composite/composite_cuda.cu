@@ -1,0 +1,95 @@
+// CUDA kernels over the shared compositing math (composite.h). CUDA runtime and project headers
+// only. A ray is handled by a group of lanes, each owning a slice of the channels; the per-ray
+// scalars are summed across the group with shuffles.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "../common/cuda_half.cuh"
+#include "../common/cuda_launch.cuh"
+#include "composite_launch.h"
+
+namespace omnifast {
+namespace {
+
+template <typename acc_t>
+__device__ acc_t beta_of(const CompositeTensors& t) {
+  return t.beta != nullptr ? *static_cast<const acc_t*>(t.beta) : acc_t(1);
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void forward_kernel(CompositeShape s, CompositeTensors t, int lanes, int log2_lanes,
+                               int64_t total) {
+  const auto in = composite_inputs<scalar_t, acc_t>(t, beta_of<acc_t>(t));
+  OMNIFAST_THREAD_LOOP(i, total) {
+    const int64_t r = i >> log2_lanes;
+    const ChunkRange chunks{i & (lanes - 1), lanes};
+    composite_forward_ray<kVec, scalar_t, acc_t>(
+        s, in, static_cast<acc_t*>(t.features_out), static_cast<acc_t*>(t.opacity),
+        static_cast<acc_t*>(t.depth_raw), static_cast<acc_t*>(t.weights), r, chunks,
+        chunks.first == 0);
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void backward_kernel(CompositeShape s, CompositeTensors t, int lanes, int log2_lanes,
+                                int64_t total) {
+  const auto in = composite_inputs<scalar_t, acc_t>(t, beta_of<acc_t>(t));
+  const auto grads = composite_grads<acc_t>(t);
+  const auto out = composite_grad_outputs<acc_t>(t);
+  // `total` covers whole warps; a lane past the last ray walks ray 0 again (so that the group
+  // sums see every lane) but writes nothing.
+  OMNIFAST_THREAD_LOOP(i, total) {
+    const int64_t item = i >> log2_lanes;
+    const bool active = item < s.rays;
+    const ChunkRange chunks{active ? (i & (lanes - 1)) : s.channels, lanes};
+    composite_backward_ray<kVec, scalar_t, acc_t>(
+        s, in, static_cast<const acc_t*>(t.opacity), static_cast<const acc_t*>(t.depth_raw),
+        grads, out, active ? item : 0, chunks, active && (i & (lanes - 1)) == 0,
+        [lanes](acc_t partial) { return group_sum(partial, lanes); });
+  }
+}
+
+enum class Pass { kForward, kBackward };
+
+template <Pass PASS, typename scalar_t, typename acc_t>
+const char* launch_typed(const CompositeShape& s, const CompositeTensors& t, cudaStream_t stream) {
+  if (s.rays == 0) return nullptr;
+  const int lanes = lanes_for(s.channels);
+  const int64_t total = whole_warps(s.rays * lanes);
+  if constexpr (PASS == Pass::kForward)
+    forward_kernel<scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
+        s, t, lanes, log2_of(lanes), s.rays * lanes);
+  else
+    backward_kernel<scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
+        s, t, lanes, log2_of(lanes), total);
+  return last_error();
+}
+
+template <Pass PASS>
+const char* launch(const CompositeShape& s, StorageType type, const CompositeTensors& t,
+                   void* stream) {
+  auto cuda_stream = static_cast<cudaStream_t>(stream);
+  switch (type) {
+    case StorageType::kFloat32: return launch_typed<PASS, float, float>(s, t, cuda_stream);
+    case StorageType::kFloat64: return launch_typed<PASS, double, double>(s, t, cuda_stream);
+    case StorageType::kFloat16: return launch_typed<PASS, __half, float>(s, t, cuda_stream);
+    case StorageType::kBFloat16:
+      return launch_typed<PASS, __nv_bfloat16, float>(s, t, cuda_stream);
+  }
+  return "omnifast: unknown storage type";
+}
+
+}  // namespace
+
+const char* composite_forward_cuda(const CompositeShape& s, StorageType type,
+                                   const CompositeTensors& t, void* stream) {
+  return launch<Pass::kForward>(s, type, t, stream);
+}
+
+const char* composite_backward_cuda(const CompositeShape& s, StorageType type,
+                                    const CompositeTensors& t, void* stream) {
+  return launch<Pass::kBackward>(s, type, t, stream);
+}
+
+}  // namespace omnifast

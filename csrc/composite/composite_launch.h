@@ -1,0 +1,64 @@
+// The boundary between the torch glue (composite_ops.cpp) and the backends. Plain C++.
+#pragma once
+
+#include "../common/storage_type.h"
+#include "composite.h"
+
+namespace omnifast {
+
+// Pointers of one call, all contiguous. Features use the storage type, everything else the
+// accumulation type (float for float32 and 16-bit features, double for float64).
+struct CompositeTensors {
+  const void* features = nullptr;  // [R, S, C]
+  const void* field = nullptr;     // [R, S]
+  const void* depths = nullptr;    // [R, S]
+  const void* delta = nullptr;     // [R, S], optional
+  const void* beta = nullptr;      // one value, optional (density fields)
+  // forward outputs
+  void* features_out = nullptr;    // [R, C]
+  void* opacity = nullptr;         // [R]
+  void* depth_raw = nullptr;       // [R]
+  void* weights = nullptr;         // [R, L], optional
+  // backward: upstream gradients, then the gradients written
+  const void* grad_features_out = nullptr;  // [R, C]
+  const void* grad_opacity = nullptr;       // [R]
+  const void* grad_depth_raw = nullptr;     // [R]
+  const void* grad_weights = nullptr;       // [R, L], optional
+  void* grad_features = nullptr;            // [R, S, C]
+  void* grad_field = nullptr;               // [R, S]
+  void* grad_depths = nullptr;              // [R, S]
+  void* grad_delta = nullptr;               // [R, S], optional
+  void* grad_beta = nullptr;                // [R] per-ray partials
+};
+
+void composite_forward_cpu(const CompositeShape& s, StorageType type, const CompositeTensors& t);
+void composite_backward_cpu(const CompositeShape& s, StorageType type, const CompositeTensors& t);
+
+// On the given cudaStream_t; nullptr on success, else the CUDA error string. One group of lanes
+// per ray, each lane a slice of the channels: no atomics, bitwise reproducible.
+const char* composite_forward_cuda(const CompositeShape& s, StorageType type,
+                                   const CompositeTensors& t, void* stream);
+const char* composite_backward_cuda(const CompositeShape& s, StorageType type,
+                                    const CompositeTensors& t, void* stream);
+
+// The typed views both backends build from a CompositeTensors.
+template <typename scalar_t, typename acc_t>
+OMNIFAST_HD CompositeInputs<scalar_t, acc_t> composite_inputs(const CompositeTensors& t, acc_t beta) {
+  return {static_cast<const scalar_t*>(t.features), static_cast<const acc_t*>(t.field),
+          static_cast<const acc_t*>(t.depths), static_cast<const acc_t*>(t.delta), beta};
+}
+
+template <typename acc_t>
+OMNIFAST_HD CompositeGrads<acc_t> composite_grads(const CompositeTensors& t) {
+  return {static_cast<const acc_t*>(t.grad_features_out), static_cast<const acc_t*>(t.grad_opacity),
+          static_cast<const acc_t*>(t.grad_depth_raw), static_cast<const acc_t*>(t.grad_weights)};
+}
+
+template <typename acc_t>
+OMNIFAST_HD CompositeGradOutputs<acc_t> composite_grad_outputs(const CompositeTensors& t) {
+  return {static_cast<acc_t*>(t.grad_features), static_cast<acc_t*>(t.grad_field),
+          static_cast<acc_t*>(t.grad_depths), static_cast<acc_t*>(t.grad_delta),
+          static_cast<acc_t*>(t.grad_beta)};
+}
+
+}  // namespace omnifast

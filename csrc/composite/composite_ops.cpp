@@ -1,0 +1,199 @@
+// Torch glue of the fused compositor: checks, allocation, and the hand-off to the CPU loops or
+// the CUDA launchers. Inputs arrive flattened to rays: features [R, S, C], field and depths and
+// the optional density correction [R, S], beta one value.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "../common/checks.h"
+#include "../common/dispatch.h"
+#include "composite_launch.h"
+
+namespace omnifast {
+namespace {
+
+constexpr const char* kOp = "composite";
+
+struct Prepared {
+  CompositeShape shape;
+  StorageType type;
+  at::ScalarType acc_type;
+  at::Tensor features, field, depths, delta, beta;  // contiguous; delta/beta may be undefined
+};
+
+// A per-sample companion of `field`: same shape, device and accumulation dtype.
+at::Tensor per_sample(const char* arg, const at::Tensor& t, const at::Tensor& field) {
+  check_same_device(kOp, arg, t, "features", field);
+  check_shape(kOp, arg, t, field.sizes());
+  OMNIFAST_CHECK_ARG(t.scalar_type() == field.scalar_type(), kOp, arg,
+                     std::string("of the dtype of field (") + c10::toString(field.scalar_type()) +
+                         ")",
+                     t.scalar_type());
+  return t.contiguous();
+}
+
+Prepared prepare(const at::Tensor& features, const at::Tensor& field, const at::Tensor& depths,
+                 const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& delta,
+                 int64_t field_type, int64_t mode) {
+  check_defined(kOp, "features", features);
+  check_defined(kOp, "field", field);
+  check_defined(kOp, "depths", depths);
+  OMNIFAST_CHECK_ARG(features.dim() == 3, kOp, "features", "[rays, samples, channels]",
+                     shape_of(features));
+  const auto dtype = features.scalar_type();
+  OMNIFAST_CHECK_ARG(dtype == at::kFloat || dtype == at::kDouble || is_16bit(dtype), kOp,
+                     "features", "float32, float64, float16 or bfloat16", dtype);
+  OMNIFAST_CHECK_ARG(!is_16bit(dtype) || features.is_cuda(), kOp, "features",
+                     "float32 or float64 on the CPU (16-bit features are CUDA-only)", dtype);
+  OMNIFAST_CHECK_ARG(features.is_cpu() || features.is_cuda(), kOp, "features",
+                     "on a CPU or CUDA device", features.device().str());
+  const at::ScalarType acc_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
+  check_same_device(kOp, "field", field, "features", features);
+  check_shape(kOp, "field", field, {features.size(0), features.size(1)});
+  OMNIFAST_CHECK_ARG(field.scalar_type() == acc_type, kOp, "field",
+                     std::string(c10::toString(acc_type)) + " (from features)",
+                     field.scalar_type());
+  OMNIFAST_CHECK_ARG(features.size(1) >= 1, kOp, "features", "at least one sample per ray",
+                     shape_of(features));
+  OMNIFAST_CHECK_ARG(field_type >= kFieldSdf && field_type <= kFieldDensity, kOp, "field_type",
+                     "0 (sdf), 1 (sdf_laplace) or 2 (density)", field_type);
+  OMNIFAST_CHECK_ARG(mode == kModeMidpoint || mode == kModeAbsorption, kOp, "mode",
+                     "0 (midpoint) or 1 (absorption)", mode);
+
+  Prepared p;
+  p.shape = CompositeShape{features.size(0), features.size(1), features.size(2),
+                           static_cast<int>(field_type), static_cast<int>(mode)};
+  p.type = storage_type_of(dtype);
+  p.acc_type = acc_type;
+  p.features = features.contiguous();
+  p.field = field.contiguous();
+  p.depths = per_sample("depths", depths, p.field);
+  if (delta.has_value() && delta->defined())
+    p.delta = per_sample("density_delta", *delta, p.field);
+  const bool needs_beta = field_type != kFieldDensity;
+  const bool has_beta = beta.has_value() && beta->defined();
+  OMNIFAST_CHECK_ARG(has_beta || !needs_beta, kOp, "beta", "a tensor for SDF fields", "None");
+  if (has_beta) {
+    check_same_device(kOp, "beta", *beta, "features", features);
+    OMNIFAST_CHECK_ARG(beta->numel() == 1, kOp, "beta", "one value", shape_of(*beta));
+    OMNIFAST_CHECK_ARG(beta->scalar_type() == acc_type, kOp, "beta",
+                       std::string(c10::toString(acc_type)) + " (from features)",
+                       beta->scalar_type());
+    p.beta = beta->contiguous();
+    if (needs_beta) {
+      // Positive beta: read on the CPU; asserted on the device without a host sync on CUDA.
+      if (p.beta.is_cpu()) {
+        OMNIFAST_CHECK_ARG(p.beta.item<double>() > 0, kOp, "beta", "positive",
+                           p.beta.item<double>());
+      } else {
+        at::_assert_async(at::gt(p.beta, 0).all(), "omnifast.composite: beta must be positive");
+      }
+    }
+  }
+  return p;
+}
+
+CompositeTensors inputs_of(const Prepared& p) {
+  CompositeTensors t;
+  t.features = p.features.data_ptr();
+  t.field = p.field.data_ptr();
+  t.depths = p.depths.data_ptr();
+  t.delta = p.delta.defined() ? p.delta.data_ptr() : nullptr;
+  t.beta = p.beta.defined() ? p.beta.data_ptr() : nullptr;
+  return t;
+}
+
+at::Tensor per_ray(const Prepared& p, const char* arg, const at::Tensor& t,
+                   at::IntArrayRef shape) {
+  check_defined(kOp, arg, t);
+  check_same_device(kOp, arg, t, "features", p.features);
+  check_shape(kOp, arg, t, shape);
+  return t.to(p.acc_type).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite(
+    const at::Tensor& features, const at::Tensor& field, const at::Tensor& depths,
+    const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& density_delta,
+    int64_t field_type, int64_t mode, bool want_weights) {
+  const Prepared p = prepare(features, field, depths, beta, density_delta, field_type, mode);
+  const CompositeShape& s = p.shape;
+  const auto acc = p.field.options();
+  at::Tensor out = at::empty({s.rays, s.channels}, acc);
+  at::Tensor opacity = at::empty({s.rays}, acc);
+  at::Tensor depth_raw = at::empty({s.rays}, acc);
+  at::Tensor weights = want_weights ? at::empty({s.rays, interval_count<double>(s)}, acc)
+                                    : at::empty({0}, acc);
+  CompositeTensors t = inputs_of(p);
+  t.features_out = out.data_ptr();
+  t.opacity = opacity.data_ptr();
+  t.depth_raw = depth_raw.data_ptr();
+  t.weights = want_weights ? weights.data_ptr() : nullptr;
+  run_on(
+      kOp, features, [&] { composite_forward_cpu(s, p.type, t); },
+      [&](void* stream) { return composite_forward_cuda(s, p.type, t, stream); });
+  return {out.to(features.scalar_type()), opacity, depth_raw, weights};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward(
+    const at::Tensor& grad_features_out, const at::Tensor& grad_opacity,
+    const at::Tensor& grad_depth_raw, const std::optional<at::Tensor>& grad_weights,
+    const at::Tensor& features, const at::Tensor& field, const at::Tensor& depths,
+    const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& density_delta,
+    const at::Tensor& opacity, const at::Tensor& depth_raw, int64_t field_type, int64_t mode) {
+  const Prepared p = prepare(features, field, depths, beta, density_delta, field_type, mode);
+  const CompositeShape& s = p.shape;
+  const at::Tensor g_out = per_ray(p, "grad_features", grad_features_out, {s.rays, s.channels});
+  const at::Tensor g_opacity = per_ray(p, "grad_opacity", grad_opacity, {s.rays});
+  const at::Tensor g_depth = per_ray(p, "grad_depth", grad_depth_raw, {s.rays});
+  const at::Tensor saved_opacity = per_ray(p, "opacity", opacity, {s.rays});
+  const at::Tensor saved_depth = per_ray(p, "depth_raw", depth_raw, {s.rays});
+  at::Tensor g_weights;
+  if (grad_weights.has_value() && grad_weights->defined() && grad_weights->numel() > 0)
+    g_weights = per_ray(p, "grad_weights", *grad_weights, {s.rays, interval_count<double>(s)});
+
+  const auto acc = p.field.options();
+  at::Tensor grad_features = at::empty({s.rays, s.samples, s.channels}, acc);
+  at::Tensor grad_field = at::empty({s.rays, s.samples}, acc);
+  at::Tensor grad_depths = at::empty({s.rays, s.samples}, acc);
+  at::Tensor grad_delta = p.delta.defined() ? at::empty({s.rays, s.samples}, acc)
+                                            : at::empty({0}, acc);
+  at::Tensor beta_partials = at::empty({s.rays}, acc);
+  CompositeTensors t = inputs_of(p);
+  t.opacity = saved_opacity.data_ptr();
+  t.depth_raw = saved_depth.data_ptr();
+  t.grad_features_out = g_out.data_ptr();
+  t.grad_opacity = g_opacity.data_ptr();
+  t.grad_depth_raw = g_depth.data_ptr();
+  t.grad_weights = g_weights.defined() ? g_weights.data_ptr() : nullptr;
+  t.grad_features = grad_features.data_ptr();
+  t.grad_field = grad_field.data_ptr();
+  t.grad_depths = grad_depths.data_ptr();
+  t.grad_delta = p.delta.defined() ? grad_delta.data_ptr() : nullptr;
+  t.grad_beta = beta_partials.data_ptr();
+  run_on(
+      kOp, features, [&] { composite_backward_cpu(s, p.type, t); },
+      [&](void* stream) { return composite_backward_cuda(s, p.type, t, stream); });
+  // beta is one value shared by every sample: the per-ray partials sum in a fixed order.
+  at::Tensor grad_beta = p.beta.defined() ? beta_partials.sum().reshape(p.beta.sizes())
+                                          : at::empty({0}, acc);
+  return {grad_features.to(features.scalar_type()), grad_field, grad_depths, grad_delta,
+          grad_beta};
+}
+
+}  // namespace
+}  // namespace omnifast
+
+TORCH_LIBRARY_IMPL(omnifast, CPU, m) {
+  m.impl("composite", &omnifast::composite);
+  m.impl("composite_backward", &omnifast::composite_backward);
+}
+
+#ifdef OMNIFAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(omnifast, CUDA, m) {
+  m.impl("composite", &omnifast::composite);
+  m.impl("composite_backward", &omnifast::composite_backward);
+}
+#endif

@@ -1,0 +1,151 @@
+"""Fused SDF-to-density volume rendering: EG3D's MipRayMarcher2 chain in one pass per ray."""
+import math
+from collections import namedtuple
+from numbers import Real
+
+import torch
+
+from .. import _C_loader
+
+CompositeResult = namedtuple("CompositeResult", ["features", "depth", "opacity", "weights"])
+FIELD_TYPES = {"sdf": 0, "sdf_laplace": 1, "density": 2}
+MODES = {"midpoint": 0, "absorption": 1}
+
+
+def as_samples(t, features):
+    """A per-sample tensor as ``[..., S, 1]`` (given as ``[..., S]`` or ``[..., S, 1]``)."""
+    return t.unsqueeze(-1) if t.dim() == features.dim() - 1 else t
+
+
+def _check(features, field, depths, density_delta, field_type, mode, beta):
+    op = "composite"
+    if not isinstance(features, torch.Tensor) or features.dim() < 2:
+        raise ValueError(f"omnifast.{op}: features must be a tensor [..., S, C], got "
+                         f"{list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__}")
+    lead, samples = tuple(features.shape[:-2]), features.shape[-2]
+    allowed = (lead + (samples,), lead + (samples, 1))
+    for name, t in (("field", field), ("depths", depths), ("density_delta", density_delta)):
+        if t is None and name == "density_delta":
+            continue
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) not in allowed:
+            got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"omnifast.{op}: {name} must be {list(allowed[1])} or "
+                             f"{list(allowed[0])} (from features {list(features.shape)}), got {got}")
+    if field_type not in FIELD_TYPES:
+        raise ValueError(f"omnifast.{op}: field_type must be one of {tuple(FIELD_TYPES)}, "
+                         f"got {field_type!r}")
+    if mode not in MODES:
+        raise ValueError(f"omnifast.{op}: mode must be one of {tuple(MODES)}, got {mode!r}")
+    if field_type != "density" and beta is None:
+        raise ValueError(f"omnifast.{op}: beta must be given for field_type={field_type!r}")
+    if isinstance(beta, Real) and not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"omnifast.{op}: beta must be positive, got {beta!r}")
+
+
+def composite(features, field, depths, *, field_type="sdf", beta=None, density_delta=None,
+              mode="midpoint", white_back=False, return_weights=False):
+    """Composite per-sample features along rays, from an SDF or a density, in one fused pass.
+
+    Reproduces EG3D's ``MipRayMarcher2`` (midpoint mode) and OmniAvatar's absorption mode
+    exactly, without the final ``x2 - 1`` (the drop-ins in :mod:`omnifast.eg3d` add it where the
+    originals do). Only the inputs and the per-ray outputs are kept for the backward; no
+    ``[rays, samples, C]`` intermediate is stored.
+
+    Args:
+        features: ``[..., S, C]`` per-sample features (float32/float64; float16/bfloat16 on CUDA).
+        field: ``[..., S, 1]`` or ``[..., S]``: a signed distance (``field_type="sdf"``:
+            density ``sigmoid(-s / beta) / beta``, OmniAvatar's prior; ``"sdf_laplace"``: VolSDF's
+            Laplace CDF) or a raw density (``"density"``, EG3D's decoder output).
+        depths: like ``field``, sorted along each ray.
+        beta: positive scale of the SDF density, a number or a one-element tensor (learnable:
+            its gradient is returned).
+        density_delta: like ``field``, added to the raw density (the decoder's correction).
+        mode: ``"midpoint"`` (S - 1 intervals between neighbouring samples, EG3D) or
+            ``"absorption"`` (S intervals, the last 1e10 long; OmniAvatar).
+        white_back: add ``1 - opacity`` to every feature channel.
+        return_weights: also return the per-interval weights (for importance sampling).
+
+    Returns:
+        ``CompositeResult(features [..., C], depth [..., 1], opacity [..., 1], weights)``;
+        ``weights`` is ``None`` unless asked for, else ``[..., L, 1]`` or ``[..., L]`` like
+        ``field``. ``depth`` is EG3D's: ``sum(w z) / opacity``, NaN turned into +inf, clamped to
+        the min/max of the whole ``depths`` tensor. Differentiable with respect to ``features``,
+        ``field``, ``depths``, ``density_delta`` and ``beta``.
+    """
+    _check(features, field, depths, density_delta, field_type, mode, beta)
+    _C_loader.require_backend("composite", features, field, depths)
+    lead, (samples, channels) = features.shape[:-2], features.shape[-2:]
+    rays = math.prod(lead)
+    flat = lambda t: as_samples(t, features).reshape(rays, samples)  # noqa: E731
+    acc_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
+    if beta is not None and not isinstance(beta, torch.Tensor):
+        beta = torch.tensor([float(beta)], dtype=acc_dtype, device=features.device)
+    out, opacity, depth_raw, weights = torch.ops.omnifast.composite(
+        features.reshape(rays, samples, channels), flat(field), flat(depths), beta,
+        None if density_delta is None else flat(density_delta), FIELD_TYPES[field_type],
+        MODES[mode], return_weights)
+    # EG3D's depth finish, on the per-ray values: the clamp spans the whole depths tensor.
+    depth = torch.clamp(torch.nan_to_num(depth_raw, float("inf")), depths.min(), depths.max())
+    out = out.reshape(*lead, channels)
+    opacity = opacity.reshape(*lead, 1)
+    if white_back:
+        out = out + (1 - opacity)
+    if return_weights:
+        weights = weights.reshape(*lead, -1, *((1,) if field.dim() == features.dim() else ()))
+    return CompositeResult(out, depth.reshape(*lead, 1), opacity, weights if return_weights else None)
+
+
+# ---- fake (meta) kernels ----
+
+def _intervals(samples, mode):
+    return samples - 1 if mode == MODES["midpoint"] else samples
+
+
+@torch.library.register_fake("omnifast::composite")
+def _composite_fake(features, field, depths, beta, density_delta, field_type, mode, want_weights):
+    rays, samples, channels = features.shape
+    weights = (field.new_empty(rays, _intervals(samples, mode)) if want_weights
+               else field.new_empty(0))
+    return (features.new_empty(rays, channels), field.new_empty(rays), field.new_empty(rays),
+            weights)
+
+
+@torch.library.register_fake("omnifast::composite_backward")
+def _composite_backward_fake(grad_features, grad_opacity, grad_depth, grad_weights, features,
+                             field, depths, beta, density_delta, opacity, depth_raw, field_type,
+                             mode):
+    return (features.new_empty(features.shape), field.new_empty(field.shape),
+            field.new_empty(field.shape),
+            field.new_empty(field.shape) if density_delta is not None else field.new_empty(0),
+            field.new_empty(beta.shape) if beta is not None else field.new_empty(0))
+
+
+# ---- autograd ----
+
+def _setup(ctx, inputs, output):
+    features, field, depths, beta, density_delta, field_type, mode, _ = inputs
+    _, opacity, depth_raw, _ = output
+    ctx.save_for_backward(features, field, depths, beta, density_delta, opacity, depth_raw)
+    ctx.config = (field_type, mode)
+
+
+def _backward(ctx, grad_out, grad_opacity, grad_depth, grad_weights):
+    features, field, depths, beta, density_delta, opacity, depth_raw = ctx.saved_tensors
+    grads = torch.ops.omnifast.composite_backward(
+        grad_out, grad_opacity, grad_depth, grad_weights, features, field, depths, beta,
+        density_delta, opacity, depth_raw, *ctx.config)
+    grad_features, grad_field, grad_depths, grad_delta, grad_beta = grads
+    wants = ctx.needs_input_grad
+    return (grad_features if wants[0] else None, grad_field if wants[1] else None,
+            grad_depths if wants[2] else None, grad_beta if wants[3] else None,
+            grad_delta if wants[4] else None, None, None, None)
+
+
+def _no_second_order(ctx, *grads):
+    raise NotImplementedError("omnifast.composite is differentiable once; a second derivative "
+                              "is not implemented")
+
+
+torch.library.register_autograd("omnifast::composite", _backward, setup_context=_setup)
+torch.library.register_autograd("omnifast::composite_backward", _no_second_order,
+                                setup_context=lambda ctx, inputs, output: None)
