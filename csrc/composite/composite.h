@@ -9,7 +9,7 @@
 // gradient of the loss with respect to weight w_k and P_k = sum_{j<=k} g_j w_j of the total G:
 //   dL/dalpha_k = T_k g_k - (G - P_k) / t_k,  t_k = 1 - alpha_k + 1e-10 >= 1e-10,
 // and dL/dtau_k = exp(-tau_k) dL/dalpha_k, where exp(-tau_k) / t_k <= 1. Two forward walks: one
-// for G, one for the gradients.
+// for G, one for the gradients; G and the prefixes are summed in double.
 #pragma once
 
 #include "../common/host_device.h"
@@ -56,11 +56,16 @@ template <typename acc_t>
 OMNIFAST_HD Density<acc_t> raw_density(int field, acc_t value, acc_t beta, acc_t delta) {
   Density<acc_t> d{value + delta, acc_t(1), acc_t(0)};
   if (field == kFieldSdf) {
-    // sigmoid(-s / beta) / beta, as OmniAvatar's sdf_activation(-s).
-    const acc_t sig = acc_t(1) / (acc_t(1) + exp_of(value / beta));
+    // sigmoid(-s / beta) / beta, as OmniAvatar's sdf_activation(-s). The sigmoid and its
+    // complement both come from exp(-|u|), so neither loses precision as the other nears 1.
+    const acc_t u = value / beta;
+    const acc_t e = exp_of(u < acc_t(0) ? u : -u);
+    const acc_t small = e / (acc_t(1) + e), large = acc_t(1) / (acc_t(1) + e);
+    const acc_t sig = u > acc_t(0) ? small : large;  // sigmoid(-u)
+    const acc_t rest = u > acc_t(0) ? large : small;  // 1 - sigmoid(-u)
     d.sigma = sig / beta + delta;
-    d.d_field = -sig * (acc_t(1) - sig) / (beta * beta);
-    d.d_beta = sig / (beta * beta) * ((acc_t(1) - sig) * value / beta - acc_t(1));
+    d.d_field = -sig * rest / (beta * beta);
+    d.d_beta = sig / (beta * beta) * (rest * u - acc_t(1));
   } else if (field == kFieldSdfLaplace) {
     // VolSDF: Laplace CDF of -s with scale beta, over beta; exp(-|s| / beta) never overflows.
     const acc_t e = exp_of(-(value < acc_t(0) ? -value : value) / beta) / acc_t(2);
@@ -274,7 +279,9 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
     return gw;
   };
 
-  acc_t total = acc_t(0);  // G = sum_k g_k w_k
+  // G = sum_k g_k w_k and its prefixes, in double: the suffix G - P_k is a difference of nearly
+  // equal numbers once a ray saturates, which float32 would leave with ~1e-7 |G| of noise.
+  double total = 0;
   {
     RayWalk<scalar_t, acc_t> walk(s, in, r);
     for (int64_t k = 0; k < L; ++k) {
@@ -290,7 +297,8 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
   const bool midpoint = s.mode == kModeMidpoint;
   const acc_t share = midpoint ? acc_t(0.5) : acc_t(1);
   acc_t pending_weight = acc_t(0), pending_sigma = acc_t(0), pending_depth = acc_t(0);
-  acc_t beta_partial = acc_t(0), prefix = acc_t(0);
+  acc_t beta_partial = acc_t(0);
+  double prefix = 0;
   RayWalk<scalar_t, acc_t> walk(s, in, r);
   auto finish_sample = [&](int64_t j, acc_t feature_weight, acc_t g_sigma, acc_t g_z) {
     for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
@@ -312,7 +320,7 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
     walk.transmittance *= o.factor;
     const acc_t gw = weight_grad(walk, iv, k);
     prefix += gw * o.weight;
-    const acc_t g_alpha = T * gw - (total - prefix) / o.factor;
+    const acc_t g_alpha = T * gw - static_cast<acc_t>(total - prefix) / o.factor;
     const acc_t g_tau = exp_of(-o.tau) * g_alpha;
     const acc_t g_sigma_mid = iv.length * g_tau * shifted_softplus_grad(iv.sigma);
     const acc_t g_length = (!midpoint && k + 1 == s.samples) ? acc_t(0) : o.softplus * g_tau;

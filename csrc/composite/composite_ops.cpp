@@ -56,7 +56,7 @@ Prepared prepare(const at::Tensor& features, const at::Tensor& field, const at::
   OMNIFAST_CHECK_ARG(field.scalar_type() == acc_type, kOp, "field",
                      std::string(c10::toString(acc_type)) + " (from features)",
                      field.scalar_type());
-  OMNIFAST_CHECK_ARG(features.size(1) >= 1, kOp, "features", "at least one sample per ray",
+  OMNIFAST_CHECK_ARG(features.size(1) >= 2, kOp, "features", "at least 2 samples per ray",
                      shape_of(features));
   OMNIFAST_CHECK_ARG(field_type >= kFieldSdf && field_type <= kFieldDensity, kOp, "field_type",
                      "0 (sdf), 1 (sdf_laplace) or 2 (density)", field_type);

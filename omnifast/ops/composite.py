@@ -23,6 +23,9 @@ def _check(features, field, depths, density_delta, field_type, mode, beta):
         raise ValueError(f"omnifast.{op}: features must be a tensor [..., S, C], got "
                          f"{list(features.shape) if isinstance(features, torch.Tensor) else type(features).__name__}")
     lead, samples = tuple(features.shape[:-2]), features.shape[-2]
+    if samples < 2:
+        raise ValueError(f"omnifast.{op}: features must have at least 2 samples per ray "
+                         f"([..., S, C] with S >= 2), got {list(features.shape)}")
     allowed = (lead + (samples,), lead + (samples, 1))
     for name, t in (("field", field), ("depths", depths), ("density_delta", density_delta)):
         if t is None and name == "density_delta":
@@ -31,6 +34,9 @@ def _check(features, field, depths, density_delta, field_type, mode, beta):
             got = list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"omnifast.{op}: {name} must be {list(allowed[1])} or "
                              f"{list(allowed[0])} (from features {list(features.shape)}), got {got}")
+        if t.device != features.device:
+            raise ValueError(f"omnifast.{op}: {name} must be on the device of features "
+                             f"({features.device}), got {t.device}")
     if field_type not in FIELD_TYPES:
         raise ValueError(f"omnifast.{op}: field_type must be one of {tuple(FIELD_TYPES)}, "
                          f"got {field_type!r}")

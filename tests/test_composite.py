@@ -1,0 +1,252 @@
+"""omnifast.composite against the MipRayMarcher2 reference: values and every gradient."""
+import pytest
+import torch
+
+import omnifast
+from omnifast import reference
+from conftest import CUDA_READY, CUDA_SKIP_REASON, DEVICES, poisoned_outputs
+from test_triplane import assert_close
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
+FIELDS = ["sdf", "sdf_laplace", "density"]
+MODES = ["midpoint", "absorption"]
+
+
+def make_rays(lead, samples, channels, dtype, device, field="sdf", sdf_scale=0.05):
+    features = torch.randn(*lead, samples, channels, dtype=dtype, device=device)
+    if field == "density":
+        values = torch.randn(*lead, samples, 1, dtype=dtype, device=device) * 5
+    else:  # signed distances around a surface crossing the rays
+        values = torch.randn(*lead, samples, 1, dtype=dtype, device=device) * sdf_scale
+    depths = torch.sort(torch.rand(*lead, samples, 1, dtype=dtype, device=device) * 1.05 + 2.25,
+                        dim=-2)[0]
+    delta = torch.randn(*lead, samples, 1, dtype=dtype, device=device)
+    return features, values, depths, delta
+
+
+def compare(inputs, beta, dtype, rel=None, where_reference_finite=False, **kwargs):
+    """Values and the gradients of a random linear loss on every output, ours vs reference.
+
+    `where_reference_finite`: rays of zero opacity give the reference NaN gradients (its depth
+    is 0 / 0 before nan_to_num); ours are finite there, and the rest must match."""
+    features, field, depths, delta = inputs
+    leaves = [t.detach().clone().requires_grad_() for t in (features, field, depths, delta)]
+    beta_leaf = (torch.tensor([beta], dtype=field.dtype, device=field.device, requires_grad=True)
+                 if kwargs.get("field_type", "sdf") != "density" else None)
+    wrt = leaves + ([beta_leaf] if beta_leaf is not None else [])
+    # The reference runs in float64 on the same values: float32 results are then held to
+    # their own rounding, not to the sum of both implementations' rounding.
+    wrt64 = [t.detach().double().requires_grad_() for t in wrt]
+    ours = omnifast.composite(*leaves[:3], beta=beta_leaf, density_delta=leaves[3],
+                              return_weights=True, **kwargs)
+    ref = reference.composite(*wrt64[:3], beta=wrt64[4] if beta_leaf is not None else None,
+                              density_delta=wrt64[3], return_weights=True, **kwargs)
+    upstream = [torch.randn_like(t) for t in ref]
+    grads = torch.autograd.grad(sum((t * g.to(t)).sum() for t, g in zip(ours, upstream)), wrt)
+    ref_grads = torch.autograd.grad(sum((t * g).sum() for t, g in zip(ref, upstream)), wrt64)
+    rel = rel or TOL[dtype]
+    for a, b in zip((*ours, *grads), (*ref, *ref_grads)):
+        if where_reference_finite:
+            assert torch.isfinite(a).all()
+            finite = torch.isfinite(b)
+            a, b = a[finite], b[finite]
+        assert_close(a, b.to(a.dtype), rel)
+    return ours
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("field_type", FIELDS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("white_back", [False, True])
+def test_matches_reference(device, dtype, field_type, mode, white_back):
+    inputs = make_rays((2, 33), 24, 7, dtype, device, field=field_type)
+    compare(inputs, 0.02, dtype, field_type=field_type, mode=mode, white_back=white_back)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("beta,sdf_scale", [(1e-3, 0.05), (1e-3, 5.0), (10.0, 0.05)])
+def test_sharp_and_soft_surfaces(device, mode, beta, sdf_scale):
+    """OmniAvatar's initial beta (alpha -> 1 at the surface), SDF values far from zero, and a
+    large beta (nearly transparent)."""
+    inputs = make_rays((40,), 32, 5, torch.float64, device, sdf_scale=sdf_scale)
+    compare(inputs, beta, torch.float64, mode=mode)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_and_opaque_rays(device, mode):
+    features, _, depths, delta = make_rays((6,), 16, 3, torch.float64, device, field="density")
+    density = torch.full_like(depths, -1e4)          # softplus(-1e4) = 0: nothing at all
+    density[2:4] = 1e4                               # opaque from the first interval on
+    density[4, 8:] = 50.0                            # a hard wall half-way
+    out = compare((features, density, depths, delta * 0), 1.0, torch.float64,
+                  where_reference_finite=True, field_type="density", mode=mode)
+    assert torch.equal(out.opacity[:2], torch.zeros_like(out.opacity[:2]))
+    assert torch.equal(out.depth[:2], depths.max().expand(2, 1))  # NaN -> inf -> global max
+    assert torch.allclose(out.opacity[2:4], torch.ones_like(out.opacity[2:4]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("samples,channels,mode", [(2, 1, "midpoint"), (2, 1, "absorption"),
+                                                    (2, 33, "absorption"), (5, 0, "midpoint")])
+def test_small_shapes(device, samples, channels, mode):
+    inputs = make_rays((3, 2), samples, channels, torch.float64, device)
+    compare(inputs, 0.05, torch.float64, mode=mode)
+
+
+def test_field_given_without_trailing_one_and_many_rays():
+    features, field, depths, delta = make_rays((2, 20000), 6, 2, torch.float32, "cpu")
+    ours = omnifast.composite(features, field[..., 0], depths[..., 0], beta=0.02,
+                              return_weights=True)
+    ref = reference.composite(features, field[..., 0], depths[..., 0], beta=0.02,
+                              return_weights=True)
+    assert ours.weights.shape == (2, 20000, 5)
+    for a, b in zip(ours, ref):
+        assert_close(a, b, 1e-5)
+
+
+@pytest.mark.parametrize("field_type", FIELDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_gradcheck(field_type, mode):
+    features, field, depths, delta = make_rays((3,), 6, 2, torch.float64, "cpu", field=field_type)
+    beta = torch.tensor([0.05], dtype=torch.float64, requires_grad=field_type != "density")
+    leaves = [t.requires_grad_() for t in (features, field, depths, delta)]
+
+    def fn(f, s, z, d, b):
+        out = omnifast.composite(f, s, z, field_type=field_type, beta=b, density_delta=d,
+                                 mode=mode, return_weights=True)
+        return out.features, out.depth, out.opacity, out.weights
+
+    assert torch.autograd.gradcheck(fn, (*leaves, beta), eps=1e-6, atol=1e-6)
+
+
+def test_second_derivative_raises_clearly():
+    features, field, depths, _ = make_rays((2,), 4, 2, torch.float64, "cpu")
+    field.requires_grad_()
+    out = omnifast.composite(features, field, depths, beta=0.1)
+    (grad,) = torch.autograd.grad(out.features.sum(), field, create_graph=True)
+    with pytest.raises(NotImplementedError, match="differentiable once"):
+        torch.autograd.grad(grad.sum(), field)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_every_output_element_is_written(device, mode):
+    inputs = [t.requires_grad_() for t in make_rays((4, 5), 9, 6, torch.float64, device)]
+    beta = torch.tensor([0.03], dtype=torch.float64, device=device, requires_grad=True)
+    with poisoned_outputs():
+        out = omnifast.composite(*inputs[:3], beta=beta, density_delta=inputs[3], mode=mode,
+                                 return_weights=True)
+        grads = torch.autograd.grad(sum(t.sum() for t in out), (*inputs, beta))
+    for t in (*out, *grads):
+        assert not t.isnan().any()
+
+
+# ---------------------------------------------------------------------------------------------
+# Registration and bad input
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", [0, 1])
+def test_opcheck(device, mode):
+    features, field, depths, delta = make_rays((5,), 7, 3, torch.float64, device)
+    field, depths, delta = field[..., 0], depths[..., 0], delta[..., 0]
+    beta = torch.tensor([0.05], dtype=torch.float64, device=device)
+    for requires_grad in (False, True):
+        args = [t.clone().requires_grad_(requires_grad) for t in (features, field, depths, beta, delta)]
+        torch.library.opcheck(torch.ops.omnifast.composite, (*args, 0, mode, True))
+    samples = 7 if mode == 1 else 6
+    grads = (torch.randn(5, 3, dtype=torch.float64, device=device),
+             torch.randn(5, dtype=torch.float64, device=device),
+             torch.randn(5, dtype=torch.float64, device=device),
+             torch.randn(5, samples, dtype=torch.float64, device=device))
+    _, opacity, depth_raw, _ = torch.ops.omnifast.composite(features, field, depths, beta, delta,
+                                                            0, mode, False)
+    torch.library.opcheck(torch.ops.omnifast.composite_backward,
+                          (*grads, features, field, depths, beta, delta, opacity, depth_raw, 0,
+                           mode), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_torch_compile_fullgraph():
+    features, field, depths, delta = make_rays((3, 10), 8, 4, torch.float32, "cpu")
+    features.requires_grad_()
+    field.requires_grad_()
+    beta = torch.tensor([0.05], requires_grad=True)
+
+    def render(f, s, b):
+        out = omnifast.composite(f, s, depths, beta=b, white_back=True)
+        return (out.features ** 2).mean() + out.depth.mean()
+
+    compiled = torch.compile(render, fullgraph=True, backend="aot_eager")
+    loss = compiled(features, field, beta)
+    grads = torch.autograd.grad(loss, (features, field, beta))
+    ref_loss = render(features, field, beta)
+    ref_grads = torch.autograd.grad(ref_loss, (features, field, beta))
+    torch.testing.assert_close(loss, ref_loss)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r)
+
+
+def rays(**overrides):
+    features, field, depths, _ = make_rays((2, 3), 5, 4, torch.float32, "cpu")
+    args = dict(features=features, field=field, depths=depths, beta=0.1)
+    args.update(overrides)
+    return args
+
+
+@pytest.mark.parametrize("overrides,error,pattern", [
+    (dict(field=torch.rand(2, 3, 6, 1)), ValueError, r"field must be \[2, 3, 5, 1\] or \[2, 3, 5\].*got \[2, 3, 6, 1\]"),
+    (dict(depths=torch.rand(2, 5, 1)), ValueError, r"depths must be \[2, 3, 5, 1\] or \[2, 3, 5\].*got \[2, 5, 1\]"),
+    (dict(features=torch.rand(4)), ValueError, r"features must be a tensor \[..., S, C\], got \[4\]"),
+    (dict(beta=0.0), ValueError, r"beta must be positive, got 0.0"),
+    (dict(beta=-1.0), ValueError, r"beta must be positive, got -1.0"),
+    (dict(beta=torch.tensor([-0.5])), RuntimeError, r"beta must be positive, got -0.5"),
+    (dict(beta=None), ValueError, r"beta must be given for field_type='sdf'"),
+    (dict(features=torch.randint(0, 3, (2, 3, 5, 4))), RuntimeError, r"features must be float32, float64, float16 or bfloat16, got Long"),
+    (dict(field=torch.rand(2, 3, 5, 1, dtype=torch.float64)), RuntimeError, r"field must be Float \(from features\), got Double"),
+    (dict(depths=torch.rand(2, 3, 5, 1, dtype=torch.float64)), RuntimeError, r"depths must be of the dtype of field \(Float\), got Double"),
+    (dict(depths=torch.rand(2, 3, 5, 1, device="meta")), ValueError, r"depths must be on the device of features \(cpu\), got meta"),
+    (dict(features=torch.rand(2, 3, 1, 4), field=torch.rand(2, 3, 1, 1), depths=torch.rand(2, 3, 1, 1)), ValueError, r"at least 2 samples per ray"),
+    (dict(field_type="occupancy"), ValueError, r"field_type must be one of \('sdf', 'sdf_laplace', 'density'\)"),
+    (dict(mode="emission"), ValueError, r"mode must be one of \('midpoint', 'absorption'\)"),
+])
+def test_bad_input(overrides, error, pattern):
+    args = rays(**overrides)
+    kwargs = {k: args.pop(k) for k in list(args) if k not in ("features", "field", "depths")}
+    with pytest.raises(error, match=pattern):
+        omnifast.composite(args["features"], args["field"], args["depths"], **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_matches_cpu_twin(mode):
+    inputs = make_rays((4, 300), 40, 33, torch.float64, "cpu")
+    results = []
+    for device in ("cpu", "cuda"):
+        leaves = [t.to(device).requires_grad_() for t in inputs]
+        beta = torch.tensor([0.01], dtype=torch.float64, device=device, requires_grad=True)
+        out = omnifast.composite(*leaves[:3], beta=beta, density_delta=leaves[3], mode=mode,
+                                 return_weights=True)
+        grads = torch.autograd.grad(sum(t.square().sum() for t in out), (*leaves, beta))
+        results.append([t.detach().cpu() for t in (*out, *grads)])
+    for cpu, cuda in zip(*results):
+        assert_close(cuda, cpu, 1e-10)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_16bit_features(dtype):
+    features, field, depths, _ = make_rays((8, 64), 48, 32, torch.float32, "cuda")
+    half = features.to(dtype).requires_grad_()
+    out = omnifast.composite(half, field, depths, beta=0.02)
+    ref = reference.composite(half.detach().float(), field, depths, beta=0.02)
+    assert out.features.dtype == dtype
+    assert_close(out.features.float(), ref.features, 1e-2)
+    (grad,) = torch.autograd.grad(out.features.float().sum(), half)
+    assert grad.dtype == dtype and torch.isfinite(grad.float()).all()
