@@ -34,28 +34,33 @@ def _copy_bandwidth(device):
     return 2 * src.numel() * 4 / timing.median_s
 
 
-def _bench_triplane(device, quick, passes):
-    from .bench import measure_peak_bytes, time_calls, triplane_cases, triplane_runner
+def _bench_op(op, cases, runner, device, quick, passes):
+    """Each case and pass: omnifast and the reference timed alternately, then peak memory."""
+    from .bench import measure_peak_bytes, measure_retained_bytes, time_calls
 
     rows = []
-    for case in triplane_cases(device, quick=quick):
+    for case in cases:
         for pass_name in passes:
-            row = {"op": "triplane_sample", "case": case.name, "pass": pass_name,
-                   "sizes": {"N": case.batch, "C": case.channels, "H": case.resolution,
-                             "W": case.resolution, "D": case.depth or None, "M": case.points},
+            row = {"op": op, "case": case.name, "pass": pass_name,
+                   "sizes": {k: v for k, v in vars(case).items() if k not in ("name", "note")},
                    "note": case.note}
             impls = ("omnifast", "reference")
-            runs = [triplane_runner(case, impl, pass_name, device) for impl in impls]
+            runs = [runner(case, impl, pass_name, device) for impl in impls]
             timings = time_calls(runs, device, warmup=1, runs=3 if quick else 9)
             for impl, run, timing in zip(impls, runs, timings):
                 row[f"{impl}_ms"] = timing.median_s * 1e3
                 row[f"{impl}_runs"] = timing.runs
                 row[f"{impl}_peak_bytes"] = measure_peak_bytes(run, device)
             del runs
+            if op == "composite" and pass_name == "forward+backward":
+                from .bench.composite import composite_forward_with_graph
+                for impl in impls:  # held from forward to backward: the training memory
+                    row[f"{impl}_retained_bytes"] = measure_retained_bytes(
+                        composite_forward_with_graph(case, impl, device), device)
             row["speedup"] = row["reference_ms"] / row["omnifast_ms"]
-            if row["omnifast_peak_bytes"] and row["reference_peak_bytes"] is not None:
-                row["memory_ratio"] = row["omnifast_peak_bytes"] / max(row["reference_peak_bytes"], 1)
-            if pass_name == "forward":
+            if row["omnifast_peak_bytes"] and row["reference_peak_bytes"]:
+                row["memory_ratio"] = row["omnifast_peak_bytes"] / row["reference_peak_bytes"]
+            if op == "triplane_sample" and pass_name == "forward":
                 row["omnifast_forward_GBps"] = case.bytes_floor() / (row["omnifast_ms"] / 1e3) / 1e9
             rows.append(row)
             print(_format_row(row), flush=True)
@@ -68,7 +73,10 @@ def _mib(value):
 
 def _format_row(row):
     extra = f"  {row['omnifast_forward_GBps']:.0f} GB/s" if "omnifast_forward_GBps" in row else ""
-    return (f"{row['case'][:44]:<44} {row['pass']:<24} {row['omnifast_ms']:>9.2f} "
+    if "omnifast_retained_bytes" in row:
+        extra += (f"  kept for backward: {_mib(row['omnifast_retained_bytes'])} vs "
+                  f"{_mib(row['reference_retained_bytes'])} MiB")
+    return (f"{row['op'][:9]:<9} {row['case'][:36]:<36} {row['pass']:<24} {row['omnifast_ms']:>9.2f} "
             f"{row['reference_ms']:>10.2f} {row['speedup']:>7.2f}x "
             f"{_mib(row['omnifast_peak_bytes']):>8} {_mib(row['reference_peak_bytes']):>8}{extra}")
 
@@ -80,11 +88,18 @@ def _cmd_bench(args):
     if device.type == "cuda" and not omnifast._C_loader.compiled_backends()["cuda"]:
         print("omnifast bench: this build has no CUDA kernels", file=sys.stderr)
         return 2
-    passes = args.passes.split(",") if args.passes else list(omnifast.bench.TRIPLANE_PASSES)
-    unknown = set(passes) - set(omnifast.bench.TRIPLANE_PASSES)
+    bench = omnifast.bench
+    ops = {"triplane": ("triplane_sample", bench.triplane_cases, bench.triplane_runner,
+                        bench.TRIPLANE_PASSES),
+           "composite": ("composite", bench.composite_cases, bench.composite_runner,
+                         bench.COMPOSITE_PASSES)}
+    chosen = list(ops) if args.op == "all" else [args.op]
+    known = {p for name in chosen for p in ops[name][3]}
+    passes = args.passes.split(",") if args.passes else None
+    unknown = set(passes or ()) - known
     if unknown:
-        print(f"omnifast bench: unknown pass {sorted(unknown)}; "
-              f"choose from {omnifast.bench.TRIPLANE_PASSES}", file=sys.stderr)
+        print(f"omnifast bench: unknown pass {sorted(unknown)}; choose from {sorted(known)}",
+              file=sys.stderr)
         return 2
     torch.manual_seed(0)
     print(f"omnifast {omnifast.__version__} | torch {torch.__version__} | "
@@ -97,10 +112,13 @@ def _cmd_bench(args):
         report["copy_bandwidth_GBps"] = _copy_bandwidth(device) / 1e9
         print(f"device-to-device copy: {report['copy_bandwidth_GBps']:.0f} GB/s (read + write)")
     print("times are medians in ms; speedup = reference / omnifast; peak = extra MiB during the pass")
-    print(f"{'case':<44} {'pass':<24} {'omnifast':>9} {'reference':>10} {'speedup':>8} "
+    print(f"{'op':<9} {'case':<36} {'pass':<24} {'omnifast':>9} {'reference':>10} {'speedup':>8} "
           f"{'peak':>8} {'ref peak':>8}")
-    if args.op in ("triplane", "all"):
-        report["results"] += _bench_triplane(device, args.quick, passes)
+    for name in chosen:
+        op, cases, runner, op_passes = ops[name]
+        selected = [p for p in op_passes if passes is None or p in passes]
+        report["results"] += _bench_op(op, cases(device, quick=args.quick), runner, device,
+                                       args.quick, selected)
     if "copy_bandwidth_GBps" in report:  # how close the forward comes to the bytes it must move
         for row in report["results"]:
             if "omnifast_forward_GBps" in row:
@@ -119,12 +137,12 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, torch, compiled backends, devices")
     bench = sub.add_parser("bench", help="omnifast vs the PyTorch reference, same run")
-    bench.add_argument("op", nargs="?", default="all", choices=["triplane", "all"])
+    bench.add_argument("op", nargs="?", default="all", choices=["triplane", "composite", "all"])
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (checks the harness)")
-    bench.add_argument("--passes", help="comma-separated subset of: " + ",".join(
-        ("forward", "forward+backward", "forward+double-backward")))
+    bench.add_argument("--passes", help="comma-separated subset of: forward, forward+backward, "
+                       "forward+double-backward (tri-plane only)")
     args = parser.parse_args(argv)
     if args.command == "info":
         return _cmd_info(args)

@@ -263,12 +263,20 @@ def test_cli_bench_writes_json(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(path.read_text())
     assert report["device_type"] == "cpu"
-    passes = {(r["case"], r["pass"]) for r in report["results"]}
-    assert len(passes) == 6
+    passes = {(r["op"], r["case"], r["pass"]) for r in report["results"]}
+    assert len(passes) == 6  # the tri-plane op only
     for row in report["results"]:
         assert row["omnifast_ms"] > 0 and row["reference_ms"] > 0
         assert row["speedup"] == pytest.approx(row["reference_ms"] / row["omnifast_ms"])
     assert "speedup" in result.stdout
+
+
+def test_cli_bench_all_ops(tmp_path):
+    path = tmp_path / "bench.json"
+    result = run_cli("bench", "--quick", "--device", "cpu", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    ops = {r["op"] for r in json.loads(path.read_text())["results"]}
+    assert ops == {"triplane_sample", "composite"}
 
 
 def test_cli_rejects_unknown_pass():

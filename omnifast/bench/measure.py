@@ -98,3 +98,27 @@ def measure_peak_bytes(fn, device):
         return max(0, _status_kib("VmHWM") - before) * 1024
     except OSError:
         return None
+
+
+def measure_retained_bytes(fn, device):
+    """Memory still held after fn() returns, while its result (an autograd graph, say) lives:
+    what a training step keeps between forward and backward. None where unmeasurable."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        _sync(device)
+        before = torch.cuda.memory_allocated(device)
+        result = fn()
+        _sync(device)
+        held = torch.cuda.memory_allocated(device) - before
+        del result
+        return held
+    try:
+        _release_freed_heap()
+        before = _status_kib("VmRSS")
+        result = fn()
+        _release_freed_heap()
+        held = max(0, _status_kib("VmRSS") - before) * 1024
+        del result
+        return held
+    except OSError:
+        return None

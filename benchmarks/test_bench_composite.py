@@ -1,0 +1,43 @@
+"""pytest-benchmark suite for the fused compositor (cases shared with `omnifast bench composite`):
+omnifast and the MipRayMarcher2 reference timed alternately in the same run, the ratio, peak
+memory, and the memory kept from forward to backward.
+
+    python -m pytest benchmarks/ --benchmark-json=out.json
+"""
+import pytest
+import torch
+
+import omnifast
+from omnifast.bench import (COMPOSITE_PASSES, composite_cases, composite_runner,
+                            measure_peak_bytes, measure_retained_bytes, time_calls)
+from omnifast.bench.composite import composite_forward_with_graph
+
+DEVICE = "cuda" if torch.cuda.is_available() and omnifast._C_loader.compiled_backends()["cuda"] else "cpu"
+SPEED_FLOORS = {("cpu", "forward+backward"): 4.0, ("cuda", "forward+backward"): 5.0}
+# Not met yet on the CPU (2.5x measured): the backward walks each ray twice; see NOTES.md.
+UNMET = {("cpu", "forward+backward")}
+
+
+@pytest.mark.parametrize("pass_name", COMPOSITE_PASSES)
+@pytest.mark.parametrize("case", composite_cases(DEVICE), ids=lambda c: c.name)
+def test_composite(benchmark, case, pass_name):
+    ours = composite_runner(case, "omnifast", pass_name, DEVICE)
+    ref = composite_runner(case, "reference", pass_name, DEVICE)
+    t_ours, t_ref = time_calls([ours, ref], DEVICE, runs=9)
+    speedup = t_ref.median_s / t_ours.median_s
+    kept = [measure_retained_bytes(composite_forward_with_graph(case, impl, DEVICE), DEVICE)
+            for impl in ("omnifast", "reference")]
+    benchmark.extra_info.update(
+        device=DEVICE, case=case.name, pass_name=pass_name, speedup_vs_reference=speedup,
+        omnifast_ms=t_ours.median_s * 1e3, reference_ms=t_ref.median_s * 1e3,
+        omnifast_peak_bytes=measure_peak_bytes(ours, DEVICE),
+        reference_peak_bytes=measure_peak_bytes(ref, DEVICE),
+        omnifast_kept_for_backward=kept[0], reference_kept_for_backward=kept[1])
+    benchmark.pedantic(ours, rounds=5, warmup_rounds=1)
+    if None not in kept:  # training memory: at most a quarter of the reference's
+        assert kept[0] <= kept[1] / 4, f"kept {kept[0]} B vs reference {kept[1]} B"
+    floor = SPEED_FLOORS.get((DEVICE, pass_name))
+    if floor is not None and speedup < floor:
+        if (DEVICE, pass_name) in UNMET:
+            pytest.xfail(f"{speedup:.2f}x < floor {floor}x (known, see benchmarks/NOTES.md)")
+        raise AssertionError(f"{case.name} {pass_name}: {speedup:.2f}x < floor {floor}x")
