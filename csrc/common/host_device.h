@@ -58,14 +58,24 @@ OMNIFAST_HD T store_as(A x) {
   return Storage<T>::template from<A>(x);
 }
 
-// Floor that is defined for the whole float range (callers range-check before casting to an index).
-template <typename T>
-OMNIFAST_HD T floor_of(T x) {
+// Math both compilers see under one name: the CUDA device functions on the device, <cmath> on
+// the host. floor_of is defined for the whole float range (callers range-check before casting).
 #if defined(__CUDA_ARCH__)
-  return ::floor(x);
+#define OMNIFAST_MATH_FN(name, fn) \
+  template <typename T>            \
+  OMNIFAST_HD T name(T x) {        \
+    return ::fn(x);                \
+  }
 #else
-  return std::floor(x);
+#define OMNIFAST_MATH_FN(name, fn) \
+  template <typename T>            \
+  OMNIFAST_HD T name(T x) {        \
+    return std::fn(x);             \
+  }
 #endif
-}
+OMNIFAST_MATH_FN(floor_of, floor)
+OMNIFAST_MATH_FN(exp_of, exp)
+OMNIFAST_MATH_FN(log1p_of, log1p)
+#undef OMNIFAST_MATH_FN
 
 }  // namespace omnifast

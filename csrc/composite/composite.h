@@ -28,24 +28,6 @@ struct CompositeShape {
   int mode;          // CompositeMode
 };
 
-template <typename acc_t>
-OMNIFAST_HD acc_t exp_of(acc_t x) {
-#if defined(__CUDA_ARCH__)
-  return ::exp(x);
-#else
-  return std::exp(x);
-#endif
-}
-
-template <typename acc_t>
-OMNIFAST_HD acc_t log1p_of(acc_t x) {
-#if defined(__CUDA_ARCH__)
-  return ::log1p(x);
-#else
-  return std::log1p(x);
-#endif
-}
-
 // Raw density of one sample and its derivatives with respect to the field value and beta.
 template <typename acc_t>
 struct Density {

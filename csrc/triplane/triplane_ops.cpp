@@ -146,6 +146,20 @@ TriplaneTensors inputs_of(const Prepared& p, const at::Tensor& grad = at::Tensor
   return t;
 }
 
+// The double backward's coordinate cotangent, checked and handed to the kernels (undefined when
+// absent; the tensor must outlive the launch).
+at::Tensor attach_grad_grad_coords(const Prepared& p, const at::Tensor& coords,
+                                   const std::optional<at::Tensor>& grad_grad_coords,
+                                   TriplaneTensors& t) {
+  if (!grad_grad_coords.has_value() || !grad_grad_coords->defined()) return at::Tensor();
+  check_same_device(kOp, "grad_grad_coords", *grad_grad_coords, "planes", p.planes);
+  check_shape(kOp, "grad_grad_coords", *grad_grad_coords, coords.sizes());
+  at::Tensor gg_coords = grad_grad_coords->to(p.acc_type);
+  t.gg_coords = gg_coords.data_ptr();
+  t.gg_coord_strides = coord_strides(gg_coords);
+  return gg_coords;
+}
+
 at::Tensor nothing(const at::Tensor& like) { return at::empty({0}, like.options()); }
 
 // The plane gradient through the row walk (triplane.h): keys, a stable sort, one worker per
@@ -226,20 +240,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
   const Prepared p = prepare(planes, coords, axes, scale, reduce);
   const at::Tensor grad = checked_grad_out(p, planes, grad_out);
   TriplaneTensors t = inputs_of(p, grad);
-  at::Tensor gg_planes, gg_coords;
+  at::Tensor gg_planes;
   if (grad_grad_planes.has_value() && grad_grad_planes->defined()) {
     check_same_device(kOp, "grad_grad_planes", *grad_grad_planes, "planes", planes);
     check_shape(kOp, "grad_grad_planes", *grad_grad_planes, planes.sizes());
     gg_planes = grad_grad_planes->to(planes.scalar_type()).contiguous();
     t.gg_planes = gg_planes.data_ptr();
   }
-  if (grad_grad_coords.has_value() && grad_grad_coords->defined()) {
-    check_same_device(kOp, "grad_grad_coords", *grad_grad_coords, "planes", planes);
-    check_shape(kOp, "grad_grad_coords", *grad_grad_coords, coords.sizes());
-    gg_coords = grad_grad_coords->to(p.acc_type);
-    t.gg_coords = gg_coords.data_ptr();
-    t.gg_coord_strides = coord_strides(gg_coords);
-  }
+  const at::Tensor gg_coords = attach_grad_grad_coords(p, coords, grad_grad_coords, t);
   at::Tensor grad_grad_out, grad_planes, grad_coords;
   if (want_grad_out) {
     grad_grad_out = at::empty(output_shape(p.shape), planes.options());
@@ -278,14 +286,7 @@ at::Tensor triplane_sample_plane_grad_rows(const at::Tensor& grad_out, const at:
   const Prepared p = prepare(planes, coords, axes, scale, reduce);
   const at::Tensor grad = checked_grad_out(p, planes, grad_out);
   TriplaneTensors t = inputs_of(p, grad);
-  at::Tensor gg_coords;
-  if (grad_grad_coords.has_value() && grad_grad_coords->defined()) {
-    check_same_device(kOp, "grad_grad_coords", *grad_grad_coords, "planes", planes);
-    check_shape(kOp, "grad_grad_coords", *grad_grad_coords, coords.sizes());
-    gg_coords = grad_grad_coords->to(p.acc_type);
-    t.gg_coords = gg_coords.data_ptr();
-    t.gg_coord_strides = coord_strides(gg_coords);
-  }
+  const at::Tensor gg_coords = attach_grad_grad_coords(p, coords, grad_grad_coords, t);
   return plane_grad_by_rows(p, t).to(planes.scalar_type());
 }
 
