@@ -48,6 +48,11 @@ TORCH_LIBRARY(omnifast, m) {
         " Tensor? grad_weights, Tensor features, Tensor field, Tensor depths, Tensor? beta,"
         " Tensor? density_delta, Tensor opacity, Tensor depth_raw, int field_type, int mode)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // EG3D's importance sampling, fused: depths [R, S], weights [R, L] (L = S - 1 or S), sorted
+  // uniforms u [R, n] -> sorted depths [R, n]. Merging two sorted depth lists -> positions in
+  // their concatenation [R, S + n], coarse first on ties.
+  m.def("importance_sample(Tensor depths, Tensor weights, Tensor u) -> Tensor");
+  m.def("merge_order(Tensor coarse, Tensor fine) -> Tensor");
   // The plane gradient in a fixed order (CUDA's deterministic path; CPU twin for tests).
   m.def("triplane_sample_plane_grad_rows(Tensor grad_out, Tensor planes, Tensor coords,"
         " Tensor? grad_grad_coords, int[] axes, float[] scale, int reduce) -> Tensor");

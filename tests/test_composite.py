@@ -250,3 +250,67 @@ def test_cuda_16bit_features(dtype):
     assert_close(out.features.float(), ref.features, 1e-2)
     (grad,) = torch.autograd.grad(out.features.float().sum(), half)
     assert grad.dtype == dtype and torch.isfinite(grad.float()).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# Importance sampling and merging
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_importance_sample_matches_eg3d_given_the_same_draws(device, dtype, mode, deterministic):
+    features, field, depths, _ = make_rays((3, 40), 24, 4, dtype, device)
+    weights = omnifast.composite(features, field, depths, beta=0.02, mode=mode,
+                                 return_weights=True).weights
+    weights[0, :5] = 0.0  # empty rays: the +0.01 keeps the pdf defined
+    seed = 11
+    ours = omnifast.importance_sample(depths, weights, 16, deterministic=deterministic,
+                                      generator=torch.Generator(device).manual_seed(seed))
+    rays = 3 * 40
+    u = (torch.linspace(0, 1, 16, dtype=dtype, device=device).expand(rays, 16) if deterministic
+         else torch.rand((rays, 16), device=device,
+                         generator=torch.Generator(device).manual_seed(seed)).to(dtype))
+    ref = reference.sample_importance(depths.reshape(rays, -1), weights.reshape(rays, -1), 16, u)
+    assert ours.shape == (3, 40, 16, 1)
+    assert (ours.diff(dim=-2) >= 0).all()
+    assert_close(ours.reshape(rays, 16), torch.sort(ref, dim=-1).values, TOL[dtype])
+    mids = 0.5 * (depths[..., :-1, :] + depths[..., 1:, :])
+    assert (ours >= mids[..., :1, :]).all() and (ours <= mids[..., -1:, :]).all()
+
+
+def test_importance_sample_layouts_and_errors():
+    depths = torch.sort(torch.rand(5, 10), -1).values
+    out = omnifast.importance_sample(depths, torch.rand(5, 9), 4)
+    assert out.shape == (5, 4)
+    with pytest.raises(RuntimeError, match=r"weights must be \[rays, S - 1\] or \[rays, S\].*got \[5, 7\]"):
+        omnifast.importance_sample(depths, torch.rand(5, 7), 4)
+    with pytest.raises(ValueError, match="weights must be"):
+        omnifast.importance_sample(depths, torch.rand(4, 9), 4)
+    with pytest.raises(RuntimeError, match=r"depths must be float32 or float64, got Long"):
+        omnifast.importance_sample(depths.long(), torch.rand(5, 9).long(), 4)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_merge_samples_matches_a_stable_sort(device):
+    coarse = torch.sort(torch.rand(4, 30, 12, 1, device=device), -2).values
+    fine = torch.sort(torch.rand(4, 30, 7, 1, device=device), -2).values
+    fine[:, :, 2] = coarse[:, :, 5]  # ties: coarse first
+    fine = torch.sort(fine, -2).values
+    colors = [torch.randn(4, 30, 12, 8, device=device, requires_grad=True),
+              torch.randn(4, 30, 7, 8, device=device, requires_grad=True)]
+    depths, (merged,) = omnifast.merge_samples(coarse, fine, (colors[0],), (colors[1],))
+    ref_depths, (ref_merged,) = reference.merge_samples(coarse, fine, (colors[0],), (colors[1],))
+    assert torch.equal(depths, ref_depths) and torch.equal(merged, ref_merged)
+    grad = torch.randn_like(merged)
+    for g, r in zip(torch.autograd.grad(merged, colors, grad),
+                    torch.autograd.grad(ref_merged, colors, grad)):
+        assert torch.equal(g, r)
+
+
+def test_sampling_opcheck():
+    depths = torch.sort(torch.rand(6, 10, dtype=torch.float64), -1).values
+    u = torch.sort(torch.rand(6, 5, dtype=torch.float64), -1).values
+    torch.library.opcheck(torch.ops.omnifast.importance_sample,
+                          (depths, torch.rand(6, 9, dtype=torch.float64), u))
+    torch.library.opcheck(torch.ops.omnifast.merge_order, (depths, u))

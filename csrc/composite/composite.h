@@ -320,4 +320,73 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
   if (ray_outputs) out.beta[r] = beta_partial;
 }
 
+// ---------------------------------------------------------------------------------------------
+// Importance sampling (EG3D's sample_importance + sample_pdf, fused) and sorted merging.
+
+struct SamplingShape {
+  int64_t rays;     // R
+  int64_t samples;  // S coarse depths per ray
+  int64_t weights;  // L = S - 1 (midpoint weights) or S (absorption)
+  int64_t draws;    // n
+};
+
+// EG3D's smoothed weight at i: the average of max(w[i-1], w[i]) and max(w[i], w[i+1]), with
+// max-pool's implicit -inf padding at both ends.
+template <typename acc_t>
+OMNIFAST_HD acc_t smoothed_weight(const acc_t* w, int64_t L, int64_t i) {
+  const acc_t left = i > 0 && w[i - 1] > w[i] ? w[i - 1] : w[i];
+  const acc_t right = i + 1 < L && w[i + 1] > w[i] ? w[i + 1] : w[i];
+  return (left + right) / acc_t(2);
+}
+
+// n depths for ray r from sorted uniforms u in [0, 1]: inverse transform sampling of the
+// piecewise-linear CDF over the depth midpoints, with EG3D's constants (+0.01 after smoothing,
+// +1e-5 before normalising, denominators under 1e-5 replaced by 1) and its index alignment (the
+// interior smoothed weights 1 .. L-2 over bins 0 .. L-2). Sorted u walk the CDF once.
+template <typename acc_t>
+OMNIFAST_HD void importance_sample_ray(const SamplingShape& s, const acc_t* depths,
+                                       const acc_t* weights, const acc_t* u, acc_t* out,
+                                       int64_t r) {
+  const acc_t* z = depths + r * s.samples;
+  const acc_t* w = weights + r * s.weights;
+  const int64_t bins = s.weights - 2;  // pdf entries; CDF entries 0 .. bins
+  auto pdf_weight = [&](int64_t k) {
+    return (smoothed_weight(w, s.weights, k + 1) + acc_t(0.01)) + acc_t(1e-5);
+  };
+  auto mid_depth = [&](int64_t k) { return acc_t(0.5) * (z[k] + z[k + 1]); };
+  acc_t total = acc_t(0);
+  for (int64_t k = 0; k < bins; ++k) total += pdf_weight(k);
+  int64_t i = 0;                            // first CDF index whose value exceeds u
+  acc_t cdf_i = acc_t(0), cdf_prev = acc_t(0);  // cdf[i] (while i <= bins) and cdf[i - 1]
+  for (int64_t j = 0; j < s.draws; ++j) {
+    const acc_t uj = u[r * s.draws + j];
+    while (i <= bins && cdf_i <= uj) {
+      cdf_prev = cdf_i;
+      ++i;
+      if (i <= bins) cdf_i = cdf_prev + pdf_weight(i - 1) / total;
+    }
+    const int64_t below = i > 0 ? i - 1 : 0, above = i < bins ? i : bins;
+    const acc_t cdf_lo = i > 0 ? cdf_prev : cdf_i;
+    const acc_t cdf_hi = i <= bins ? cdf_i : cdf_prev;
+    acc_t denom = cdf_hi - cdf_lo;
+    if (denom < acc_t(1e-5)) denom = acc_t(1);
+    const acc_t lo = mid_depth(below), hi = mid_depth(above);
+    out[r * s.draws + j] = lo + (uj - cdf_lo) / denom * (hi - lo);
+  }
+}
+
+// Positions in cat(coarse, fine) of the merged, sorted sequence of ray r; coarse first on ties.
+template <typename acc_t>
+OMNIFAST_HD void merge_order_ray(int64_t coarse_count, int64_t fine_count, const acc_t* coarse,
+                                 const acc_t* fine, int64_t* order, int64_t r) {
+  const acc_t* c = coarse + r * coarse_count;
+  const acc_t* f = fine + r * fine_count;
+  int64_t* o = order + r * (coarse_count + fine_count);
+  int64_t i = 0, j = 0;
+  while (i < coarse_count || j < fine_count) {
+    const bool take_coarse = j >= fine_count || (i < coarse_count && !(f[j] < c[i]));
+    *o++ = take_coarse ? i++ : coarse_count + j++;
+  }
+}
+
 }  // namespace omnifast

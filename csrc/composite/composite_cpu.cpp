@@ -40,7 +40,39 @@ void backward(const CompositeShape& s, const CompositeTensors& t) {
   });
 }
 
+template <typename T>
+void importance(const SamplingShape& s, const void* depths, const void* weights, const void* u,
+                void* out) {
+  at::parallel_for(0, s.rays, kRayGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      importance_sample_ray(s, static_cast<const T*>(depths), static_cast<const T*>(weights),
+                            static_cast<const T*>(u), static_cast<T*>(out), r);
+  });
+}
+
+template <typename T>
+void merge(int64_t rays, int64_t coarse, int64_t fine, const void* coarse_depths,
+           const void* fine_depths, int64_t* order) {
+  at::parallel_for(0, rays, kRayGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r)
+      merge_order_ray(coarse, fine, static_cast<const T*>(coarse_depths),
+                      static_cast<const T*>(fine_depths), order, r);
+  });
+}
+
 }  // namespace
+
+void importance_sample_cpu(const SamplingShape& s, bool is_double, const void* depths,
+                           const void* weights, const void* u, void* out) {
+  is_double ? importance<double>(s, depths, weights, u, out)
+            : importance<float>(s, depths, weights, u, out);
+}
+
+void merge_order_cpu(int64_t rays, int64_t coarse, int64_t fine, bool is_double,
+                     const void* coarse_depths, const void* fine_depths, int64_t* order) {
+  is_double ? merge<double>(rays, coarse, fine, coarse_depths, fine_depths, order)
+            : merge<float>(rays, coarse, fine, coarse_depths, fine_depths, order);
+}
 
 void composite_forward_cpu(const CompositeShape& s, StorageType type, const CompositeTensors& t) {
   TORCH_CHECK(type == StorageType::kFloat32 || type == StorageType::kFloat64,

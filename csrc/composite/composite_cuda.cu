@@ -50,6 +50,18 @@ __global__ void backward_kernel(CompositeShape s, CompositeTensors t, int lanes,
   }
 }
 
+template <typename acc_t>
+__global__ void importance_kernel(SamplingShape s, const acc_t* depths, const acc_t* weights,
+                                  const acc_t* u, acc_t* out) {
+  OMNIFAST_THREAD_LOOP(r, s.rays) importance_sample_ray(s, depths, weights, u, out, r);
+}
+
+template <typename acc_t>
+__global__ void merge_kernel(int64_t rays, int64_t coarse, int64_t fine, const acc_t* c,
+                             const acc_t* f, int64_t* order) {
+  OMNIFAST_THREAD_LOOP(r, rays) merge_order_ray(coarse, fine, c, f, order, r);
+}
+
 enum class Pass { kForward, kBackward };
 
 template <Pass PASS, typename scalar_t, typename acc_t>
@@ -81,6 +93,37 @@ const char* launch(const CompositeShape& s, StorageType type, const CompositeTen
 }
 
 }  // namespace
+
+const char* importance_sample_cuda(const SamplingShape& s, bool is_double, const void* depths,
+                                   const void* weights, const void* u, void* out, void* stream) {
+  if (s.rays == 0) return nullptr;
+  auto cuda_stream = static_cast<cudaStream_t>(stream);
+  if (is_double)
+    importance_kernel<double><<<grid_for(s.rays), kThreads, 0, cuda_stream>>>(
+        s, static_cast<const double*>(depths), static_cast<const double*>(weights),
+        static_cast<const double*>(u), static_cast<double*>(out));
+  else
+    importance_kernel<float><<<grid_for(s.rays), kThreads, 0, cuda_stream>>>(
+        s, static_cast<const float*>(depths), static_cast<const float*>(weights),
+        static_cast<const float*>(u), static_cast<float*>(out));
+  return last_error();
+}
+
+const char* merge_order_cuda(int64_t rays, int64_t coarse, int64_t fine, bool is_double,
+                             const void* coarse_depths, const void* fine_depths, int64_t* order,
+                             void* stream) {
+  if (rays == 0) return nullptr;
+  auto cuda_stream = static_cast<cudaStream_t>(stream);
+  if (is_double)
+    merge_kernel<double><<<grid_for(rays), kThreads, 0, cuda_stream>>>(
+        rays, coarse, fine, static_cast<const double*>(coarse_depths),
+        static_cast<const double*>(fine_depths), order);
+  else
+    merge_kernel<float><<<grid_for(rays), kThreads, 0, cuda_stream>>>(
+        rays, coarse, fine, static_cast<const float*>(coarse_depths),
+        static_cast<const float*>(fine_depths), order);
+  return last_error();
+}
 
 const char* composite_forward_cuda(const CompositeShape& s, StorageType type,
                                    const CompositeTensors& t, void* stream) {

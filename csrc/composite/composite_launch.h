@@ -34,6 +34,18 @@ struct CompositeTensors {
 void composite_forward_cpu(const CompositeShape& s, StorageType type, const CompositeTensors& t);
 void composite_backward_cpu(const CompositeShape& s, StorageType type, const CompositeTensors& t);
 
+// Importance sampling and merging (depths and uniforms in the accumulation type; one ray per
+// worker). `u` is sorted per ray; `out` gets sorted depths [R, n]; `order` [R, S + n].
+void importance_sample_cpu(const SamplingShape& s, bool is_double, const void* depths,
+                           const void* weights, const void* u, void* out);
+void merge_order_cpu(int64_t rays, int64_t coarse, int64_t fine, bool is_double,
+                     const void* coarse_depths, const void* fine_depths, int64_t* order);
+const char* importance_sample_cuda(const SamplingShape& s, bool is_double, const void* depths,
+                                   const void* weights, const void* u, void* out, void* stream);
+const char* merge_order_cuda(int64_t rays, int64_t coarse, int64_t fine, bool is_double,
+                             const void* coarse_depths, const void* fine_depths, int64_t* order,
+                             void* stream);
+
 // On the given cudaStream_t; nullptr on success, else the CUDA error string. One group of lanes
 // per ray, each lane a slice of the channels: no atomics, bitwise reproducible.
 const char* composite_forward_cuda(const CompositeShape& s, StorageType type,

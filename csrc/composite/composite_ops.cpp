@@ -183,16 +183,88 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite
           grad_beta};
 }
 
+// Two-dimensional [rays, k] float tensor on the device and of the dtype of `like`.
+at::Tensor per_ray_rows(const char* op, const char* arg, const at::Tensor& t,
+                        const at::Tensor& like) {
+  check_defined(op, arg, t);
+  OMNIFAST_CHECK_ARG(t.dim() == 2 && t.size(0) == like.size(0), op, arg,
+                     "[rays, k] with rays = " + std::to_string(like.size(0)), shape_of(t));
+  check_same_device(op, arg, t, "depths", like);
+  OMNIFAST_CHECK_ARG(t.scalar_type() == like.scalar_type(), op, arg,
+                     std::string("of the dtype of depths (") + c10::toString(like.scalar_type()) +
+                         ")",
+                     t.scalar_type());
+  return t.contiguous();
+}
+
+void check_depths(const char* op, const at::Tensor& depths) {
+  check_defined(op, "depths", depths);
+  OMNIFAST_CHECK_ARG(depths.dim() == 2, op, "depths", "[rays, samples]", shape_of(depths));
+  OMNIFAST_CHECK_ARG(depths.scalar_type() == at::kFloat || depths.scalar_type() == at::kDouble,
+                     op, "depths", "float32 or float64", depths.scalar_type());
+  OMNIFAST_CHECK_ARG(depths.is_cpu() || depths.is_cuda(), op, "depths", "on a CPU or CUDA device",
+                     depths.device().str());
+}
+
+at::Tensor importance_sample(const at::Tensor& depths, const at::Tensor& weights,
+                             const at::Tensor& u) {
+  const char* op = "importance_sample";
+  check_depths(op, depths);
+  const at::Tensor z = depths.contiguous();
+  const at::Tensor w = per_ray_rows(op, "weights", weights, z);
+  const at::Tensor draws = per_ray_rows(op, "u", u, z);
+  const int64_t S = z.size(1), L = w.size(1);
+  OMNIFAST_CHECK_ARG((L == S - 1 || L == S) && L >= 3, op, "weights",
+                     "[rays, S - 1] or [rays, S] with at least 3 weights (S = " +
+                         std::to_string(S) + ")",
+                     shape_of(w));
+  const SamplingShape s{z.size(0), S, L, draws.size(1)};
+  at::Tensor out = at::empty({s.rays, s.draws}, z.options());
+  const bool is_double = z.scalar_type() == at::kDouble;
+  run_on(
+      op, z,
+      [&] { importance_sample_cpu(s, is_double, z.data_ptr(), w.data_ptr(), draws.data_ptr(),
+                                  out.data_ptr()); },
+      [&](void* stream) {
+        return importance_sample_cuda(s, is_double, z.data_ptr(), w.data_ptr(),
+                                      draws.data_ptr(), out.data_ptr(), stream);
+      });
+  return out;
+}
+
+at::Tensor merge_order(const at::Tensor& coarse, const at::Tensor& fine) {
+  const char* op = "merge_samples";
+  check_depths(op, coarse);
+  const at::Tensor c = coarse.contiguous();
+  const at::Tensor f = per_ray_rows(op, "fine depths", fine, c);
+  at::Tensor order = at::empty({c.size(0), c.size(1) + f.size(1)}, c.options().dtype(at::kLong));
+  int64_t* out = order.data_ptr<int64_t>();
+  const bool is_double = c.scalar_type() == at::kDouble;
+  run_on(
+      op, c,
+      [&] { merge_order_cpu(c.size(0), c.size(1), f.size(1), is_double, c.data_ptr(),
+                            f.data_ptr(), out); },
+      [&](void* stream) {
+        return merge_order_cuda(c.size(0), c.size(1), f.size(1), is_double, c.data_ptr(),
+                                f.data_ptr(), out, stream);
+      });
+  return order;
+}
+
 }  // namespace
 }  // namespace omnifast
 
 TORCH_LIBRARY_IMPL(omnifast, CPU, m) {
+  m.impl("importance_sample", &omnifast::importance_sample);
+  m.impl("merge_order", &omnifast::merge_order);
   m.impl("composite", &omnifast::composite);
   m.impl("composite_backward", &omnifast::composite_backward);
 }
 
 #ifdef OMNIFAST_WITH_CUDA
 TORCH_LIBRARY_IMPL(omnifast, CUDA, m) {
+  m.impl("importance_sample", &omnifast::importance_sample);
+  m.impl("merge_order", &omnifast::merge_order);
   m.impl("composite", &omnifast::composite);
   m.impl("composite_backward", &omnifast::composite_backward);
 }

@@ -101,7 +101,94 @@ def composite(features, field, depths, *, field_type="sdf", beta=None, density_d
     return CompositeResult(out, depth.reshape(*lead, 1), opacity, weights if return_weights else None)
 
 
+def _strip_trailing_one(t, reference_dim):
+    """[..., K, 1] -> [..., K] when t has the rank of the depths given with a trailing 1."""
+    return t[..., 0] if t.dim() == reference_dim and t.shape[-1] == 1 else t
+
+
+def importance_sample(depths, weights, n, *, deterministic=False, generator=None):
+    """EG3D's importance sampling, fused: weight smoothing (max-pool then avg-pool, +0.01),
+    pdf, cdf, search and interpolation in one pass per ray.
+
+    Args:
+        depths: ``[..., S, 1]`` or ``[..., S]`` coarse depths, sorted along each ray.
+        weights: the compositing weights of those samples, ``[..., S - 1(, 1)]`` (midpoint) or
+            ``[..., S(, 1)]`` (absorption), as :func:`composite` returns them.
+        n: number of depths to draw per ray.
+        deterministic: evenly spaced quantiles (``linspace(0, 1, n)``, OmniAvatar's
+            ``det_sampling``) instead of uniform draws.
+        generator: for the draws, which are ``torch.rand((rays, n))`` exactly as EG3D makes them.
+
+    Returns:
+        ``[..., n, 1]`` (or ``[..., n]``, like ``depths``) sorted depths, detached (EG3D samples
+        under ``no_grad``).
+    """
+    with_one = depths.dim() >= 2 and depths.shape[-1] == 1
+    z = _strip_trailing_one(depths, depths.dim()) if with_one else depths
+    w = _strip_trailing_one(weights, depths.dim()) if with_one else weights
+    if z.dim() < 1 or w.shape[:-1] != z.shape[:-1]:
+        raise ValueError(f"omnifast.importance_sample: weights must be [..., L] or [..., L, 1] "
+                         f"with the rays of depths {list(depths.shape)}, got {list(weights.shape)}")
+    _C_loader.require_backend("importance_sample", depths)
+    lead, samples, count = z.shape[:-1], z.shape[-1], w.shape[-1]
+    rays = math.prod(lead)
+    with torch.no_grad():
+        if deterministic:
+            u = torch.linspace(0, 1, n, device=z.device, dtype=z.dtype).expand(rays, n)
+        else:
+            u = torch.rand((rays, n), device=z.device, generator=generator).to(z.dtype)
+        u = torch.sort(u, dim=-1).values  # sorted draws give sorted depths
+        out = torch.ops.omnifast.importance_sample(z.reshape(rays, samples),
+                                                   w.detach().reshape(rays, count), u)
+    out = out.reshape(*lead, n)
+    return out.unsqueeze(-1) if with_one else out
+
+
+def merge_samples(depths_coarse, depths_fine, values_coarse=(), values_fine=()):
+    """Merge two per-ray sorted depth lists (and values that follow them) in depth order without
+    a full sort; ties keep the coarse sample first, like a stable sort of the concatenation.
+
+    Args:
+        depths_coarse: ``[..., S, 1]`` or ``[..., S]``; depths_fine: ``[..., n(, 1)]``; both sorted.
+        values_coarse, values_fine: matching sequences of ``[..., S, K]`` / ``[..., n, K]`` tensors
+            (colours, densities), merged the same way (differentiably).
+
+    Returns:
+        ``(depths [..., S + n(, 1)], [merged values])``.
+    """
+    with_one = depths_coarse.dim() >= 2 and depths_coarse.shape[-1] == 1
+    zc = depths_coarse[..., 0] if with_one else depths_coarse
+    zf = depths_fine[..., 0] if with_one else depths_fine
+    if zc.shape[:-1] != zf.shape[:-1]:
+        raise ValueError(f"omnifast.merge_samples: depths_fine must have the rays of depths_coarse "
+                         f"{list(depths_coarse.shape)}, got {list(depths_fine.shape)}")
+    if len(values_coarse) != len(values_fine):
+        raise ValueError("omnifast.merge_samples: values_coarse and values_fine must pair up, got "
+                         f"{len(values_coarse)} and {len(values_fine)}")
+    _C_loader.require_backend("merge_samples", depths_coarse)
+    lead = zc.shape[:-1]
+    rays = math.prod(lead)
+    order = torch.ops.omnifast.merge_order(zc.reshape(rays, -1).detach(),
+                                           zf.reshape(rays, -1).detach()).reshape(*lead, -1)
+    depths = torch.gather(torch.cat([zc, zf], -1), -1, order)
+    merged = [torch.gather(torch.cat([c, f], -2), -2,
+                           order.unsqueeze(-1).expand(*order.shape, c.shape[-1]))
+              for c, f in zip(values_coarse, values_fine)]
+    return (depths.unsqueeze(-1) if with_one else depths), merged
+
+
 # ---- fake (meta) kernels ----
+
+@torch.library.register_fake("omnifast::importance_sample")
+def _importance_sample_fake(depths, weights, u):
+    return depths.new_empty(u.shape)
+
+
+@torch.library.register_fake("omnifast::merge_order")
+def _merge_order_fake(coarse, fine):
+    return coarse.new_empty((coarse.shape[0], coarse.shape[1] + fine.shape[1]), dtype=torch.long)
+
+
 
 def _intervals(samples, mode):
     return samples - 1 if mode == MODES["midpoint"] else samples

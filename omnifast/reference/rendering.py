@@ -66,3 +66,39 @@ def composite(features, field, depths, *, field_type="sdf", beta=None, density_d
     if return_weights:
         weights = weights.squeeze(-1) if squeeze else weights
     return CompositeResult(out, depth, opacity, weights if return_weights else None)
+
+
+def sample_pdf(bins, weights, n, u, eps=1e-5):
+    """EG3D's sample_pdf with given uniforms u [rays, n]: [rays, n] depths in u's order."""
+    n_bins = weights.shape[-1]
+    weights = weights + eps
+    pdf = weights / torch.sum(weights, -1, keepdim=True)
+    cdf = torch.cumsum(pdf, -1)
+    cdf = torch.cat([torch.zeros_like(cdf[:, :1]), cdf], -1)
+    inds = torch.searchsorted(cdf, u.contiguous(), right=True)
+    below = torch.clamp_min(inds - 1, 0)
+    above = torch.clamp_max(inds, n_bins)
+    both = torch.stack([below, above], -1).view(u.shape[0], 2 * n)
+    cdf_g = torch.gather(cdf, 1, both).view(u.shape[0], n, 2)
+    bins_g = torch.gather(bins, 1, both).view(u.shape[0], n, 2)
+    denom = cdf_g[..., 1] - cdf_g[..., 0]
+    denom[denom < eps] = 1
+    return bins_g[..., 0] + (u - cdf_g[..., 0]) / denom * (bins_g[..., 1] - bins_g[..., 0])
+
+
+def sample_importance(depths, weights, n, u):
+    """EG3D's sample_importance on [rays, S] depths and [rays, L] weights with uniforms u."""
+    with torch.no_grad():
+        smoothed = F.max_pool1d(weights.unsqueeze(1), 2, 1, padding=1)
+        smoothed = F.avg_pool1d(smoothed, 2, 1).squeeze(1) + 0.01
+        mids = 0.5 * (depths[:, :-1] + depths[:, 1:])
+        return sample_pdf(mids, smoothed[:, 1:-1], n, u)
+
+
+def merge_samples(depths_coarse, depths_fine, values_coarse=(), values_fine=()):
+    """EG3D's unify_samples with a stable sort (coarse first on ties)."""
+    depths = torch.cat([depths_coarse, depths_fine], -2)
+    _, order = torch.sort(depths, dim=-2, stable=True)
+    merged = [torch.gather(torch.cat([c, f], -2), -2, order.expand(*order.shape[:-1], c.shape[-1]))
+              for c, f in zip(values_coarse, values_fine)]
+    return torch.gather(depths, -2, order), merged
