@@ -9,6 +9,7 @@ patching that module is enough for existing training and inference code.
 """
 import torch
 
+from .ops.composite import composite, importance_sample, merge_samples
 from .ops.triplane import plane_dims
 from .ops.triplane import triplane_sample
 from .reference import triplane as reference
@@ -100,18 +101,66 @@ def sample_from_volplanes(plane_features, coordinates, mode='bilinear', padding_
     return triplane_sample(volumes, coordinates, box_warp=box, reduce="none")
 
 
-def patch(module):
-    """Swap omnifast's drop-ins into an imported EG3D/OmniAvatar renderer module.
+class MipRayMarcher2(torch.nn.Module):
+    """EG3D's ray marcher: midpoint compositing of raw densities, then ``x2 - 1``."""
 
-    Returns the names replaced. The originals stay reachable as ``module._omnifast_originals``.
+    def run_forward(self, colors, densities, depths, rendering_options):
+        assert rendering_options['clamp_mode'] == 'softplus', \
+            "MipRayMarcher only supports `clamp_mode`=`softplus`!"
+        out = composite(colors, densities, depths, field_type="density", mode="midpoint",
+                        white_back=rendering_options.get('white_back', False),
+                        return_weights=True)
+        return out.features * 2 - 1, out.depth, out.weights
+
+    def forward(self, colors, densities, depths, rendering_options):
+        return self.run_forward(colors, densities, depths, rendering_options)
+
+
+def sample_importance(self, z_vals, weights, N_importance, det=False):
+    """ImportanceRenderer.sample_importance (EG3D; OmniAvatar's ``det`` too), fused and sorted."""
+    return importance_sample(z_vals, weights, N_importance, deterministic=det)
+
+
+def unify_samples(self, depths1, colors1, densities1, depths2, colors2, densities2):
+    """ImportanceRenderer.unify_samples: a merge of the two sorted lists, coarse first on ties."""
+    depths, (colors, densities) = merge_samples(depths1, depths2, (colors1, densities1),
+                                                (colors2, densities2))
+    return depths, colors, densities
+
+
+def _swap(owner, name, replacement, originals, replaced, label):
+    if hasattr(owner, name):
+        originals.setdefault(label, getattr(owner, name))
+        setattr(owner, name, replacement)
+        replaced.append(label)
+
+
+def patch(module):
+    """Swap omnifast into an imported EG3D/OmniAvatar renderer module.
+
+    Replaces the module's ``sample_from_planes`` / ``sample_from_volplanes``, the ray marcher's
+    compositing methods on its ``MipRayMarcher2`` class (OmniAvatar's variant is recognised by
+    its absorption path) and ``ImportanceRenderer.sample_importance`` / ``unify_samples``. Methods
+    are replaced on the classes, so renderers built (or unpickled) before the call switch too.
+    Returns the names replaced; the originals stay in ``module._omnifast_originals``.
     """
+    from . import omniavatar
+
     replaced = []
     originals = getattr(module, "_omnifast_originals", {})
     for name, fn in (("sample_from_planes", sample_from_planes),
                      ("sample_from_volplanes", sample_from_volplanes)):
-        if hasattr(module, name):
-            originals.setdefault(name, getattr(module, name))
-            setattr(module, name, fn)
-            replaced.append(name)
+        _swap(module, name, fn, originals, replaced, name)
+    marcher = getattr(module, "MipRayMarcher2", None)
+    if marcher is not None:
+        ours = omniavatar.MipRayMarcher2 if hasattr(marcher, "run_forward_absorption") else MipRayMarcher2
+        for method in ("run_forward", "run_forward_absorption"):
+            if hasattr(ours, method):
+                _swap(marcher, method, getattr(ours, method), originals, replaced,
+                      f"MipRayMarcher2.{method}")
+    renderer = getattr(module, "ImportanceRenderer", None)
+    if renderer is not None:
+        for name, fn in (("sample_importance", sample_importance), ("unify_samples", unify_samples)):
+            _swap(renderer, name, fn, originals, replaced, f"ImportanceRenderer.{name}")
     module._omnifast_originals = originals
     return replaced

@@ -314,3 +314,78 @@ def test_sampling_opcheck():
     torch.library.opcheck(torch.ops.omnifast.importance_sample,
                           (depths, torch.rand(6, 9, dtype=torch.float64), u))
     torch.library.opcheck(torch.ops.omnifast.merge_order, (depths, u))
+
+
+# ---------------------------------------------------------------------------------------------
+# Drop-ins
+
+import types  # noqa: E402
+
+import eg3d_local  # noqa: E402
+import omnifast.eg3d  # noqa: E402
+import omnifast.omniavatar  # noqa: E402
+
+
+def marcher_inputs(device="cpu"):
+    colors = torch.rand(2, 50, 20, 32, device=device, requires_grad=True)
+    densities = (torch.randn(2, 50, 20, 1, device=device) * 3).requires_grad_()
+    depths = torch.sort(torch.rand(2, 50, 20, 1, device=device) + 2.25, -2).values
+    return colors, densities, depths
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("white_back", [False, True])
+def test_eg3d_ray_marcher_drop_in(device, white_back):
+    colors, densities, depths = marcher_inputs(device)
+    options = {"clamp_mode": "softplus", "white_back": white_back}
+    ours = omnifast.eg3d.MipRayMarcher2()(colors, densities, depths, options)
+    theirs = eg3d_local.MipRayMarcher2()(colors, densities, depths, options)
+    upstream = [torch.randn_like(t) for t in theirs]
+    grads = [torch.autograd.grad(sum((t * g).sum() for t, g in zip(out, upstream)),
+                                 (colors, densities)) for out in (ours, theirs)]
+    for a, b in zip((*ours, *grads[0]), (*theirs, *grads[1])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"absorption": True}, {"force_background": True},
+                                     {"absorption": True, "white_back": True}])
+def test_omniavatar_ray_marcher_drop_in(options):
+    colors, densities, depths = marcher_inputs()
+    options = {"clamp_mode": "softplus", **options}
+    rgb, depth, weights = omnifast.omniavatar.MipRayMarcher2()(colors, densities, depths, options)
+    mode = "absorption" if options.get("absorption") else "midpoint"
+    ref, ref_depth, _, ref_weights = reference.rendering.march(
+        colors, densities, depths, mode=mode, white_back=options.get("white_back", False),
+        force_background=options.get("force_background", False))
+    if mode == "absorption":  # OmniAvatar rescales on this path only
+        ref = ref * 2 - 1
+    for a, b in ((rgb, ref), (depth, ref_depth), (weights, ref_weights)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_patch_swaps_marcher_and_sampling_into_existing_renderers():
+    module = types.ModuleType("renderer")
+    module.MipRayMarcher2 = type("MipRayMarcher2", (eg3d_local.MipRayMarcher2,), {})
+    module.ImportanceRenderer = type("ImportanceRenderer", (eg3d_local.ImportanceRenderer,), {})
+    marcher, renderer = module.MipRayMarcher2(), module.ImportanceRenderer()  # built before
+    colors, densities, depths = marcher_inputs()
+    options = {"clamp_mode": "softplus"}
+    before = marcher(colors, densities, depths, options)
+    torch.manual_seed(3)
+    fine_before = renderer.sample_importance(depths, before[2], 12)
+    replaced = omnifast.eg3d.patch(module)
+    assert replaced == ["MipRayMarcher2.run_forward", "ImportanceRenderer.sample_importance",
+                        "ImportanceRenderer.unify_samples"]
+    after = marcher(colors, densities, depths, options)
+    for a, b in zip(after, before):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    torch.manual_seed(3)  # the same draws: EG3D's torch.rand((rays, n))
+    fine_after = renderer.sample_importance(depths, before[2], 12)
+    torch.testing.assert_close(fine_after, torch.sort(fine_before, -2).values, rtol=1e-5,
+                               atol=1e-5)
+    merged = renderer.unify_samples(depths, colors, densities, fine_after,
+                                    colors[:, :, :12], densities[:, :, :12])
+    ref = eg3d_local.ImportanceRenderer().unify_samples(depths, colors, densities, fine_after,
+                                                        colors[:, :, :12], densities[:, :, :12])
+    for a, b in zip(merged, ref):
+        assert torch.equal(a, b)

@@ -26,9 +26,11 @@ def raw_density(field, field_type, beta, density_delta):
     return sigma if density_delta is None else sigma + density_delta
 
 
-def march(colors, densities, depths, *, mode="midpoint", white_back=False):
+def march(colors, densities, depths, *, mode="midpoint", white_back=False,
+          force_background=False):
     """EG3D's MipRayMarcher2.run_forward (midpoint) or OmniAvatar's run_forward_absorption,
-    without the final x2 - 1. Inputs [..., S, C], [..., S, 1], [..., S, 1]."""
+    without the final x2 - 1. Inputs [..., S, C], [..., S, 1], [..., S, 1]. force_background
+    (OmniAvatar): the last weight becomes 1 minus the sum of the others."""
     if mode == "midpoint":
         deltas = depths[..., 1:, :] - depths[..., :-1, :]
         colors = (colors[..., :-1, :] + colors[..., 1:, :]) / 2
@@ -42,6 +44,9 @@ def march(colors, densities, depths, *, mode="midpoint", white_back=False):
     alpha = 1 - torch.exp(-densities * deltas)
     alpha_shifted = torch.cat([torch.ones_like(alpha[..., :1, :]), 1 - alpha + 1e-10], -2)
     weights = alpha * torch.cumprod(alpha_shifted, -2)[..., :-1, :]
+    if force_background:
+        weights = torch.cat([weights[..., :-1, :],
+                             1 - weights[..., :-1, :].sum(-2, keepdim=True)], -2)
     composite = torch.sum(weights * colors, -2)
     weight_total = weights.sum(-2)
     depth = torch.sum(weights * depths_used, -2) / weight_total
