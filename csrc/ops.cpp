@@ -40,14 +40,15 @@ TORCH_LIBRARY(omnifast, m) {
         " Tensor grad_out, Tensor planes, Tensor coords, int[] axes, float[] scale, int reduce,"
         " bool want_grad_out, bool want_planes, bool want_coords) -> (Tensor, Tensor, Tensor)");
   // Fused SDF-to-density compositing over rays: features [R, S, C], field/depths [R, S].
-  // Returns (features [R, C], opacity [R], depth = sum(w z) / opacity [R], weights [R, L]).
+  // Returns (features [R, C], opacity [R], depth = sum(w z) / opacity [R], weights [R, L],
+  // log transmittance [R] (float64, kept for the backward)).
   m.def("composite(Tensor features, Tensor field, Tensor depths, Tensor? beta,"
         " Tensor? density_delta, int field_type, int mode, bool want_weights)"
-        " -> (Tensor, Tensor, Tensor, Tensor)");
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("composite_backward(Tensor grad_features, Tensor grad_opacity, Tensor grad_depth,"
         " Tensor? grad_weights, Tensor features, Tensor field, Tensor depths, Tensor? beta,"
-        " Tensor? density_delta, Tensor opacity, Tensor depth_raw, int field_type, int mode)"
-        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+        " Tensor? density_delta, Tensor opacity, Tensor depth_raw, Tensor log_transmittance,"
+        " int field_type, int mode) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // EG3D's importance sampling, fused: depths [R, S], weights [R, L] (L = S - 1 or S), sorted
   // uniforms u [R, n] -> sorted depths [R, n]. Merging two sorted depth lists -> positions in
   // their concatenation [R, S + n], coarse first on ties.

@@ -161,11 +161,11 @@ def test_opcheck(device, mode):
              torch.randn(5, dtype=torch.float64, device=device),
              torch.randn(5, dtype=torch.float64, device=device),
              torch.randn(5, samples, dtype=torch.float64, device=device))
-    _, opacity, depth_raw, _ = torch.ops.omnifast.composite(features, field, depths, beta, delta,
-                                                            0, mode, False)
+    _, opacity, depth_raw, _, log_t = torch.ops.omnifast.composite(features, field, depths, beta,
+                                                                   delta, 0, mode, False)
     torch.library.opcheck(torch.ops.omnifast.composite_backward,
-                          (*grads, features, field, depths, beta, delta, opacity, depth_raw, 0,
-                           mode), test_utils=("test_schema", "test_faketensor"))
+                          (*grads, features, field, depths, beta, delta, opacity, depth_raw,
+                           log_t, 0, mode), test_utils=("test_schema", "test_faketensor"))
 
 
 def test_torch_compile_fullgraph():

@@ -76,6 +76,7 @@ OMNIFAST_HD T store_as(A x) {
 OMNIFAST_MATH_FN(floor_of, floor)
 OMNIFAST_MATH_FN(exp_of, exp)
 OMNIFAST_MATH_FN(log1p_of, log1p)
+OMNIFAST_MATH_FN(log_of, log)
 #undef OMNIFAST_MATH_FN
 
 }  // namespace omnifast

@@ -5,11 +5,11 @@
 // weights, and the weighted sums. The caller finishes depth (nan_to_num, the global clamp) and
 // white_back on the per-ray outputs, exactly as the reference does.
 //
-// The backward needs no stored per-sample state and never divides by 1 - alpha. With g_k the
-// gradient of the loss with respect to weight w_k and P_k = sum_{j<=k} g_j w_j of the total G:
-//   dL/dalpha_k = T_k g_k - (G - P_k) / t_k,  t_k = 1 - alpha_k + 1e-10 >= 1e-10,
-// and dL/dtau_k = exp(-tau_k) dL/dalpha_k, where exp(-tau_k) / t_k <= 1. Two forward walks: one
-// for G, one for the gradients; G and the prefixes are summed in double.
+// The backward needs no stored per-sample state and never divides by 1 - alpha. It walks each
+// ray once, backwards, with the suffix recurrence R_k = g_k alpha_k + t_k R_{k+1} (g_k: the
+// loss gradient of weight w_k, t_k = 1 - alpha_k + 1e-10), giving dL/dalpha_k = T_k (g_k - R_{k+1})
+// and dL/dtau_k = exp(-tau_k) dL/dalpha_k. T_k is rebuilt backwards from the ray's sum of log t
+// (saved by the forward, in double), so opaque rays whose transmittance underflows stay exact.
 #pragma once
 
 #include "../common/host_device.h"
@@ -175,8 +175,8 @@ template <int VEC, typename scalar_t, typename acc_t>
 OMNIFAST_HD void composite_forward_ray(const CompositeShape& s,
                                        const CompositeInputs<scalar_t, acc_t>& in,
                                        acc_t* features_out, acc_t* opacity, acc_t* depth_raw,
-                                       acc_t* weights, int64_t r, ChunkRange chunks,
-                                       bool ray_outputs) {
+                                       acc_t* weights, double* log_transmittance, int64_t r,
+                                       ChunkRange chunks, bool ray_outputs) {
   const int64_t L = interval_count<acc_t>(s);
   const int64_t C = s.channels;
   bool first_chunk = true;
@@ -188,11 +188,19 @@ OMNIFAST_HD void composite_forward_ray(const CompositeShape& s,
 OMNIFAST_UNROLL
     for (int v = 0; v < VEC; ++v) acc[v] = acc_t(0);
     acc_t total = acc_t(0), depth_sum = acc_t(0);
+    // log of the product of the factors, for the backward: a double product, folded into a
+    // log offset before it could underflow (each factor is at least 1e-10), so one log per ray.
+    double product = 1, log_offset = 0;
     RayWalk<scalar_t, acc_t> walk(s, in, r);
     for (int64_t k = 0; k < L; ++k) {
       const Interval<acc_t> iv = walk.interval(k);
       const Opacity<acc_t> o = opacity_of(iv, walk.transmittance);
       walk.transmittance *= o.factor;
+      product *= static_cast<double>(o.factor);
+      if (product < 1e-200) {
+        log_offset += log_of(product);
+        product = 1;
+      }
       total += o.weight;
       depth_sum += o.weight * iv.depth;
       if (ray_outputs && first_chunk && weights != nullptr) weights[r * L + k] = o.weight;
@@ -201,6 +209,7 @@ OMNIFAST_UNROLL
     }
     OMNIFAST_CHANNEL_LOOP(v, nch, VEC) features_out[r * C + c0 + v] = acc[v];
     if (ray_outputs && first_chunk) {
+      log_transmittance[r] = log_offset + log_of(product);
       opacity[r] = total;
       depth_raw[r] = depth_sum / total;  // 0 / 0 for an empty ray: NaN, as the reference
     }
@@ -234,11 +243,12 @@ template <int VEC, typename scalar_t, typename acc_t, typename Reduce>
 OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
                                         const CompositeInputs<scalar_t, acc_t>& in,
                                         const acc_t* opacity, const acc_t* depth_raw,
+                                        const double* log_transmittance,
                                         const CompositeGrads<acc_t>& g,
                                         const CompositeGradOutputs<acc_t>& out, int64_t r,
                                         ChunkRange chunks, bool ray_outputs, Reduce&& reduce) {
   const int64_t L = interval_count<acc_t>(s);
-  const int64_t C = s.channels;
+  const int64_t S = s.samples, C = s.channels, base = r * S;
   const acc_t* g_features = g.features + r * C;
   // Depth = D / W: its gradient reaches D and W unless the depth was NaN (W = 0).
   const acc_t W = opacity[r];
@@ -246,77 +256,85 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
   const bool depth_defined = W != acc_t(0) && g_depth != acc_t(0);
   const acc_t g_depth_sum = depth_defined ? g_depth / W : acc_t(0);
   const acc_t g_total = g.opacity[r] - (depth_defined ? g_depth * depth_raw[r] / W : acc_t(0));
+  const bool midpoint = s.mode == kModeMidpoint;
+  const acc_t share = midpoint ? acc_t(0.5) : acc_t(1);
+  RayWalk<scalar_t, acc_t> walk(s, in, r);  // for density(); intervals are built below
 
-  // The gradient of the loss with respect to interval k's weight.
-  auto weight_grad = [&](RayWalk<scalar_t, acc_t>& walk, const Interval<acc_t>& iv, int64_t k) {
+  // Sample j collects the "upper" share of interval j - 1 and the "lower" share of interval j:
+  // (feature weight, raw-density gradient, depth gradient).
+  struct Share {
+    acc_t weight, sigma, depth;
+  };
+  acc_t beta_partial = acc_t(0);
+  auto finish_sample = [&](int64_t j, const Share& sum) {
+    for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
+      const int nch = C - c0 < VEC ? static_cast<int>(C - c0) : VEC;
+      acc_t* dst = out.features + (base + j) * C + c0;
+      OMNIFAST_CHANNEL_LOOP(v, nch, VEC) dst[v] = sum.weight * g_features[c0 + v];
+    }
+    if (!ray_outputs) return;
+    const Density<acc_t> d = walk.density(j);
+    out.field[base + j] = sum.sigma * d.d_field;
+    if (out.delta != nullptr) out.delta[base + j] = sum.sigma;
+    out.depths[base + j] = sum.depth;
+    beta_partial += sum.sigma * d.d_beta;
+  };
+
+  double log_t = log_transmittance[r];  // log T_{k+1} as k walks down
+  acc_t suffix = acc_t(0);              // R_{k+1}
+  Share lower_next{acc_t(0), acc_t(0), acc_t(0)};  // lower share of interval k + 1
+  acc_t sigma_after = midpoint ? walk.density(S - 1).sigma : acc_t(0);  // raw sigma of sample k+1
+  for (int64_t k = L - 1; k >= 0; --k) {
+    Interval<acc_t> iv;
+    const acc_t sigma_k = walk.density(k).sigma;
+    const acc_t z0 = in.depths[base + k];
+    if (midpoint) {
+      const acc_t z1 = in.depths[base + k + 1];
+      iv.sigma = (sigma_k + sigma_after) / acc_t(2);
+      iv.depth = (z0 + z1) / acc_t(2);
+      iv.length = z1 - z0;
+      iv.first = k;
+      iv.second = k + 1;
+      sigma_after = sigma_k;
+    } else {
+      iv.sigma = sigma_k;
+      iv.depth = z0;
+      iv.length = k + 1 < S ? in.depths[base + k + 1] - z0 : acc_t(1e10);
+      iv.first = iv.second = k;
+    }
+    Opacity<acc_t> o = opacity_of(iv, acc_t(1));
+    log_t -= log_of(static_cast<double>(o.factor));
+    const acc_t T = static_cast<acc_t>(exp_of(log_t));  // T_k
+    o.weight = o.alpha * T;
+
     acc_t dot = acc_t(0);
     for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
       const int nch = C - c0 < VEC ? static_cast<int>(C - c0) : VEC;
       OMNIFAST_CHANNEL_LOOP(v, nch, VEC)
-        dot += g_features[c0 + v] *
-               interval_feature<scalar_t, acc_t>(s, in.features, walk.base, iv, c0 + v);
+        dot += g_features[c0 + v] * interval_feature<scalar_t, acc_t>(s, in.features, base, iv,
+                                                                       c0 + v);
     }
     acc_t gw = reduce(dot) + g_total + g_depth_sum * iv.depth;
     if (g.weights != nullptr) gw += g.weights[r * L + k];
-    return gw;
-  };
 
-  // G = sum_k g_k w_k and its prefixes, in double: the suffix G - P_k is a difference of nearly
-  // equal numbers once a ray saturates, which float32 would leave with ~1e-7 |G| of noise.
-  double total = 0;
-  {
-    RayWalk<scalar_t, acc_t> walk(s, in, r);
-    for (int64_t k = 0; k < L; ++k) {
-      const Interval<acc_t> iv = walk.interval(k);
-      const Opacity<acc_t> o = opacity_of(iv, walk.transmittance);
-      walk.transmittance *= o.factor;
-      total += weight_grad(walk, iv, k) * o.weight;
-    }
-  }
-
-  // Per-sample gradients collect from the intervals on either side; `pending_*` holds the share
-  // of the previous interval for the sample that interval k starts at.
-  const bool midpoint = s.mode == kModeMidpoint;
-  const acc_t share = midpoint ? acc_t(0.5) : acc_t(1);
-  acc_t pending_weight = acc_t(0), pending_sigma = acc_t(0), pending_depth = acc_t(0);
-  acc_t beta_partial = acc_t(0);
-  double prefix = 0;
-  RayWalk<scalar_t, acc_t> walk(s, in, r);
-  auto finish_sample = [&](int64_t j, acc_t feature_weight, acc_t g_sigma, acc_t g_z) {
-    for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
-      const int nch = C - c0 < VEC ? static_cast<int>(C - c0) : VEC;
-      acc_t* dst = out.features + (walk.base + j) * C + c0;
-      OMNIFAST_CHANNEL_LOOP(v, nch, VEC) dst[v] = feature_weight * g_features[c0 + v];
-    }
-    if (!ray_outputs) return;
-    const Density<acc_t> d = walk.density(j);
-    out.field[walk.base + j] = g_sigma * d.d_field;
-    if (out.delta != nullptr) out.delta[walk.base + j] = g_sigma;
-    out.depths[walk.base + j] = g_z;
-    beta_partial += g_sigma * d.d_beta;
-  };
-  for (int64_t k = 0; k < L; ++k) {
-    const Interval<acc_t> iv = walk.interval(k);
-    const acc_t T = walk.transmittance;
-    const Opacity<acc_t> o = opacity_of(iv, T);
-    walk.transmittance *= o.factor;
-    const acc_t gw = weight_grad(walk, iv, k);
-    prefix += gw * o.weight;
-    const acc_t g_alpha = T * gw - static_cast<acc_t>(total - prefix) / o.factor;
+    const acc_t g_alpha = T * (gw - suffix);
+    suffix = gw * o.alpha + o.factor * suffix;
     const acc_t g_tau = exp_of(-o.tau) * g_alpha;
     const acc_t g_sigma_mid = iv.length * g_tau * shifted_softplus_grad(iv.sigma);
-    const acc_t g_length = (!midpoint && k + 1 == s.samples) ? acc_t(0) : o.softplus * g_tau;
+    const acc_t g_length = (!midpoint && k + 1 == S) ? acc_t(0) : o.softplus * g_tau;
     const acc_t g_depth_mid = o.weight * g_depth_sum;
-    // Sample k: its share of this interval and of the previous one; the length z_{k+1} - z_k
-    // takes from sample k and gives to sample k + 1.
-    finish_sample(k, share * o.weight + pending_weight, share * g_sigma_mid + pending_sigma,
-                  share * g_depth_mid + pending_depth - g_length);
-    pending_weight = midpoint ? share * o.weight : acc_t(0);
-    pending_sigma = midpoint ? share * g_sigma_mid : acc_t(0);
-    pending_depth = (midpoint ? share * g_depth_mid : acc_t(0)) + g_length;
+
+    // The length z_{k+1} - z_k takes from sample k and gives to sample k + 1.
+    const Share lower{share * o.weight, share * g_sigma_mid, share * g_depth_mid - g_length};
+    const Share upper = midpoint ? Share{share * o.weight, share * g_sigma_mid,
+                                         share * g_depth_mid + g_length}
+                                 : Share{acc_t(0), acc_t(0), g_length};
+    if (k + 1 < S)
+      finish_sample(k + 1, Share{upper.weight + lower_next.weight, upper.sigma + lower_next.sigma,
+                                 upper.depth + lower_next.depth});
+    lower_next = lower;
   }
-  if (midpoint && s.samples > 0)
-    finish_sample(s.samples - 1, pending_weight, pending_sigma, pending_depth);
+  finish_sample(0, lower_next);
   if (ray_outputs) out.beta[r] = beta_partial;
 }
 

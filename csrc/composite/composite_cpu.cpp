@@ -23,7 +23,8 @@ void forward(const CompositeShape& s, const CompositeTensors& t) {
     for (int64_t r = begin; r < end; ++r)
       composite_forward_ray<kCpuVec, T, T>(
           s, in, static_cast<T*>(t.features_out), static_cast<T*>(t.opacity),
-          static_cast<T*>(t.depth_raw), static_cast<T*>(t.weights), r, kAllChunks, true);
+          static_cast<T*>(t.depth_raw), static_cast<T*>(t.weights),
+          static_cast<double*>(t.log_transmittance), r, kAllChunks, true);
   });
 }
 
@@ -35,8 +36,9 @@ void backward(const CompositeShape& s, const CompositeTensors& t) {
   at::parallel_for(0, s.rays, kRayGrain, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r)
       composite_backward_ray<kCpuVec, T, T>(
-          s, in, static_cast<const T*>(t.opacity), static_cast<const T*>(t.depth_raw), grads,
-          out, r, kAllChunks, true, [](T partial) { return partial; });
+          s, in, static_cast<const T*>(t.opacity), static_cast<const T*>(t.depth_raw),
+          static_cast<const double*>(t.log_transmittance), grads, out, r, kAllChunks, true,
+          [](T partial) { return partial; });
   });
 }
 

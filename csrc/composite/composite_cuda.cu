@@ -26,8 +26,8 @@ __global__ void forward_kernel(CompositeShape s, CompositeTensors t, int lanes, 
     const ChunkRange chunks{i & (lanes - 1), lanes};
     composite_forward_ray<kVec, scalar_t, acc_t>(
         s, in, static_cast<acc_t*>(t.features_out), static_cast<acc_t*>(t.opacity),
-        static_cast<acc_t*>(t.depth_raw), static_cast<acc_t*>(t.weights), r, chunks,
-        chunks.first == 0);
+        static_cast<acc_t*>(t.depth_raw), static_cast<acc_t*>(t.weights),
+        static_cast<double*>(t.log_transmittance), r, chunks, chunks.first == 0);
   }
 }
 
@@ -45,7 +45,8 @@ __global__ void backward_kernel(CompositeShape s, CompositeTensors t, int lanes,
     const ChunkRange chunks{active ? (i & (lanes - 1)) : s.channels, lanes};
     composite_backward_ray<kVec, scalar_t, acc_t>(
         s, in, static_cast<const acc_t*>(t.opacity), static_cast<const acc_t*>(t.depth_raw),
-        grads, out, active ? item : 0, chunks, active && (i & (lanes - 1)) == 0,
+        static_cast<const double*>(t.log_transmittance), grads, out, active ? item : 0, chunks,
+        active && (i & (lanes - 1)) == 0,
         [lanes](acc_t partial) { return group_sum(partial, lanes); });
   }
 }

@@ -19,6 +19,7 @@ struct CompositeTensors {
   void* opacity = nullptr;         // [R]
   void* depth_raw = nullptr;       // [R]
   void* weights = nullptr;         // [R, L], optional
+  void* log_transmittance = nullptr;  // [R] double: sum of log(1 - alpha + 1e-10), for the backward
   // backward: upstream gradients, then the gradients written
   const void* grad_features_out = nullptr;  // [R, C]
   const void* grad_opacity = nullptr;       // [R]

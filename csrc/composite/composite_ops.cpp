@@ -114,7 +114,7 @@ at::Tensor per_ray(const Prepared& p, const char* arg, const at::Tensor& t,
   return t.to(p.acc_type).contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite(
     const at::Tensor& features, const at::Tensor& field, const at::Tensor& depths,
     const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& density_delta,
     int64_t field_type, int64_t mode, bool want_weights) {
@@ -126,7 +126,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite(
   at::Tensor depth_raw = at::empty({s.rays}, acc);
   at::Tensor weights = want_weights ? at::empty({s.rays, interval_count<double>(s)}, acc)
                                     : at::empty({0}, acc);
+  at::Tensor log_transmittance = at::empty({s.rays}, acc.dtype(at::kDouble));
   CompositeTensors t = inputs_of(p);
+  t.log_transmittance = log_transmittance.data_ptr();
   t.features_out = out.data_ptr();
   t.opacity = opacity.data_ptr();
   t.depth_raw = depth_raw.data_ptr();
@@ -134,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite(
   run_on(
       kOp, features, [&] { composite_forward_cpu(s, p.type, t); },
       [&](void* stream) { return composite_forward_cuda(s, p.type, t, stream); });
-  return {out.to(features.scalar_type()), opacity, depth_raw, weights};
+  return {out.to(features.scalar_type()), opacity, depth_raw, weights, log_transmittance};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite_backward(
@@ -142,7 +144,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite
     const at::Tensor& grad_depth_raw, const std::optional<at::Tensor>& grad_weights,
     const at::Tensor& features, const at::Tensor& field, const at::Tensor& depths,
     const std::optional<at::Tensor>& beta, const std::optional<at::Tensor>& density_delta,
-    const at::Tensor& opacity, const at::Tensor& depth_raw, int64_t field_type, int64_t mode) {
+    const at::Tensor& opacity, const at::Tensor& depth_raw, const at::Tensor& log_transmittance,
+    int64_t field_type, int64_t mode) {
   const Prepared p = prepare(features, field, depths, beta, density_delta, field_type, mode);
   const CompositeShape& s = p.shape;
   const at::Tensor g_out = per_ray(p, "grad_features", grad_features_out, {s.rays, s.channels});
@@ -150,6 +153,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite
   const at::Tensor g_depth = per_ray(p, "grad_depth", grad_depth_raw, {s.rays});
   const at::Tensor saved_opacity = per_ray(p, "opacity", opacity, {s.rays});
   const at::Tensor saved_depth = per_ray(p, "depth_raw", depth_raw, {s.rays});
+  check_defined(kOp, "log_transmittance", log_transmittance);
+  check_shape(kOp, "log_transmittance", log_transmittance, {s.rays});
+  const at::Tensor saved_log_t = log_transmittance.to(at::kDouble).contiguous();
   at::Tensor g_weights;
   if (grad_weights.has_value() && grad_weights->defined() && grad_weights->numel() > 0)
     g_weights = per_ray(p, "grad_weights", *grad_weights, {s.rays, interval_count<double>(s)});
@@ -164,6 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite
   CompositeTensors t = inputs_of(p);
   t.opacity = saved_opacity.data_ptr();
   t.depth_raw = saved_depth.data_ptr();
+  t.log_transmittance = saved_log_t.data_ptr();
   t.grad_features_out = g_out.data_ptr();
   t.grad_opacity = g_opacity.data_ptr();
   t.grad_depth_raw = g_depth.data_ptr();

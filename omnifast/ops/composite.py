@@ -86,7 +86,7 @@ def composite(features, field, depths, *, field_type="sdf", beta=None, density_d
     acc_dtype = torch.float64 if features.dtype == torch.float64 else torch.float32
     if beta is not None and not isinstance(beta, torch.Tensor):
         beta = torch.tensor([float(beta)], dtype=acc_dtype, device=features.device)
-    out, opacity, depth_raw, weights = torch.ops.omnifast.composite(
+    out, opacity, depth_raw, weights, _ = torch.ops.omnifast.composite(
         features.reshape(rays, samples, channels), flat(field), flat(depths), beta,
         None if density_delta is None else flat(density_delta), FIELD_TYPES[field_type],
         MODES[mode], return_weights)
@@ -200,13 +200,13 @@ def _composite_fake(features, field, depths, beta, density_delta, field_type, mo
     weights = (field.new_empty(rays, _intervals(samples, mode)) if want_weights
                else field.new_empty(0))
     return (features.new_empty(rays, channels), field.new_empty(rays), field.new_empty(rays),
-            weights)
+            weights, field.new_empty(rays, dtype=torch.float64))
 
 
 @torch.library.register_fake("omnifast::composite_backward")
 def _composite_backward_fake(grad_features, grad_opacity, grad_depth, grad_weights, features,
-                             field, depths, beta, density_delta, opacity, depth_raw, field_type,
-                             mode):
+                             field, depths, beta, density_delta, opacity, depth_raw,
+                             log_transmittance, field_type, mode):
     return (features.new_empty(features.shape), field.new_empty(field.shape),
             field.new_empty(field.shape),
             field.new_empty(field.shape) if density_delta is not None else field.new_empty(0),
@@ -217,16 +217,16 @@ def _composite_backward_fake(grad_features, grad_opacity, grad_depth, grad_weigh
 
 def _setup(ctx, inputs, output):
     features, field, depths, beta, density_delta, field_type, mode, _ = inputs
-    _, opacity, depth_raw, _ = output
-    ctx.save_for_backward(features, field, depths, beta, density_delta, opacity, depth_raw)
+    _, opacity, depth_raw, _, log_transmittance = output
+    ctx.save_for_backward(features, field, depths, beta, density_delta, opacity, depth_raw,
+                          log_transmittance)
     ctx.config = (field_type, mode)
 
 
-def _backward(ctx, grad_out, grad_opacity, grad_depth, grad_weights):
-    features, field, depths, beta, density_delta, opacity, depth_raw = ctx.saved_tensors
+def _backward(ctx, grad_out, grad_opacity, grad_depth, grad_weights, _grad_log_transmittance):
+    saved = ctx.saved_tensors
     grads = torch.ops.omnifast.composite_backward(
-        grad_out, grad_opacity, grad_depth, grad_weights, features, field, depths, beta,
-        density_delta, opacity, depth_raw, *ctx.config)
+        grad_out, grad_opacity, grad_depth, grad_weights, *saved, *ctx.config)
     grad_features, grad_field, grad_depths, grad_delta, grad_beta = grads
     wants = ctx.needs_input_grad
     return (grad_features if wants[0] else None, grad_field if wants[1] else None,
