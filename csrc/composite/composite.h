@@ -98,6 +98,38 @@ OMNIFAST_HD int64_t interval_count(const CompositeShape& s) {
   return s.mode == kModeMidpoint ? s.samples - 1 : s.samples;
 }
 
+// Raw density of sample `index` (flat over rays and samples).
+template <typename scalar_t, typename acc_t>
+OMNIFAST_HD Density<acc_t> sample_density(const CompositeShape& s,
+                                          const CompositeInputs<scalar_t, acc_t>& in,
+                                          int64_t index) {
+  const acc_t delta = in.delta != nullptr ? in.delta[index] : acc_t(0);
+  return raw_density(s.field, in.field[index], in.beta, delta);
+}
+
+// Interval k of a ray from the raw densities of samples k and k + 1 (the latter unused by the
+// absorption layout); z points at the ray's depths.
+template <typename acc_t>
+OMNIFAST_HD Interval<acc_t> make_interval(const CompositeShape& s, const acc_t* z, int64_t k,
+                                          acc_t sigma_k, acc_t sigma_next) {
+  Interval<acc_t> iv;
+  const acc_t z0 = z[k];
+  if (s.mode == kModeMidpoint) {
+    const acc_t z1 = z[k + 1];
+    iv.sigma = (sigma_k + sigma_next) / acc_t(2);
+    iv.depth = (z0 + z1) / acc_t(2);
+    iv.length = z1 - z0;
+    iv.first = k;
+    iv.second = k + 1;
+  } else {
+    iv.sigma = sigma_k;
+    iv.depth = z0;
+    iv.length = k + 1 < s.samples ? z[k + 1] - z0 : acc_t(1e10);
+    iv.first = iv.second = k;
+  }
+  return iv;
+}
+
 // Walks a ray's intervals in order, tracking transmittance exactly as the reference's cumprod.
 template <typename scalar_t, typename acc_t>
 struct RayWalk {
@@ -105,39 +137,18 @@ struct RayWalk {
   const CompositeInputs<scalar_t, acc_t>& in;
   int64_t base;          // r * S
   acc_t transmittance;   // T_k before interval k
-  acc_t next_sigma;      // raw density of the sample after the current one (midpoint)
+  acc_t sigma;           // raw density of the interval's first sample
 
   OMNIFAST_HD RayWalk(const CompositeShape& shape, const CompositeInputs<scalar_t, acc_t>& inputs,
                       int64_t ray)
       : s(shape), in(inputs), base(ray * shape.samples), transmittance(acc_t(1)),
-        next_sigma(acc_t(0)) {
-    if (s.samples > 0) next_sigma = density(0).sigma;
-  }
-
-  OMNIFAST_HD Density<acc_t> density(int64_t j) const {
-    const acc_t delta = in.delta != nullptr ? in.delta[base + j] : acc_t(0);
-    return raw_density(s.field, in.field[base + j], in.beta, delta);
-  }
+        sigma(sample_density(shape, inputs, ray * shape.samples).sigma) {}
 
   OMNIFAST_HD Interval<acc_t> interval(int64_t k) {
-    Interval<acc_t> iv;
-    const acc_t z0 = in.depths[base + k];
-    if (s.mode == kModeMidpoint) {
-      const acc_t z1 = in.depths[base + k + 1];
-      const acc_t sigma0 = next_sigma;
-      next_sigma = density(k + 1).sigma;
-      iv.sigma = (sigma0 + next_sigma) / acc_t(2);
-      iv.depth = (z0 + z1) / acc_t(2);
-      iv.length = z1 - z0;
-      iv.first = k;
-      iv.second = k + 1;
-    } else {
-      iv.sigma = next_sigma;
-      if (k + 1 < s.samples) next_sigma = density(k + 1).sigma;
-      iv.depth = z0;
-      iv.length = k + 1 < s.samples ? in.depths[base + k + 1] - z0 : acc_t(1e10);
-      iv.first = iv.second = k;
-    }
+    const acc_t next =
+        k + 1 < s.samples ? sample_density(s, in, base + k + 1).sigma : acc_t(0);
+    const Interval<acc_t> iv = make_interval(s, in.depths + base, k, sigma, next);
+    sigma = next;
     return iv;
   }
 };
@@ -258,7 +269,6 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
   const acc_t g_total = g.opacity[r] - (depth_defined ? g_depth * depth_raw[r] / W : acc_t(0));
   const bool midpoint = s.mode == kModeMidpoint;
   const acc_t share = midpoint ? acc_t(0.5) : acc_t(1);
-  RayWalk<scalar_t, acc_t> walk(s, in, r);  // for density(); intervals are built below
 
   // Sample j collects the "upper" share of interval j - 1 and the "lower" share of interval j:
   // (feature weight, raw-density gradient, depth gradient).
@@ -273,7 +283,7 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
       OMNIFAST_CHANNEL_LOOP(v, nch, VEC) dst[v] = sum.weight * g_features[c0 + v];
     }
     if (!ray_outputs) return;
-    const Density<acc_t> d = walk.density(j);
+    const Density<acc_t> d = sample_density(s, in, base + j);
     out.field[base + j] = sum.sigma * d.d_field;
     if (out.delta != nullptr) out.delta[base + j] = sum.sigma;
     out.depths[base + j] = sum.depth;
@@ -283,25 +293,11 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
   double log_t = log_transmittance[r];  // log T_{k+1} as k walks down
   acc_t suffix = acc_t(0);              // R_{k+1}
   Share lower_next{acc_t(0), acc_t(0), acc_t(0)};  // lower share of interval k + 1
-  acc_t sigma_after = midpoint ? walk.density(S - 1).sigma : acc_t(0);  // raw sigma of sample k+1
+  acc_t sigma_after = midpoint ? sample_density(s, in, base + S - 1).sigma : acc_t(0);
   for (int64_t k = L - 1; k >= 0; --k) {
-    Interval<acc_t> iv;
-    const acc_t sigma_k = walk.density(k).sigma;
-    const acc_t z0 = in.depths[base + k];
-    if (midpoint) {
-      const acc_t z1 = in.depths[base + k + 1];
-      iv.sigma = (sigma_k + sigma_after) / acc_t(2);
-      iv.depth = (z0 + z1) / acc_t(2);
-      iv.length = z1 - z0;
-      iv.first = k;
-      iv.second = k + 1;
-      sigma_after = sigma_k;
-    } else {
-      iv.sigma = sigma_k;
-      iv.depth = z0;
-      iv.length = k + 1 < S ? in.depths[base + k + 1] - z0 : acc_t(1e10);
-      iv.first = iv.second = k;
-    }
+    const acc_t sigma_k = sample_density(s, in, base + k).sigma;
+    const Interval<acc_t> iv = make_interval(s, in.depths + base, k, sigma_k, sigma_after);
+    sigma_after = sigma_k;
     Opacity<acc_t> o = opacity_of(iv, acc_t(1));
     log_t -= log_of(static_cast<double>(o.factor));
     const acc_t T = static_cast<acc_t>(exp_of(log_t));  // T_k
