@@ -60,19 +60,18 @@ OMNIFAST_HD Density<acc_t> raw_density(int field, acc_t value, acc_t beta, acc_t
   return d;
 }
 
-// softplus(x - 1) with PyTorch's threshold of 20, and its derivative.
+// softplus(x - 1) with PyTorch's threshold of 20, and its derivative, from one exp.
 template <typename acc_t>
-OMNIFAST_HD acc_t shifted_softplus(acc_t x) {
-  const acc_t y = x - acc_t(1);
-  return y > acc_t(20) ? y : log1p_of(exp_of(y));
-}
+struct Softplus {
+  acc_t value, grad;
+};
 
 template <typename acc_t>
-OMNIFAST_HD acc_t shifted_softplus_grad(acc_t x) {
+OMNIFAST_HD Softplus<acc_t> shifted_softplus(acc_t x) {
   const acc_t y = x - acc_t(1);
-  if (y > acc_t(20)) return acc_t(1);
+  if (y > acc_t(20)) return {y, acc_t(1)};
   const acc_t z = exp_of(y);
-  return z / (z + acc_t(1));
+  return {log1p_of(z), z / (z + acc_t(1))};
 }
 
 // Pointers of one call; per-sample arrays are contiguous [R, S] (features [R, S, C]).
@@ -166,15 +165,19 @@ OMNIFAST_HD acc_t interval_feature(const CompositeShape& s, const scalar_t* feat
 // alpha, the weight, and the transmittance update of one interval.
 template <typename acc_t>
 struct Opacity {
-  acc_t softplus, tau, alpha, factor, weight;  // factor t_k = 1 - alpha + 1e-10
+  acc_t softplus, softplus_grad, tau, survival, alpha, factor, weight;
+  // survival exp(-tau), factor t_k = 1 - alpha + 1e-10
 };
 
 template <typename acc_t>
 OMNIFAST_HD Opacity<acc_t> opacity_of(const Interval<acc_t>& iv, acc_t transmittance) {
   Opacity<acc_t> o;
-  o.softplus = shifted_softplus(iv.sigma);
+  const Softplus<acc_t> sp = shifted_softplus(iv.sigma);
+  o.softplus = sp.value;
+  o.softplus_grad = sp.grad;
   o.tau = o.softplus * iv.length;
-  o.alpha = acc_t(1) - exp_of(-o.tau);
+  o.survival = exp_of(-o.tau);
+  o.alpha = acc_t(1) - o.survival;
   o.factor = acc_t(1) - o.alpha + acc_t(1e-10);
   o.weight = o.alpha * transmittance;
   return o;
@@ -276,14 +279,13 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
     acc_t weight, sigma, depth;
   };
   acc_t beta_partial = acc_t(0);
-  auto finish_sample = [&](int64_t j, const Share& sum) {
+  auto finish_sample = [&](int64_t j, const Density<acc_t>& d, const Share& sum) {
     for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
       const int nch = C - c0 < VEC ? static_cast<int>(C - c0) : VEC;
       acc_t* dst = out.features + (base + j) * C + c0;
       OMNIFAST_CHANNEL_LOOP(v, nch, VEC) dst[v] = sum.weight * g_features[c0 + v];
     }
     if (!ray_outputs) return;
-    const Density<acc_t> d = sample_density(s, in, base + j);
     out.field[base + j] = sum.sigma * d.d_field;
     if (out.delta != nullptr) out.delta[base + j] = sum.sigma;
     out.depths[base + j] = sum.depth;
@@ -293,11 +295,12 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
   double log_t = log_transmittance[r];  // log T_{k+1} as k walks down
   acc_t suffix = acc_t(0);              // R_{k+1}
   Share lower_next{acc_t(0), acc_t(0), acc_t(0)};  // lower share of interval k + 1
-  acc_t sigma_after = midpoint ? sample_density(s, in, base + S - 1).sigma : acc_t(0);
+  // Densities of samples k and k + 1: each is evaluated once and used by both of its intervals
+  // and by its own gradient.
+  Density<acc_t> after = sample_density(s, in, base + S - 1);
   for (int64_t k = L - 1; k >= 0; --k) {
-    const acc_t sigma_k = sample_density(s, in, base + k).sigma;
-    const Interval<acc_t> iv = make_interval(s, in.depths + base, k, sigma_k, sigma_after);
-    sigma_after = sigma_k;
+    const Density<acc_t> here = k + 1 < S ? sample_density(s, in, base + k) : after;
+    const Interval<acc_t> iv = make_interval(s, in.depths + base, k, here.sigma, after.sigma);
     Opacity<acc_t> o = opacity_of(iv, acc_t(1));
     log_t -= log_of(static_cast<double>(o.factor));
     const acc_t T = static_cast<acc_t>(exp_of(log_t));  // T_k
@@ -315,8 +318,8 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
 
     const acc_t g_alpha = T * (gw - suffix);
     suffix = gw * o.alpha + o.factor * suffix;
-    const acc_t g_tau = exp_of(-o.tau) * g_alpha;
-    const acc_t g_sigma_mid = iv.length * g_tau * shifted_softplus_grad(iv.sigma);
+    const acc_t g_tau = o.survival * g_alpha;
+    const acc_t g_sigma_mid = iv.length * g_tau * o.softplus_grad;
     const acc_t g_length = (!midpoint && k + 1 == S) ? acc_t(0) : o.softplus * g_tau;
     const acc_t g_depth_mid = o.weight * g_depth_sum;
 
@@ -326,11 +329,13 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
                                          share * g_depth_mid + g_length}
                                  : Share{acc_t(0), acc_t(0), g_length};
     if (k + 1 < S)
-      finish_sample(k + 1, Share{upper.weight + lower_next.weight, upper.sigma + lower_next.sigma,
-                                 upper.depth + lower_next.depth});
+      finish_sample(k + 1, after, Share{upper.weight + lower_next.weight,
+                                        upper.sigma + lower_next.sigma,
+                                        upper.depth + lower_next.depth});
     lower_next = lower;
+    after = here;
   }
-  finish_sample(0, lower_next);
+  finish_sample(0, after, lower_next);
   if (ray_outputs) out.beta[r] = beta_partial;
 }
 
