@@ -34,8 +34,10 @@ def _copy_bandwidth(device):
     return 2 * src.numel() * 4 / timing.median_s
 
 
-def _bench_op(op, cases, runner, device, quick, passes):
-    """Each case and pass: omnifast and the reference timed alternately, then peak memory."""
+def _bench_op(op, cases, runner, device, quick, passes, graph_keeper=None):
+    """Each case and pass: omnifast and the reference timed alternately, then peak memory; with a
+    `graph_keeper(case, impl, device)` (a forward that keeps its autograd graph), also what the
+    forward+backward pass holds between the two."""
     from .bench import measure_peak_bytes, measure_retained_bytes, time_calls
 
     rows = []
@@ -52,15 +54,14 @@ def _bench_op(op, cases, runner, device, quick, passes):
                 row[f"{impl}_runs"] = timing.runs
                 row[f"{impl}_peak_bytes"] = measure_peak_bytes(run, device)
             del runs
-            if op == "composite" and pass_name == "forward+backward":
-                from .bench.composite import composite_forward_with_graph
+            if graph_keeper is not None and pass_name == "forward+backward":
                 for impl in impls:  # held from forward to backward: the training memory
                     row[f"{impl}_retained_bytes"] = measure_retained_bytes(
-                        composite_forward_with_graph(case, impl, device), device)
+                        graph_keeper(case, impl, device), device)
             row["speedup"] = row["reference_ms"] / row["omnifast_ms"]
             if row["omnifast_peak_bytes"] and row["reference_peak_bytes"]:
                 row["memory_ratio"] = row["omnifast_peak_bytes"] / row["reference_peak_bytes"]
-            if op == "triplane_sample" and pass_name == "forward":
+            if pass_name == "forward" and hasattr(case, "bytes_floor"):
                 row["omnifast_forward_GBps"] = case.bytes_floor() / (row["omnifast_ms"] / 1e3) / 1e9
             rows.append(row)
             print(_format_row(row), flush=True)
@@ -89,10 +90,12 @@ def _cmd_bench(args):
         print("omnifast bench: this build has no CUDA kernels", file=sys.stderr)
         return 2
     bench = omnifast.bench
+    from .bench.composite import composite_forward_with_graph
+
     ops = {"triplane": ("triplane_sample", bench.triplane_cases, bench.triplane_runner,
-                        bench.TRIPLANE_PASSES),
+                        bench.TRIPLANE_PASSES, None),
            "composite": ("composite", bench.composite_cases, bench.composite_runner,
-                         bench.COMPOSITE_PASSES)}
+                         bench.COMPOSITE_PASSES, composite_forward_with_graph)}
     chosen = list(ops) if args.op == "all" else [args.op]
     known = {p for name in chosen for p in ops[name][3]}
     passes = args.passes.split(",") if args.passes else None
@@ -115,10 +118,10 @@ def _cmd_bench(args):
     print(f"{'op':<9} {'case':<36} {'pass':<24} {'omnifast':>9} {'reference':>10} {'speedup':>8} "
           f"{'peak':>8} {'ref peak':>8}")
     for name in chosen:
-        op, cases, runner, op_passes = ops[name]
+        op, cases, runner, op_passes, graph_keeper = ops[name]
         selected = [p for p in op_passes if passes is None or p in passes]
         report["results"] += _bench_op(op, cases(device, quick=args.quick), runner, device,
-                                       args.quick, selected)
+                                       args.quick, selected, graph_keeper)
     if "copy_bandwidth_GBps" in report:  # how close the forward comes to the bytes it must move
         for row in report["results"]:
             if "omnifast_forward_GBps" in row:

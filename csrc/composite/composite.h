@@ -92,7 +92,6 @@ struct Interval {
   int64_t first, second;  // samples averaged (midpoint) or the sample itself twice (absorption)
 };
 
-template <typename acc_t>
 OMNIFAST_HD int64_t interval_count(const CompositeShape& s) {
   return s.mode == kModeMidpoint ? s.samples - 1 : s.samples;
 }
@@ -191,7 +190,7 @@ OMNIFAST_HD void composite_forward_ray(const CompositeShape& s,
                                        acc_t* features_out, acc_t* opacity, acc_t* depth_raw,
                                        acc_t* weights, double* log_transmittance, int64_t r,
                                        ChunkRange chunks, bool ray_outputs) {
-  const int64_t L = interval_count<acc_t>(s);
+  const int64_t L = interval_count(s);
   const int64_t C = s.channels;
   bool first_chunk = true;
   // The worker with the ray outputs walks the ray even when it holds no channels (C = 0).
@@ -261,7 +260,7 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
                                         const CompositeGrads<acc_t>& g,
                                         const CompositeGradOutputs<acc_t>& out, int64_t r,
                                         ChunkRange chunks, bool ray_outputs, Reduce&& reduce) {
-  const int64_t L = interval_count<acc_t>(s);
+  const int64_t L = interval_count(s);
   const int64_t S = s.samples, C = s.channels, base = r * S;
   const acc_t* g_features = g.features + r * C;
   // Depth = D / W: its gradient reaches D and W unless the depth was NaN (W = 0).

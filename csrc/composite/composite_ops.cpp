@@ -124,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite
   at::Tensor out = at::empty({s.rays, s.channels}, acc);
   at::Tensor opacity = at::empty({s.rays}, acc);
   at::Tensor depth_raw = at::empty({s.rays}, acc);
-  at::Tensor weights = want_weights ? at::empty({s.rays, interval_count<double>(s)}, acc)
+  at::Tensor weights = want_weights ? at::empty({s.rays, interval_count(s)}, acc)
                                     : at::empty({0}, acc);
   at::Tensor log_transmittance = at::empty({s.rays}, acc.dtype(at::kDouble));
   CompositeTensors t = inputs_of(p);
@@ -158,7 +158,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite
   const at::Tensor saved_log_t = log_transmittance.to(at::kDouble).contiguous();
   at::Tensor g_weights;
   if (grad_weights.has_value() && grad_weights->defined() && grad_weights->numel() > 0)
-    g_weights = per_ray(p, "grad_weights", *grad_weights, {s.rays, interval_count<double>(s)});
+    g_weights = per_ray(p, "grad_weights", *grad_weights, {s.rays, interval_count(s)});
 
   const auto acc = p.field.options();
   at::Tensor grad_features = at::empty({s.rays, s.samples, s.channels}, acc);

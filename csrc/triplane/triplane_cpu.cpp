@@ -10,8 +10,8 @@
 namespace omnifast {
 namespace {
 
-// A CPU worker handles a point's channels VEC at a time; plane gradients split the channels into
-// chunks of VEC so that even one image's three planes keep every core busy.
+// A CPU worker handles a point's channels VEC at a time: one chunk for EG3D's 32 channels, so each
+// plane worker reads and writes whole texel rows.
 constexpr int kCpuVec = 32;
 constexpr ChunkRange kAllChunks{0, 1};
 constexpr int64_t kPointGrain = 256;
@@ -147,28 +147,9 @@ void row_keys(const TriplaneShape& s, const TriplaneTensors& t, int64_t* keys) {
 
 template <int DIMS, typename T>
 void plane_grad_rows(const TriplaneShape& s, const TriplaneTensors& t) {
-  auto grad_out = static_cast<const T*>(t.grad_out);
-  auto planes = static_cast<const T*>(t.planes);
-  auto coords = static_cast<const T*>(t.coords);
-  auto gg_coords = static_cast<const T*>(t.gg_coords);
-  auto grad_planes = static_cast<T*>(t.grad_planes);
-  const int64_t rows = s.batch * 3 * s.size[2] * s.size[1];
-  at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, s.batch * 3 * s.size[2] * s.size[1], 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row)
-      walk_row<DIMS, kCpuVec>(s, row, t.row_order, t.row_key_start, grad_planes,
-                              [&](int64_t n, int p, int64_t m, const RowAdd<kCpuVec, T>& add) {
-        T unused[3];
-        if (gg_coords == nullptr)
-          triplane_backward_point<DIMS, kCpuVec, T, T>(s, grad_out, t.grad_strides, planes,
-                                                        coords, t.coord_strides, grad_planes,
-                                                        false, unused, n, m, p, p + 1,
-                                                        kAllChunks, add);
-        else
-          triplane_double_backward_point<DIMS, kCpuVec, T, T>(
-              s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr, gg_coords,
-              t.gg_coord_strides, nullptr, grad_planes, false, unused, n, m, p, p + 1,
-              kAllChunks, add);
-      });
+      plane_grad_row<DIMS, kCpuVec, T, T>(s, t, row, kAllChunks);
   });
 }
 

@@ -126,26 +126,9 @@ __global__ void row_keys_kernel(TriplaneShape s, TriplaneTensors t, int64_t* key
 template <int DIMS, typename scalar_t, typename acc_t>
 __global__ void plane_grad_rows_kernel(TriplaneShape s, TriplaneTensors t, int lanes,
                                        int log2_lanes, int64_t total) {
-  const auto grad_out = static_cast<const scalar_t*>(t.grad_out);
-  const auto planes = static_cast<const scalar_t*>(t.planes);
-  const auto coords = static_cast<const acc_t*>(t.coords);
-  const auto gg_coords = static_cast<const acc_t*>(t.gg_coords);
-  const auto grad_planes = static_cast<acc_t*>(t.grad_planes);
   OMNIFAST_THREAD_LOOP(i, total) {
-    const ChunkRange chunks{i & (lanes - 1), lanes};
-    walk_row<DIMS, kVec>(s, i >> log2_lanes, t.row_order, t.row_key_start, grad_planes,
-                         [&](int64_t n, int p, int64_t m, const RowAdd<kVec, acc_t>& add) {
-      acc_t unused[3];
-      if (gg_coords == nullptr)
-        triplane_backward_point<DIMS, kVec, scalar_t, acc_t>(
-            s, grad_out, t.grad_strides, planes, coords, t.coord_strides, grad_planes, false,
-            unused, n, m, p, p + 1, chunks, add);
-      else
-        triplane_double_backward_point<DIMS, kVec, scalar_t, acc_t>(
-            s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr, gg_coords,
-            t.gg_coord_strides, nullptr, grad_planes, false, unused, n, m, p, p + 1, chunks,
-            add);
-    });
+    plane_grad_row<DIMS, kVec, scalar_t, acc_t>(s, t, i >> log2_lanes,
+                                                ChunkRange{i & (lanes - 1), lanes});
   }
 }
 

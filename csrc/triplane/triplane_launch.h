@@ -27,6 +27,31 @@ struct TriplaneTensors {
   const int64_t* row_key_start = nullptr;
 };
 
+// One gradient row of the row walk (triplane.h), for this worker's channel chunks: the
+// backward's plane gradient, or with gg_coords set the double backward's plane term. The same
+// code for the CPU loops and the CUDA kernel.
+template <int DIMS, int VEC, typename scalar_t, typename acc_t>
+OMNIFAST_HD void plane_grad_row(const TriplaneShape& s, const TriplaneTensors& t, int64_t row,
+                                ChunkRange chunks) {
+  const auto grad_out = static_cast<const scalar_t*>(t.grad_out);
+  const auto planes = static_cast<const scalar_t*>(t.planes);
+  const auto coords = static_cast<const acc_t*>(t.coords);
+  const auto gg_coords = static_cast<const acc_t*>(t.gg_coords);
+  const auto grad_planes = static_cast<acc_t*>(t.grad_planes);
+  walk_row<DIMS, VEC>(s, row, t.row_order, t.row_key_start, grad_planes,
+                      [&](int64_t n, int p, int64_t m, const RowAdd<VEC, acc_t>& add) {
+    acc_t unused[3];
+    if (gg_coords == nullptr)
+      triplane_backward_point<DIMS, VEC, scalar_t, acc_t>(
+          s, grad_out, t.grad_strides, planes, coords, t.coord_strides, grad_planes, false,
+          unused, n, m, p, p + 1, chunks, add);
+    else
+      triplane_double_backward_point<DIMS, VEC, scalar_t, acc_t>(
+          s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr, gg_coords,
+          t.gg_coord_strides, nullptr, grad_planes, false, unused, n, m, p, p + 1, chunks, add);
+  });
+}
+
 // CPU twins (triplane_cpu.cpp). Deterministic: plane gradients are accumulated by one worker
 // per (batch item, plane), in point order.
 void triplane_forward_cpu(const TriplaneShape& s, StorageType type, const TriplaneTensors& t);

@@ -125,12 +125,16 @@ PointStrides grad_strides(const Prepared& p, const at::Tensor& g) {
   return {g.stride(0), 0, g.stride(1)};
 }
 
-// Plane gradient in the accumulation type. The CUDA kernels add into a zeroed buffer; the CPU
+// A zero plane gradient in the accumulation type.
+at::Tensor zero_plane_grad(const Prepared& p) {
+  return at::zeros(p.planes.sizes(), p.planes.options().dtype(p.acc_type));
+}
+
+// The buffer the backward kernels accumulate into: the CUDA kernels add into zeros; the CPU
 // workers zero their own shares just before adding to them.
 at::Tensor plane_grad_buffer(const Prepared& p) {
-  const auto options = p.planes.options().dtype(p.acc_type);
-  return p.planes.is_cpu() ? at::empty(p.planes.sizes(), options)
-                           : at::zeros(p.planes.sizes(), options);
+  return p.planes.is_cpu() ? at::empty(p.planes.sizes(), p.planes.options().dtype(p.acc_type))
+                           : zero_plane_grad(p);
 }
 
 // The pointers every pass reads: planes and coordinates, and for the backward passes grad_out.
@@ -178,7 +182,7 @@ at::Tensor plane_grad_by_rows(const Prepared& p, TriplaneTensors t) {
   const int64_t total_keys = s.batch * 3 * row_keys_per_plane(s);
   const at::Tensor key_start =
       at::searchsorted(std::get<0>(sorted), at::arange(total_keys + 1, long_options));
-  at::Tensor grad_planes = at::zeros(p.planes.sizes(), p.planes.options().dtype(p.acc_type));
+  at::Tensor grad_planes = zero_plane_grad(p);
   t.row_order = order.data_ptr<int64_t>();
   t.row_key_start = key_start.data_ptr<int64_t>();
   t.grad_planes = grad_planes.data_ptr();
@@ -255,7 +259,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
   }
   if (want_planes) {
     if (!gg_coords.defined()) {  // planes reach the backward's outputs only through grad_coords
-      grad_planes = at::zeros(p.planes.sizes(), p.planes.options().dtype(p.acc_type));
+      grad_planes = zero_plane_grad(p);
     } else if (use_row_walk(planes)) {
       grad_planes = plane_grad_by_rows(p, t);
     } else {
