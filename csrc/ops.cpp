@@ -54,6 +54,17 @@ TORCH_LIBRARY(omnifast, m) {
   // their concatenation [R, S + n], coarse first on ties.
   m.def("importance_sample(Tensor depths, Tensor weights, Tensor u) -> Tensor");
   m.def("merge_order(Tensor coarse, Tensor fine) -> Tensor");
+  // Closest points on B meshes sharing one face list. topology: six int32 tensors from
+  // omnifast.MeshIndex (faces, face edges, vertex -> corner and edge -> face CSR lists). A tree
+  // is the list mesh_build returns (boxes, summaries, links, leaves, counts, triangles in leaf
+  // order, their face ids, face/vertex/edge normals); builder 0: SAH (CPU), 1: linear (Morton).
+  // sign: 0 none, 1 pseudonormal, 2 winding number. Returns distance [B, N], face [B, N] int64,
+  // barycentric weights [B, N, 3] and closest points [B, N, 3].
+  m.def("mesh_normals(Tensor verts, Tensor[] topology) -> (Tensor, Tensor, Tensor)");
+  m.def("mesh_build(Tensor verts, Tensor[] topology, int builder) -> Tensor[]");
+  m.def("mesh_refit(Tensor verts, Tensor[] topology, Tensor[] tree) -> Tensor[]");
+  m.def("mesh_closest_point(Tensor points, Tensor verts, Tensor[] topology, Tensor[] tree,"
+        " int sign) -> (Tensor, Tensor, Tensor, Tensor)");
   // The plane gradient in a fixed order (CUDA's deterministic path; CPU twin for tests).
   m.def("triplane_sample_plane_grad_rows(Tensor grad_out, Tensor planes, Tensor coords,"
         " Tensor? grad_grad_coords, int[] axes, float[] scale, int reduce) -> Tensor");

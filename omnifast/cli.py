@@ -1,4 +1,4 @@
-"""The omnifast command: `omnifast info`, `omnifast bench`."""
+"""The omnifast command: `omnifast info`, `omnifast bench [triplane|composite|correspondence|all]`."""
 import argparse
 import datetime
 import json
@@ -82,6 +82,44 @@ def _format_row(row):
             f"{_mib(row['omnifast_peak_bytes']):>8} {_mib(row['reference_peak_bytes']):>8}{extra}")
 
 
+def _bench_correspondence(device, quick):
+    """Every contender on each case, timed in turn; a contender measured on a subset of the
+    queries (brute force, trimesh) has its time scaled to the full case and says so."""
+    from .bench import measure_peak_bytes, time_calls
+    from .bench.correspondence import MeshIndex, correspondence_cases, correspondence_contenders, make_inputs
+
+    print(f"\n{'closest point':<22} {'contender':<26} {'ms':>9} {'Mqueries/s':>10} {'omnifast is':>12}")
+    rows, missing_all = [], {}
+    for case in correspondence_cases(device, quick):
+        contenders, missing = correspondence_contenders(case, device, quick)
+        missing_all.update(missing)
+        timings = time_calls([c.run for c in contenders], device, warmup=1, runs=2 if quick else 3,
+                             max_seconds=120)
+        verts, faces, _ = make_inputs(case, device)
+        index = MeshIndex(faces)
+        build = time_calls([lambda: index.build(verts)], device, warmup=1, runs=3 if quick else 9)[0]
+        base_ms = timings[0].median_s * 1e3
+        for contender, timing in zip(contenders, timings):
+            ms = timing.median_s * 1e3 * contender.scale
+            row = {"op": "closest_point", "case": case.name, "impl": contender.name,
+                   "sizes": {"batch": case.batch, "points": case.points, "faces": int(faces.shape[0])},
+                   "ms": ms, "runs": timing.runs, "queries_per_s": case.points / (ms / 1e3),
+                   "omnifast_speedup": ms / base_ms, "measured_points": contender.measured,
+                   "scaled_from_subset": contender.scale != 1.0, "note": contender.note}
+            if contender.name.startswith("omnifast"):
+                row["peak_bytes"] = measure_peak_bytes(contender.run, device)
+                row["build_ms"] = build.median_s * 1e3
+            rows.append(row)
+            scaled = f" (from {contender.measured} queries)" if row["scaled_from_subset"] else ""
+            print(f"{case.name[:22]:<22} {contender.name[:26]:<26} {ms:>9.1f} "
+                  f"{row['queries_per_s'] / 1e6:>10.2f} {row['omnifast_speedup']:>11.1f}x{scaled}",
+                  flush=True)
+        print(f"{case.name[:22]:<22} {'omnifast tree build only':<26} {build.median_s * 1e3:>9.2f}")
+    for name, why in missing_all.items():
+        print(f"not measured: {name} ({why})")
+    return rows, missing_all
+
+
 def _cmd_bench(args):
     import omnifast
 
@@ -96,7 +134,7 @@ def _cmd_bench(args):
                         bench.TRIPLANE_PASSES, None),
            "composite": ("composite", bench.composite_cases, bench.composite_runner,
                          bench.COMPOSITE_PASSES, composite_forward_with_graph)}
-    chosen = list(ops) if args.op == "all" else [args.op]
+    chosen = list(ops) if args.op == "all" else [args.op] if args.op in ops else []
     known = {p for name in chosen for p in ops[name][3]}
     passes = args.passes.split(",") if args.passes else None
     unknown = set(passes or ()) - known
@@ -115,13 +153,18 @@ def _cmd_bench(args):
         report["copy_bandwidth_GBps"] = _copy_bandwidth(device) / 1e9
         print(f"device-to-device copy: {report['copy_bandwidth_GBps']:.0f} GB/s (read + write)")
     print("times are medians in ms; speedup = reference / omnifast; peak = extra MiB during the pass")
-    print(f"{'op':<9} {'case':<36} {'pass':<24} {'omnifast':>9} {'reference':>10} {'speedup':>8} "
-          f"{'peak':>8} {'ref peak':>8}")
+    if chosen:
+        print(f"{'op':<9} {'case':<36} {'pass':<24} {'omnifast':>9} {'reference':>10} "
+              f"{'speedup':>8} {'peak':>8} {'ref peak':>8}")
     for name in chosen:
         op, cases, runner, op_passes, graph_keeper = ops[name]
         selected = [p for p in op_passes if passes is None or p in passes]
         report["results"] += _bench_op(op, cases(device, quick=args.quick), runner, device,
                                        args.quick, selected, graph_keeper)
+    if args.op in ("all", "correspondence"):
+        rows, missing = _bench_correspondence(device, args.quick)
+        report["results"] += rows
+        report["not_measured"] = missing
     if "copy_bandwidth_GBps" in report:  # how close the forward comes to the bytes it must move
         for row in report["results"]:
             if "omnifast_forward_GBps" in row:
@@ -140,7 +183,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, torch, compiled backends, devices")
     bench = sub.add_parser("bench", help="omnifast vs the PyTorch reference, same run")
-    bench.add_argument("op", nargs="?", default="all", choices=["triplane", "composite", "all"])
+    bench.add_argument("op", nargs="?", default="all", choices=["triplane", "composite", "correspondence", "all"])
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (checks the harness)")

@@ -275,8 +275,15 @@ def test_cli_bench_all_ops(tmp_path):
     path = tmp_path / "bench.json"
     result = run_cli("bench", "--quick", "--device", "cpu", "--json", str(path))
     assert result.returncode == 0, result.stderr
-    ops = {r["op"] for r in json.loads(path.read_text())["results"]}
-    assert ops == {"triplane_sample", "composite"}
+    report = json.loads(path.read_text())
+    ops = {r["op"] for r in report["results"]}
+    assert ops == {"triplane_sample", "composite", "closest_point"}
+    impls = {r["impl"] for r in report["results"] if r["op"] == "closest_point"}
+    assert {"omnifast", "omnifast (pseudonormal)", "brute force (torch)"} <= impls
+    # every peer is either measured or reported missing, with the reason
+    peers = {"trimesh": "trimesh", "open3d": "open3d (Embree)", "warp": "warp (cpu)"}
+    for peer, name in peers.items():
+        assert (name in impls) != (peer in report["not_measured"])
 
 
 def test_cli_rejects_unknown_pass():

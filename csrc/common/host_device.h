@@ -77,6 +77,16 @@ OMNIFAST_MATH_FN(floor_of, floor)
 OMNIFAST_MATH_FN(exp_of, exp)
 OMNIFAST_MATH_FN(log1p_of, log1p)
 OMNIFAST_MATH_FN(log_of, log)
+OMNIFAST_MATH_FN(sqrt_of, sqrt)
 #undef OMNIFAST_MATH_FN
+
+template <typename T>
+OMNIFAST_HD T atan2_of(T y, T x) {
+#if defined(__CUDA_ARCH__)
+  return ::atan2(y, x);
+#else
+  return std::atan2(y, x);
+#endif
+}
 
 }  // namespace omnifast

@@ -1,0 +1,113 @@
+// The boundary between the torch glue (mesh_ops.cpp) and the backends. Plain C++.
+#pragma once
+
+#include <cstdint>
+
+#include "mesh.h"
+
+namespace omnifast {
+
+// One call's sizes: B meshes of V vertices sharing F faces with E distinct edges; per mesh the
+// tree arrays hold up to `nodes` internal nodes (max(F - 1, 1)) and F leaves.
+struct MeshDims {
+  int64_t batch, verts, faces, edges;
+  OMNIFAST_HD int64_t nodes() const { return faces > 1 ? faces - 1 : 1; }
+};
+
+// Per-batch arrays, all contiguous with the mesh index outermost. Coordinates (boxes, dipoles,
+// tris) are in the dtype of the vertices.
+struct BvhArrays {
+  void* boxes;          // [B][nodes][2][6]
+  void* dipoles;        // [B][nodes][2][8]
+  int32_t* links;       // [B][nodes][3]
+  int32_t* leaves;      // [B][F][2]: leaf code, parent slot
+  int32_t* counts;      // [B][2]: internal nodes, leaves
+  void* tris;           // [B][F][kTriStride] in leaf order
+  int32_t* prim_face;   // [B][F]
+};
+
+struct NormalArrays {
+  void* face;    // [B][F][3] unit
+  void* vertex;  // [B][V][3] angle-weighted
+  void* edge;    // [B][E][3]
+};
+
+struct QueryArrays {
+  const void* points;  // [B][N][3]
+  int64_t per_mesh;    // N
+  void* distance;      // [B][N]
+  int64_t* face;       // [B][N]
+  void* bary;          // [B][N][3]
+  void* point;         // [B][N][3]
+};
+
+// Builders write the tree's shape (links, leaves, counts, prim_face); `refit` then gathers the
+// triangles in leaf order and runs the bounds pass (counters: zeroed [B][nodes] int32).
+void mesh_normals_cpu(const MeshDims& d, bool is_double, const void* verts,
+                      const MeshTopology& topo, const NormalArrays& out);
+void mesh_build_sah_cpu(const MeshDims& d, bool is_double, const void* verts,
+                        const MeshTopology& topo, const BvhArrays& bvh);
+void mesh_morton_keys_cpu(const MeshDims& d, bool is_double, const void* verts,
+                          const MeshTopology& topo, int64_t* keys);
+void mesh_lbvh_links_cpu(const MeshDims& d, const int64_t* sorted_keys, const BvhArrays& bvh);
+void mesh_refit_cpu(const MeshDims& d, bool is_double, const void* verts,
+                    const MeshTopology& topo, const BvhArrays& bvh, int32_t* counters);
+void mesh_closest_point_cpu(const MeshDims& d, bool is_double, const MeshTopology& topo,
+                            const BvhArrays& bvh, const NormalArrays& normals, int sign_mode,
+                            const QueryArrays& q);
+
+// The same on a cudaStream_t (the linear builder only); nullptr or the CUDA error string.
+const char* mesh_normals_cuda(const MeshDims& d, bool is_double, const void* verts,
+                              const MeshTopology& topo, const NormalArrays& out, void* stream);
+const char* mesh_morton_keys_cuda(const MeshDims& d, bool is_double, const void* verts,
+                                  const MeshTopology& topo, int64_t* keys, void* stream);
+const char* mesh_lbvh_links_cuda(const MeshDims& d, const int64_t* sorted_keys,
+                                 const BvhArrays& bvh, void* stream);
+const char* mesh_refit_cuda(const MeshDims& d, bool is_double, const void* verts,
+                            const MeshTopology& topo, const BvhArrays& bvh, int32_t* counters,
+                            void* stream);
+const char* mesh_closest_point_cuda(const MeshDims& d, bool is_double, const MeshTopology& topo,
+                                    const BvhArrays& bvh, const NormalArrays& normals,
+                                    int sign_mode, const QueryArrays& q, void* stream);
+
+// Typed views of mesh b, for both backends.
+template <typename T>
+OMNIFAST_HD BvhView<T> bvh_view(const MeshDims& d, const BvhArrays& a, int64_t b) {
+  const int64_t n = d.nodes();
+  return {static_cast<const T*>(a.boxes) + b * n * 2 * kBoxStride,
+          static_cast<const T*>(a.dipoles) + b * n * 2 * kDipoleStride,
+          a.links + b * n * kLinkStride, static_cast<const T*>(a.tris) + b * d.faces * kTriStride,
+          a.prim_face + b * d.faces};
+}
+
+template <typename T>
+OMNIFAST_HD MeshNormals<T> normals_view(const MeshDims& d, const NormalArrays& a, int64_t b) {
+  return {static_cast<const T*>(a.face) + b * d.faces * 3,
+          static_cast<const T*>(a.vertex) + b * d.verts * 3,
+          static_cast<const T*>(a.edge) + b * d.edges * 3};
+}
+
+// Triangle k of mesh b (leaf order) from its vertices.
+template <typename T>
+OMNIFAST_HD void gather_triangle(const MeshDims& d, const T* verts, const MeshTopology& topo,
+                                 const BvhArrays& a, int64_t b, int64_t k) {
+  const int32_t* corner = topo.faces + 3 * a.prim_face[b * d.faces + k];
+  const T* v = verts + b * d.verts * 3;
+  write_triangle(load3(v + 3 * corner[0]), load3(v + 3 * corner[1]), load3(v + 3 * corner[2]),
+                 static_cast<T*>(a.tris) + (b * d.faces + k) * kTriStride);
+}
+
+// Sort key of triangle f of mesh b: the mesh in the high half, the Morton code of the triangle's
+// centroid within the box of all centroids (`bounds`: lo, hi) in the low half.
+template <typename T>
+OMNIFAST_HD int64_t triangle_key(const MeshDims& d, const T* verts, const MeshTopology& topo,
+                                 const T* bounds, int64_t b, int64_t f) {
+  const int32_t* corner = topo.faces + 3 * f;
+  const T* v = verts + b * d.verts * 3;
+  const Vec3<T> centroid = (T(1) / T(3)) * (load3(v + 3 * corner[0]) + load3(v + 3 * corner[1]) +
+                                            load3(v + 3 * corner[2]));
+  const Vec3<T> lo = load3(bounds);
+  return (b << 32) | morton_code(centroid, lo, load3(bounds + 3) - lo);
+}
+
+}  // namespace omnifast

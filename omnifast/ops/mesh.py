@@ -1,0 +1,379 @@
+"""Closest points on batches of triangle meshes that share one face list, the barycentric
+correspondence between a posed and a canonical mesh, and barycentric interpolation."""
+import weakref
+from collections import namedtuple
+
+import torch
+
+from .. import _C_loader
+
+ClosestPoint = namedtuple("ClosestPoint", ["distance", "face", "bary", "point"])
+Correspondence = namedtuple("Correspondence", ["canonical_points", "distance", "face", "bary"])
+SIGNS = {"none": 0, "pseudonormal": 1, "winding": 2}
+BUILDERS = {"sah": 0, "lbvh": 1}
+OFFSETS = ("normal", "none")
+
+
+def _type_name(x):
+    return f"{x.dtype} tensor of shape {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check_choice(op, name, value, choices):
+    if value not in choices:
+        raise ValueError(f"omnifast.{op}: {name} must be one of {tuple(choices)}, got {value!r}")
+
+
+def _csr(keys, count):
+    """Stable grouping of positions by key: (offsets [count + 1], positions) as int32."""
+    order = torch.argsort(keys, stable=True)
+    offsets = torch.zeros(count + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(torch.bincount(keys, minlength=count), 0)
+    return offsets.int(), order.int()
+
+
+class MeshIndex:
+    """What a face list shared by a batch of meshes fixes once: its edges, which faces meet at each
+    edge and which corners at each vertex. ``build(verts)`` then makes the trees for one batch of
+    vertex positions; ``closest_point``/``correspondence`` build and query in one call.
+
+    Args:
+        faces: ``[F, 3]`` int32/int64 vertex indices, any device (F >= 1). Degenerate faces,
+            duplicate vertices, open boundaries and non-manifold edges are all allowed.
+    """
+
+    def __init__(self, faces):
+        op = "MeshIndex"
+        if not isinstance(faces, torch.Tensor) or faces.dim() != 2 or faces.shape[1] != 3 \
+                or faces.shape[0] == 0:
+            raise ValueError(f"omnifast.{op}: faces must be [F, 3] with F >= 1, got {_type_name(faces)}")
+        if faces.dtype not in (torch.int32, torch.int64):
+            raise ValueError(f"omnifast.{op}: faces must be int32 or int64, got {faces.dtype}")
+        cpu = faces.detach().to("cpu", torch.long)
+        if int(cpu.min()) < 0:
+            raise ValueError(f"omnifast.{op}: faces must hold vertex indices >= 0, got {int(cpu.min())}")
+        self.num_faces = cpu.shape[0]
+        self.min_verts = int(cpu.max()) + 1  # vertices the faces refer to
+        self._faces_cpu = cpu
+        edge_pairs = cpu[:, [0, 1, 1, 2, 2, 0]].reshape(-1, 2)  # edge k of face f joins k, k + 1
+        keys = edge_pairs.min(1).values * self.min_verts + edge_pairs.max(1).values
+        self._edge_keys, edge_of_corner = torch.unique(keys, return_inverse=True)
+        self.num_edges = self._edge_keys.numel()
+        self._face_edges = edge_of_corner.view(-1, 3).int()
+        self._edge_face_offsets, edge_slots = _csr(edge_of_corner, self.num_edges)
+        self._edge_faces = (edge_slots // 3).int()
+        self._topology = {}
+        self._faces_on = {}
+
+    def faces(self, device):
+        """The face list as int64 on ``device``."""
+        device = torch.device(device)
+        if device not in self._faces_on:
+            self._faces_on[device] = self._faces_cpu.to(device)
+        return self._faces_on[device]
+
+    def topology(self, device, num_verts):
+        """The six int32 arrays the kernels take, for meshes of ``num_verts`` vertices."""
+        key = (torch.device(device), num_verts)
+        if key not in self._topology:
+            offsets, corners = _csr(self._faces_cpu.reshape(-1), num_verts)
+            arrays = [self._faces_cpu.int(), self._face_edges, offsets, corners,
+                      self._edge_face_offsets, self._edge_faces]
+            self._topology[key] = [a.contiguous().to(key[0]) for a in arrays]
+        return self._topology[key]
+
+    def _verts(self, op, verts, batched):
+        if not isinstance(verts, torch.Tensor) or verts.dim() != (3 if batched else 2) \
+                or verts.shape[-1] != 3:
+            want = "[B, V, 3]" if batched else "[V, 3]"
+            raise ValueError(f"omnifast.{op}: verts must be {want}, got {_type_name(verts)}")
+        if verts.dtype not in (torch.float32, torch.float64):
+            raise ValueError(f"omnifast.{op}: verts must be float32 or float64, got {verts.dtype}")
+        if verts.shape[-2] < self.min_verts:
+            raise ValueError(f"omnifast.{op}: verts must have at least {self.min_verts} vertices "
+                             f"(faces refer to index {self.min_verts - 1}), got {list(verts.shape)}")
+        _C_loader.require_backend(op, verts)
+        return verts if batched else verts.unsqueeze(0)
+
+    def build(self, verts, *, builder=None):
+        """Trees for a batch of vertex positions.
+
+        Args:
+            verts: ``[B, V, 3]`` (or ``[V, 3]``) float32/float64.
+            builder: ``"sah"`` (binned surface-area heuristic, the CPU default) or ``"lbvh"``
+                (linear BVH from Morton codes, built in parallel for the whole batch; the CUDA
+                default and the only CUDA builder).
+        Returns:
+            :class:`MeshBVH`, queried with ``closest_point``; ``refit`` moves it to new positions.
+        """
+        batched = isinstance(verts, torch.Tensor) and verts.dim() == 3
+        v = self._verts("MeshIndex.build", verts, batched).detach().contiguous()
+        if builder is None:
+            builder = "sah" if v.device.type == "cpu" else "lbvh"
+        _check_choice("MeshIndex.build", "builder", builder, BUILDERS)
+        tree = torch.ops.omnifast.mesh_build(v, self.topology(v.device, v.shape[1]),
+                                             BUILDERS[builder])
+        return MeshBVH(self, v, tree, batched)
+
+    def closest_point(self, points, verts, *, sign="pseudonormal", builder=None):
+        """Build the trees for ``verts`` and query them: see :func:`omnifast.closest_point`."""
+        bvh = self.build(verts.detach() if isinstance(verts, torch.Tensor) else verts,
+                         builder=builder)
+        return bvh._query(points, verts, sign)
+
+    def correspondence(self, points, verts, canonical_verts, *, offset="normal",
+                       sign="pseudonormal", builder=None):
+        """See :func:`omnifast.correspondence`."""
+        _check_choice("correspondence", "offset", offset, OFFSETS)
+        _check_choice("correspondence", "sign", sign, SIGNS)
+        if offset == "normal" and sign == "none":
+            raise ValueError("omnifast.correspondence: offset='normal' needs a signed distance "
+                             "(sign='pseudonormal' or 'winding'), got sign='none'")
+        hit = self.closest_point(points, verts, sign=sign, builder=builder)
+        faces = self.faces(hit.face.device)
+        canonical = barycentric_interpolate(canonical_verts, faces, hit.face, hit.bary)
+        if offset == "normal":
+            normals = self.vertex_normals(canonical_verts.detach())
+            n = barycentric_interpolate(normals, faces, hit.face, hit.bary)
+            n = n / n.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(n.dtype).tiny)
+            canonical = canonical + hit.distance.unsqueeze(-1) * n
+        return Correspondence(canonical, hit.distance, hit.face, hit.bary)
+
+    def vertex_normals(self, verts):
+        """Unit angle-weighted vertex normals ``[B, V, 3]`` (or ``[V, 3]``) of ``verts``."""
+        batched = isinstance(verts, torch.Tensor) and verts.dim() == 3
+        v = self._verts("MeshIndex.vertex_normals", verts, batched).detach().contiguous()
+        _, normals, _ = torch.ops.omnifast.mesh_normals(v, self.topology(v.device, v.shape[1]))
+        normals = normals / normals.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+        return normals if batched else normals[0]
+
+
+class MeshBVH:
+    """Trees of one batch of meshes (see :meth:`MeshIndex.build`)."""
+
+    def __init__(self, index, verts, tree, batched):
+        self.index, self.verts, self.tree, self._batched = index, verts, tree, batched
+
+    def refit(self, verts):
+        """The same trees over new positions of the same vertices: fresh boxes, no sort, no
+        splits (cheaper than a build; the trees loosen if the meshes move far from the positions
+        they were built for)."""
+        v = self.index._verts("MeshBVH.refit", verts, self._batched).detach().contiguous()
+        if v.shape != self.verts.shape or v.dtype != self.verts.dtype or v.device != self.verts.device:
+            raise ValueError(f"omnifast.MeshBVH.refit: verts must be a {self.verts.dtype} tensor of "
+                             f"shape {list(self.verts.shape)} on {self.verts.device}, got "
+                             f"{_type_name(v)} on {v.device}")
+        fresh = torch.ops.omnifast.mesh_refit(v, self.index.topology(v.device, v.shape[1]), self.tree)
+        tree = list(self.tree)
+        for slot, t in zip((0, 1, 5, 7, 8, 9), fresh):  # boxes, dipoles, tris, three normals
+            tree[slot] = t
+        return MeshBVH(self.index, v, tree, self._batched)
+
+    def closest_point(self, points, *, sign="pseudonormal"):
+        """Query the trees (see :func:`omnifast.closest_point`); ``distance`` is differentiable
+        with respect to ``points``."""
+        return self._query(points, None, sign)
+
+    def _query(self, points, verts_for_grad, sign):
+        op = "closest_point"
+        _check_choice(op, "sign", sign, SIGNS)
+        want = 3 if self._batched else 2
+        if not isinstance(points, torch.Tensor) or points.dim() != want or points.shape[-1] != 3:
+            raise ValueError(f"omnifast.{op}: points must be {'[B, N, 3]' if self._batched else '[N, 3]'}"
+                             f" (like verts {list(self.verts.shape)}), got {_type_name(points)}")
+        if points.dtype != self.verts.dtype:
+            raise ValueError(f"omnifast.{op}: points must be {self.verts.dtype} like verts, got {points.dtype}")
+        if points.device != self.verts.device:
+            raise ValueError(f"omnifast.{op}: points must be on the device of verts "
+                             f"({self.verts.device}), got {points.device}")
+        p = points if self._batched else points.unsqueeze(0)
+        if p.shape[0] != self.verts.shape[0]:
+            raise ValueError(f"omnifast.{op}: points must be [B, N, 3] with the B of verts "
+                             f"({self.verts.shape[0]}), got {list(points.shape)}")
+        v = None
+        if verts_for_grad is not None and verts_for_grad.requires_grad:
+            v = verts_for_grad if self._batched else verts_for_grad.unsqueeze(0)
+        topology = self.index.topology(p.device, self.verts.shape[1])
+        if p.requires_grad or v is not None:
+            hit = _DifferentiableClosestPoint.apply(p, v, self, topology, SIGNS[sign])
+        else:
+            hit = torch.ops.omnifast.mesh_closest_point(p.contiguous(), self.verts, topology,
+                                                        self.tree, SIGNS[sign])
+        hit = ClosestPoint(*hit)
+        return hit if self._batched else ClosestPoint(*(t[0] for t in hit))
+
+
+class _DifferentiableClosestPoint(torch.autograd.Function):
+    """The distance's gradient: (p - c) / d for the query (d signed, so the sign is included)
+    and minus the barycentric share of it for each corner of the closest face; at d = 0 the face
+    normal for a signed distance, zero for an unsigned one."""
+
+    @staticmethod
+    def forward(ctx, points, verts, bvh, topology, sign):
+        out = torch.ops.omnifast.mesh_closest_point(points.detach().contiguous(), bvh.verts,
+                                                    topology, bvh.tree, sign)
+        distance, face, bary, point = out
+        ctx.mark_non_differentiable(face, bary, point)
+        ctx.save_for_backward(points, distance, face, bary, point)
+        ctx.bvh, ctx.signed, ctx.verts_grad = bvh, sign != SIGNS["none"], verts is not None
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_distance, _face, _bary, _point):
+        points, distance, face, bary, point = ctx.saved_tensors
+        found = (face >= 0).unsqueeze(-1)
+        d = distance.unsqueeze(-1)
+        on_surface = d == 0
+        direction = (points - point) / torch.where(on_surface, torch.ones_like(d), d)
+        corners = ctx.bvh.index.faces(points.device)[face.clamp_min(0)]  # [B, N, 3]
+        if ctx.signed:
+            batch = torch.arange(points.shape[0], device=points.device).view(-1, 1, 1)
+            tri = ctx.bvh.verts[batch, corners]  # [B, N, 3, 3]
+            normal = torch.linalg.cross(tri[..., 1, :] - tri[..., 0, :], tri[..., 2, :] - tri[..., 0, :])
+            normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny)
+            direction = torch.where(on_surface, normal, direction)
+        else:
+            direction = torch.where(on_surface, torch.zeros_like(direction), direction)
+        grad = torch.where(found, grad_distance.unsqueeze(-1) * direction, torch.zeros_like(direction))
+        grad_verts = None
+        if ctx.verts_grad:
+            B, N = face.shape
+            grad_verts = torch.zeros_like(ctx.bvh.verts)
+            batch = torch.arange(B, device=points.device).view(-1, 1).expand(B, N * 3)
+            shares = -(bary.unsqueeze(-1) * grad.unsqueeze(-2))  # [B, N, 3, 3]
+            shares = torch.where(found.unsqueeze(-1), shares, torch.zeros_like(shares))
+            grad_verts.index_put_((batch.reshape(-1), corners.reshape(-1)), shares.reshape(-1, 3),
+                                  accumulate=True)
+        return grad, grad_verts, None, None, None
+
+
+# ---- the free functions
+
+_INDEXES = {}  # id(faces) -> (weak reference, version, MeshIndex): reuse for a repeated face list
+
+
+def mesh_index(faces):
+    """A :class:`MeshIndex` for ``faces``, reused while the same tensor is passed unchanged."""
+    if not isinstance(faces, torch.Tensor):
+        return MeshIndex(faces)
+    entry = _INDEXES.get(id(faces))
+    if entry is not None and entry[0]() is faces and entry[1] == faces._version:
+        return entry[2]
+    index = MeshIndex(faces)
+    if len(_INDEXES) >= 16:
+        _INDEXES.clear()
+    _INDEXES[id(faces)] = (weakref.ref(faces), faces._version, index)
+    return index
+
+
+def closest_point(points, verts, faces, *, sign="pseudonormal"):
+    """The closest point of each query on its mesh, exactly (a bounding volume hierarchy prunes
+    the search; the answer is that of a brute-force search over all faces).
+
+    Args:
+        points: ``[B, N, 3]`` queries (or ``[N, 3]`` with unbatched ``verts``), float32/float64.
+        verts: ``[B, V, 3]`` one posed mesh per batch item (or ``[V, 3]``), the dtype of points.
+        faces: ``[F, 3]`` int32/int64, shared by the batch.
+        sign: ``"pseudonormal"`` (angle-weighted pseudonormal of the closest face, edge or
+            vertex: exact for closed meshes), ``"winding"`` (generalised winding number > 1/2:
+            robust on open meshes) or ``"none"`` (unsigned).
+    Returns:
+        ``ClosestPoint(distance [B, N] (negative inside), face [B, N] int64, bary [B, N, 3]
+        (weights of the face's corners, non-negative, summing to 1), point [B, N, 3])``. Faces
+        tied at a shared edge or vertex may resolve to either (the point and distance do not
+        change). A non-finite query gets NaN and face -1. Bitwise reproducible.
+        ``distance`` is differentiable with respect to ``points`` and ``verts``.
+    """
+    return mesh_index(faces).closest_point(points, verts, sign=sign)
+
+
+def correspondence(points, verts, canonical_verts, faces, *, offset="normal", sign="pseudonormal"):
+    """Carry each query to a canonical mesh through its closest point's barycentric coordinates.
+
+    Args:
+        points, verts, faces, sign: as for :func:`closest_point`.
+        canonical_verts: ``[B, V, 3]`` or ``[V, 3]`` (shared) canonical vertex positions.
+        offset: ``"normal"``: add the signed distance along the canonical surface normal
+            (interpolated unit vertex normals), so off-surface points map volumetrically;
+            ``"none"``: the canonical surface point only.
+    Returns:
+        ``Correspondence(canonical_points [B, N, 3], distance, face, bary)``; canonical_points
+        are differentiable with respect to ``canonical_verts`` (and, through the distance, to
+        ``points`` and ``verts``).
+    """
+    return mesh_index(faces).correspondence(points, verts, canonical_verts, offset=offset, sign=sign)
+
+
+def barycentric_interpolate(values, faces, face, bary):
+    """Per-vertex values at barycentric points: ``sum_k bary[..., k] * values[faces[face, k]]``.
+
+    Args:
+        values: ``[B, V, K]`` per mesh or ``[V, K]`` shared.
+        faces: ``[F, 3]`` int32/int64.
+        face: ``[B, N]`` (or ``[N]``) int64 face ids; bary: ``[B, N, 3]`` (or ``[N, 3]``).
+    Returns:
+        ``[B, N, K]`` (``[N, K]`` for unbatched face and shared values), differentiable with
+        respect to ``values`` and ``bary``.
+    """
+    op = "barycentric_interpolate"
+    for name, t in (("values", values), ("faces", faces), ("face", face), ("bary", bary)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"omnifast.{op}: {name} must be a tensor, got {type(t).__name__}")
+    if values.dim() not in (2, 3):
+        raise ValueError(f"omnifast.{op}: values must be [B, V, K] or [V, K], got {list(values.shape)}")
+    if faces.dim() != 2 or faces.shape[1] != 3 or faces.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"omnifast.{op}: faces must be an int32/int64 [F, 3] tensor, got {_type_name(faces)}")
+    if face.dtype not in (torch.int32, torch.int64) or bary.shape != face.shape + (3,):
+        raise ValueError(f"omnifast.{op}: face must be integer [..., N] and bary [..., N, 3], got "
+                         f"{_type_name(face)} and {_type_name(bary)}")
+    if values.dim() == 3 and (face.dim() != 2 or face.shape[0] != values.shape[0]):
+        raise ValueError(f"omnifast.{op}: face must be [B, N] with the B of values "
+                         f"({values.shape[0]}), got {list(face.shape)}")
+    for name, t in (("faces", faces), ("face", face), ("bary", bary)):
+        if t.device != values.device:
+            raise ValueError(f"omnifast.{op}: {name} must be on the device of values "
+                             f"({values.device}), got {t.device}")
+    corners = faces.long()[face.long()]  # [..., N, 3]
+    if values.dim() == 2:
+        gathered = values[corners]
+    else:
+        batch = torch.arange(values.shape[0], device=values.device).view(-1, 1, 1)
+        gathered = values[batch, corners]  # [B, N, 3, K]
+    return (gathered * bary.unsqueeze(-1).to(gathered.dtype)).sum(-2)
+
+
+# ---- fake (meta) kernels
+
+def _tree_like(verts, topology):
+    B, V, _ = verts.shape
+    F, E = topology[0].shape[0], topology[4].shape[0] - 1
+    nodes = max(F - 1, 1)
+    ints = dict(dtype=torch.int32)
+    return [verts.new_empty(B, nodes, 2, 6), verts.new_empty(B, nodes, 2, 8),
+            verts.new_empty(B, nodes, 3, **ints), verts.new_empty(B, F, 2, **ints),
+            verts.new_empty(B, 2, **ints), verts.new_empty(B, F, 12), verts.new_empty(B, F, **ints),
+            verts.new_empty(B, F, 3), verts.new_empty(B, V, 3), verts.new_empty(B, E, 3)]
+
+
+@torch.library.register_fake("omnifast::mesh_normals")
+def _mesh_normals_fake(verts, topology):
+    tree = _tree_like(verts, topology)
+    return tree[7], tree[8], tree[9]
+
+
+@torch.library.register_fake("omnifast::mesh_build")
+def _mesh_build_fake(verts, topology, builder):
+    return _tree_like(verts, topology)
+
+
+@torch.library.register_fake("omnifast::mesh_refit")
+def _mesh_refit_fake(verts, topology, tree):
+    fresh = _tree_like(verts, topology)
+    return [fresh[i] for i in (0, 1, 5, 7, 8, 9)]
+
+
+@torch.library.register_fake("omnifast::mesh_closest_point")
+def _mesh_closest_point_fake(points, verts, topology, tree, sign):
+    B, N, _ = points.shape
+    return (points.new_empty(B, N), points.new_empty(B, N, dtype=torch.long),
+            points.new_empty(B, N, 3), points.new_empty(B, N, 3))

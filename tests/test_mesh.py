@@ -1,0 +1,344 @@
+"""closest_point / correspondence / barycentric_interpolate / MeshIndex against the brute-force
+reference, trimesh, analytic inside/outside, and their error messages."""
+import math
+
+import pytest
+import torch
+import trimesh
+
+import omnifast
+from omnifast.bench import meshes
+from omnifast.reference import mesh as ref
+
+from conftest import DEVICES, poisoned_outputs
+
+TOL = {torch.float64: 1e-9, torch.float32: 1e-5}
+
+
+def builders(device):
+    return ["sah", "lbvh"] if device == "cpu" else ["lbvh"]
+
+
+def blob(batch, subdivisions=2, dtype=torch.float64, noise=0.15):
+    """Closed, outward, star-shaped meshes: an icosphere with random radial bumps per batch item."""
+    sphere = trimesh.creation.icosphere(subdivisions)
+    unit = torch.tensor(sphere.vertices, dtype=dtype)
+    radius = 1 + noise * torch.rand(batch, unit.shape[0], 1, dtype=dtype)
+    return unit * radius, torch.tensor(sphere.faces, dtype=torch.long)
+
+
+def queries(verts, count, dtype=torch.float64):
+    """Near-surface points, points far outside and points deep inside."""
+    B = verts.shape[0]
+    idx = torch.randint(verts.shape[1], (B, count))
+    base = torch.gather(verts, 1, idx.unsqueeze(-1).expand(-1, -1, 3))
+    near = base + 0.05 * torch.randn(B, count, 3, dtype=verts.dtype)
+    far = 30 * torch.randn(B, count // 4, 3, dtype=verts.dtype)
+    inner = 0.3 * torch.randn(B, count // 4, 3, dtype=verts.dtype)
+    return torch.cat([near, far, inner], 1).to(dtype)
+
+
+def check_against_reference(hit, points, verts, faces, sign, dtype):
+    want = ref.closest_point(points.double().cpu(), verts.double().cpu(), faces, sign=sign)
+    tol = TOL[dtype]
+    got = [t.cpu() for t in hit]
+    torch.testing.assert_close(got[0].double(), want.distance, atol=tol, rtol=tol)
+    # The point found is as near as the nearest (faces may differ at ties); in float64 it is the
+    # same point, in float32 far queries may pick another within rounding of the same distance.
+    reach = (points.double().cpu() - got[3].double()).norm(dim=-1)
+    torch.testing.assert_close(reach, want.distance.abs(), atol=tol, rtol=tol)
+    if dtype == torch.float64:
+        torch.testing.assert_close(got[3], want.point, atol=tol, rtol=tol)
+    corners = verts.double().cpu()[torch.arange(verts.shape[0]).view(-1, 1, 1), faces[got[1]]]
+    rebuilt = (got[2].double().unsqueeze(-1) * corners).sum(-2)
+    torch.testing.assert_close(rebuilt, got[3].double(), atol=tol * 10, rtol=tol)
+    assert (got[2] >= 0).all()
+    torch.testing.assert_close(got[2].sum(-1).double(), torch.ones_like(want.distance), atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("sign", ["none", "pseudonormal", "winding"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_matches_brute_force(device, dtype, sign, batch):
+    verts, faces = blob(batch)
+    points = queries(verts, 400)
+    for builder in builders(device):
+        index = omnifast.MeshIndex(faces.to(device))
+        with poisoned_outputs():
+            hit = index.closest_point(points.to(device, dtype), verts.to(device, dtype), sign=sign,
+                                      builder=builder)
+        check_against_reference(hit, points.to(dtype), verts.to(dtype), faces, sign, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_triangle_soup_with_degenerate_triangles(device, dtype):
+    """Random overlapping triangles, some with two equal corners and some with collinear ones."""
+    verts = torch.randn(2, 300, 3, dtype=torch.float64)
+    faces = torch.randint(300, (150, 3))
+    faces[:10, 1] = faces[:10, 0]  # zero-length edge
+    faces[10:15] = faces[10:15, :1]  # all three corners the same vertex
+    collinear = torch.arange(15, 25)
+    verts[:, faces[collinear, 2]] = 0.3 * verts[:, faces[collinear, 0]] + 0.7 * verts[:, faces[collinear, 1]]
+    points = torch.cat([torch.randn(2, 300, 3, dtype=torch.float64),
+                        verts[:, faces[:25].reshape(-1)]], 1)  # on the degenerate triangles too
+    for builder in builders(device):
+        hit = omnifast.MeshIndex(faces).build(verts.to(device, dtype), builder=builder) \
+            .closest_point(points.to(device, dtype), sign="none")
+        check_against_reference(hit, points.to(dtype), verts.to(dtype), faces, "none", dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_points_on_vertices_edges_and_faces(device):
+    verts, faces = blob(1)
+    v = verts[0]
+    tri = v[faces]
+    on = torch.cat([v, (tri[:, 0] + tri[:, 1]) / 2, tri.mean(1)])[None]  # vertices, edge midpoints, centroids
+    hit = omnifast.closest_point(on.to(device), verts.to(device), faces.to(device))
+    assert hit.distance.abs().max() < 1e-12
+    torch.testing.assert_close(hit.point.cpu(), on, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_builders_and_refit_agree(device):
+    """Any tree, built by either builder or refitted from other positions, finds the same
+    distances and points; only faces tied at a shared edge or vertex may differ."""
+    verts, faces = blob(2, 3)
+    moved = verts * 1.1 + 0.05 * torch.randn_like(verts)
+    points = queries(moved, 500)
+    index = omnifast.MeshIndex(faces)
+    answers = []
+    for builder in builders(device):
+        bvh = index.build(verts.to(device), builder=builder)
+        answers.append(bvh.refit(moved.to(device)).closest_point(points.to(device)))
+        answers.append(index.build(moved.to(device), builder=builder).closest_point(points.to(device)))
+    first = answers[0]
+    for other in answers[1:]:
+        torch.testing.assert_close(other.distance, first.distance, atol=1e-12, rtol=1e-12)
+        torch.testing.assert_close(other.point, first.point, atol=1e-12, rtol=1e-12)
+        same = other.face == first.face
+        assert same.float().mean() > 0.98
+        torch.testing.assert_close(other.bary[same], first.bary[same], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_against_trimesh(device):
+    """trimesh.proximity.closest_point, an independent float64 implementation: the same answers
+    on an icosphere. On the head-sized mesh trimesh (5.2) misses the nearest face for a few
+    near-surface queries (its distance exceeds the brute-force minimum); there ours is never
+    farther than trimesh's and equals the brute force."""
+    sphere = trimesh.creation.icosphere(3)
+    head_v, head_f = meshes.head_mesh(rings=30, segments=32)
+    for v, f, exact in ((torch.tensor(sphere.vertices), torch.tensor(sphere.faces), True),
+                        (head_v, head_f, False)):
+        mesh = trimesh.Trimesh(v.numpy(), f.numpy(), process=False)
+        points = meshes.training_points(v[None], f, 2000)[0]
+        closest, distance, _ = trimesh.proximity.closest_point(mesh, points.numpy())
+        distance, closest = torch.tensor(distance), torch.tensor(closest)
+        hit = omnifast.closest_point(points.to(device), v.to(device), f.to(device), sign="none")
+        got, got_point = hit.distance.cpu(), hit.point.cpu()
+        agree = (got - distance).abs() <= 1e-9
+        assert (got <= distance + 1e-12).all()
+        assert agree.all() if exact else agree.float().mean() > 0.95
+        # (points only up to ties: equidistant surface points are equally right)
+        torch.testing.assert_close((points - got_point).norm(dim=-1), got, atol=1e-12, rtol=1e-12)
+        assert ((got_point - closest).norm(dim=-1)[agree] < 1e-9).float().mean() > 0.99
+        if not exact:
+            brute = ref.closest_point(points[~agree][None], v[None], f, sign="none").distance[0]
+            torch.testing.assert_close(got[~agree], brute, atol=1e-12, rtol=1e-12)
+
+
+def torus(major=1.0, minor=0.35, rings=48, sides=24):
+    u = torch.arange(rings, dtype=torch.float64) * (2 * math.pi / rings)
+    w = torch.arange(sides, dtype=torch.float64) * (2 * math.pi / sides)
+    uu, ww = torch.meshgrid(u, w, indexing="ij")
+    r = major + minor * torch.cos(ww)
+    verts = torch.stack([r * torch.cos(uu), r * torch.sin(uu), minor * torch.sin(ww)], -1).reshape(-1, 3)
+    i, j = torch.meshgrid(torch.arange(rings), torch.arange(sides), indexing="ij")
+    a, b = i * sides + j, ((i + 1) % rings) * sides + j
+    c, d = ((i + 1) % rings) * sides + (j + 1) % sides, i * sides + (j + 1) % sides
+    faces = torch.cat([torch.stack([a, b, c], -1).reshape(-1, 3), torch.stack([a, c, d], -1).reshape(-1, 3)])
+    return verts, faces
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sign", ["pseudonormal", "winding"])
+def test_sign_of_sphere_and_torus(device, sign):
+    sphere = trimesh.creation.icosphere(4)
+    cases = [(torch.tensor(sphere.vertices), torch.tensor(sphere.faces),
+              lambda p: p.norm(dim=-1) - 1, 0.01)]
+    tv, tf = torus()
+    cases.append((tv, tf, lambda p: torch.stack([p[:, :2].norm(dim=-1) - 1, p[:, 2]], -1).norm(dim=-1) - 0.35,
+                  0.03))
+    for verts, faces, sdf, margin in cases:
+        points = 1.6 * (torch.rand(6000, 3, dtype=torch.float64) * 2 - 1)
+        truth = sdf(points)
+        points = points[truth.abs() > margin]  # away from the polygonisation error
+        hit = omnifast.closest_point(points.to(device), verts.to(device), faces.to(device), sign=sign)
+        assert torch.equal(hit.distance.cpu() < 0, sdf(points) < 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_winding_number_sign_on_an_open_mesh(device):
+    """The head mesh is open at the neck: the winding number still tells inside from outside where
+    it is clearly 0 or 1, and agrees with the exact (brute-force) winding number."""
+    verts, faces = meshes.head_mesh(rings=30, segments=32)
+    points = meshes.training_points(verts[None], faces, 3000)
+    exact = ref.winding_number(points, verts[None], faces)
+    clear = (exact - 0.5).abs() > 0.1
+    hit = omnifast.closest_point(points.to(device), verts[None].to(device), faces.to(device), sign="winding")
+    assert torch.equal((hit.distance.cpu() < 0)[clear], (exact > 0.5)[clear])
+    centre = verts.mean(0, keepdim=True)[None]
+    assert omnifast.closest_point(centre.to(device), verts[None].to(device), faces.to(device),
+                                  sign="winding").distance.item() < 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_correspondence_carries_surface_points_exactly(device):
+    canonical, faces = meshes.head_mesh(rings=24, segments=24)
+    angle = 0.4
+    rotation = torch.tensor([[math.cos(angle), 0, math.sin(angle)], [0, 1, 0],
+                             [-math.sin(angle), 0, math.cos(angle)]], dtype=torch.float64)
+    rigid = canonical @ rotation.T + torch.tensor([0.01, -0.02, 0.03], dtype=torch.float64)
+    bent = canonical + 0.01 * torch.sin(30 * canonical[:, [1, 2, 0]])  # per-vertex displacement
+    posed = torch.stack([rigid, bent])
+    on, face, bary = meshes.surface_samples(posed, faces, 1500)
+    expected = omnifast.barycentric_interpolate(canonical, faces, face, bary)
+    for offset in ("normal", "none"):
+        got = omnifast.correspondence(on.to(device), posed.to(device), canonical.to(device),
+                                      faces.to(device), offset=offset)
+        assert got.distance.abs().max() < 1e-12
+        torch.testing.assert_close(got.canonical_points.cpu(), expected, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_correspondence_offsets_along_the_canonical_normal(device):
+    verts, faces = blob(2)
+    canonical = verts[0]
+    points = queries(verts, 200)
+    index = omnifast.MeshIndex(faces.to(device))
+    out = index.correspondence(points.to(device), verts.to(device), canonical.to(device))
+    surface = omnifast.barycentric_interpolate(canonical.to(device), faces.to(device), out.face, out.bary)
+    normal = omnifast.barycentric_interpolate(index.vertex_normals(canonical.to(device)),
+                                              faces.to(device), out.face, out.bary)
+    offset = out.canonical_points - surface
+    torch.testing.assert_close(offset, out.distance.unsqueeze(-1) * normal / normal.norm(dim=-1, keepdim=True))
+    with pytest.raises(ValueError, match="needs a signed distance"):
+        index.correspondence(points.to(device), verts.to(device), canonical.to(device), sign="none")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sign", ["none", "pseudonormal"])
+def test_distance_gradcheck(device, sign):
+    verts, faces = blob(1, 1)
+    points = 1.5 * torch.nn.functional.normalize(torch.randn(1, 12, 3, dtype=torch.float64), dim=-1)
+    points = points.to(device).requires_grad_()
+    verts = verts.to(device).requires_grad_()
+    faces = faces.to(device)
+    fn = lambda p, v: omnifast.closest_point(p, v, faces, sign=sign).distance  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (points, verts), eps=1e-7, atol=1e-6)
+
+
+def test_distance_gradient_is_the_unit_direction():
+    verts, faces = blob(1)
+    points = queries(verts, 100).requires_grad_()
+    hit = omnifast.closest_point(points, verts, faces)
+    hit.distance.sum().backward()
+    direction = (points - hit.point) / hit.distance.unsqueeze(-1)
+    torch.testing.assert_close(points.grad, direction.detach())
+    torch.testing.assert_close(points.grad.norm(dim=-1), torch.ones(1, points.shape[1], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_barycentric_interpolate_gradcheck(device):
+    faces = torch.randint(20, (30, 3), device=device)
+    face = torch.randint(30, (2, 7), device=device)
+    values = torch.randn(2, 20, 4, dtype=torch.float64, device=device, requires_grad=True)
+    shared = torch.randn(20, 4, dtype=torch.float64, device=device, requires_grad=True)
+    bary = torch.rand(2, 7, 3, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, b: omnifast.barycentric_interpolate(v, faces, face, b), (values, bary))
+    assert torch.autograd.gradcheck(lambda v, b: omnifast.barycentric_interpolate(v, faces, face, b), (shared, bary))
+    out = omnifast.barycentric_interpolate(shared, faces, face, bary)
+    manual = sum(bary[..., k, None] * shared[faces[face][..., k]] for k in range(3))
+    torch.testing.assert_close(out, manual)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sizes_empty_unbatched_and_large_batch(device):
+    verts, faces = blob(8)
+    index = omnifast.MeshIndex(faces)
+    empty = index.closest_point(torch.zeros(8, 0, 3, dtype=torch.float64, device=device), verts.to(device))
+    assert [tuple(t.shape) for t in empty] == [(8, 0), (8, 0), (8, 0, 3), (8, 0, 3)]
+    points = queries(verts, 64)
+    batched = index.closest_point(points.to(device), verts.to(device))
+    single = index.closest_point(points[3].to(device), verts[3].to(device))
+    for a, b in zip(batched, single):
+        assert torch.equal(a[3], b)
+    one_face = omnifast.closest_point(points[:1].to(device), verts[:1].to(device), faces[:1].to(device))
+    check_against_reference(one_face, points[:1], verts[:1], faces[:1], "pseudonormal", torch.float64)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_finite_queries_give_nan_and_no_face(device):
+    verts, faces = blob(1)
+    points = torch.tensor([[[float("nan"), 0, 0], [0, float("inf"), 0], [2.0, 0, 0]]], dtype=torch.float64)
+    hit = omnifast.closest_point(points.to(device), verts.to(device), faces.to(device))
+    assert hit.face.cpu().tolist()[0][:2] == [-1, -1] and hit.face[0, 2] >= 0
+    assert torch.isnan(hit.distance[0, :2]).all() and torch.isnan(hit.point[0, :2]).all()
+    assert torch.isfinite(hit.distance[0, 2])
+
+
+def test_deterministic():
+    verts, faces = blob(2, 3)
+    points = queries(verts, 3000)
+    first = omnifast.closest_point(points, verts, faces, sign="winding")
+    again = omnifast.closest_point(points, verts, faces, sign="winding")
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+
+
+def test_opcheck():
+    verts, faces = blob(2)
+    index = omnifast.MeshIndex(faces)
+    topology = index.topology("cpu", verts.shape[1])
+    tree = torch.ops.omnifast.mesh_build(verts, topology, 0)
+    points = queries(verts, 50)
+    torch.library.opcheck(torch.ops.omnifast.mesh_closest_point, (points, verts, topology, tree, 1))
+    torch.library.opcheck(torch.ops.omnifast.mesh_build, (verts, topology, 1))
+    torch.library.opcheck(torch.ops.omnifast.mesh_refit, (verts * 2, topology, tree))
+    torch.library.opcheck(torch.ops.omnifast.mesh_normals, (verts, topology))
+
+
+def test_errors_name_the_argument():
+    verts, faces = blob(2)
+    points = queries(verts, 10)
+    index = omnifast.MeshIndex(faces)
+    cases = [
+        (lambda: omnifast.MeshIndex(torch.tensor([[0, 1, -1]])), "faces must hold vertex indices >= 0"),
+        (lambda: omnifast.MeshIndex(torch.zeros(0, 3, dtype=torch.long)), r"faces must be \[F, 3\]"),
+        (lambda: omnifast.MeshIndex(torch.zeros(4, 3)), "faces must be int32 or int64"),
+        (lambda: index.closest_point(points, verts[:, :10]), "verts must have at least"),
+        (lambda: index.closest_point(points, verts[0]), r"points must be \[N, 3\]"),
+        (lambda: index.closest_point(points[:1], verts), "with the B of verts"),
+        (lambda: index.closest_point(points.long(), verts), "points must be torch.float64"),
+        (lambda: index.closest_point(points, verts.half()), "verts must be float32 or float64"),
+        (lambda: index.closest_point(points.float(), verts), "points must be torch.float64"),
+        (lambda: index.closest_point(points, verts, sign="parity"), "sign must be one of"),
+        (lambda: index.build(verts, builder="median"), "builder must be one of"),
+        (lambda: index.closest_point(points.to("meta"), verts), "points must be on the device"),
+        (lambda: omnifast.barycentric_interpolate(verts, faces, torch.zeros(3, 5, dtype=torch.long),
+                                                  torch.zeros(3, 5, 3)), "with the B of values"),
+    ]
+    for call, message in cases:
+        with pytest.raises((ValueError, RuntimeError), match=message):
+            call()
+    # The kernels check their own arguments too, before any work.
+    topology = index.topology("cpu", verts.shape[1])
+    tree = torch.ops.omnifast.mesh_build(verts, topology, 0)
+    with pytest.raises(RuntimeError, match=r"omnifast.closest_point: points must be \[B, N, 3\]"):
+        torch.ops.omnifast.mesh_closest_point(points[:1], verts, topology, tree, 1)
+    with pytest.raises(RuntimeError, match="omnifast.mesh_build: verts must be"):
+        torch.ops.omnifast.mesh_build(verts[:, :7], topology, 0)
+    with pytest.raises(RuntimeError, match="omnifast.closest_point: tree must be 10 tensors"):
+        torch.ops.omnifast.mesh_closest_point(points, verts, topology, tree[:3], 1)
