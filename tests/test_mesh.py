@@ -342,3 +342,22 @@ def test_errors_name_the_argument():
         torch.ops.omnifast.mesh_build(verts[:, :7], topology, 0)
     with pytest.raises(RuntimeError, match="omnifast.closest_point: tree must be 10 tensors"):
         torch.ops.omnifast.mesh_closest_point(points, verts, topology, tree[:3], 1)
+
+
+def test_torch_compile():
+    """A compiled training step that queries the trees (and differentiates the distance) gives
+    the eager answers."""
+    verts, faces = blob(2)
+    points = queries(verts, 50)
+    index = omnifast.MeshIndex(faces)
+
+    def step(p, v):
+        return (index.closest_point(p, v).distance ** 2).sum()
+
+    eager_p, compiled_p = points.clone().requires_grad_(), points.clone().requires_grad_()
+    eager = step(eager_p, verts)
+    compiled = torch.compile(step)(compiled_p, verts)
+    torch.testing.assert_close(compiled, eager)
+    eager.backward()
+    compiled.backward()
+    torch.testing.assert_close(compiled_p.grad, eager_p.grad)
