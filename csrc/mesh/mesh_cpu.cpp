@@ -249,16 +249,16 @@ template <typename T>
 void morton_keys(const MeshDims& d, const T* verts, const MeshTopology& topo, int64_t* keys) {
   at::parallel_for(0, d.batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      const T* v = verts + b * d.verts * 3;
       T bounds[6] = {infinity_of<T>(), infinity_of<T>(), infinity_of<T>(),
                      -infinity_of<T>(), -infinity_of<T>(), -infinity_of<T>()};
-      for (int64_t f = 0; f < d.faces; ++f)
+      for (int64_t f = 0; f < d.faces; ++f) {
+        const Vec3<T> c = triangle_centroid(d, verts, topo, b, f);
+        const T xyz[3] = {c.x, c.y, c.z};
         for (int a = 0; a < 3; ++a) {
-          const T c = (v[3 * topo.faces[3 * f] + a] + v[3 * topo.faces[3 * f + 1] + a] +
-                       v[3 * topo.faces[3 * f + 2] + a]) / T(3);
-          bounds[a] = std::min(bounds[a], c);
-          bounds[3 + a] = std::max(bounds[3 + a], c);
+          bounds[a] = std::min(bounds[a], xyz[a]);
+          bounds[3 + a] = std::max(bounds[3 + a], xyz[a]);
         }
+      }
       for (int64_t f = 0; f < d.faces; ++f)
         keys[b * d.faces + f] = triangle_key(d, verts, topo, bounds, b, f);
     }

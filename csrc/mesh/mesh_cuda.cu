@@ -43,18 +43,18 @@ __global__ void morton_keys_kernel(MeshDims d, const T* verts, MeshTopology topo
   __shared__ T lo[3][kThreads], hi[3][kThreads];
   __shared__ T bounds[6];
   const int64_t b = blockIdx.x;
-  const T* v = verts + b * d.verts * 3;
   for (int a = 0; a < 3; ++a) {
     lo[a][threadIdx.x] = infinity_of<T>();
     hi[a][threadIdx.x] = -infinity_of<T>();
   }
-  for (int64_t f = threadIdx.x; f < d.faces; f += blockDim.x)
+  for (int64_t f = threadIdx.x; f < d.faces; f += blockDim.x) {
+    const Vec3<T> c = triangle_centroid(d, verts, topo, b, f);
+    const T xyz[3] = {c.x, c.y, c.z};
     for (int a = 0; a < 3; ++a) {
-      const T c = (v[3 * topo.faces[3 * f] + a] + v[3 * topo.faces[3 * f + 1] + a] +
-                   v[3 * topo.faces[3 * f + 2] + a]) / T(3);
-      lo[a][threadIdx.x] = min_of(lo[a][threadIdx.x], c);
-      hi[a][threadIdx.x] = max_of(hi[a][threadIdx.x], c);
+      lo[a][threadIdx.x] = min_of(lo[a][threadIdx.x], xyz[a]);
+      hi[a][threadIdx.x] = max_of(hi[a][threadIdx.x], xyz[a]);
     }
+  }
   __syncthreads();
   for (int stride = kThreads / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride)

@@ -100,14 +100,20 @@ OMNIFAST_HD void gather_triangle(const MeshDims& d, const T* verts, const MeshTo
 // Sort key of triangle f of mesh b: the mesh in the high half, the Morton code of the triangle's
 // centroid within the box of all centroids (`bounds`: lo, hi) in the low half.
 template <typename T>
-OMNIFAST_HD int64_t triangle_key(const MeshDims& d, const T* verts, const MeshTopology& topo,
-                                 const T* bounds, int64_t b, int64_t f) {
+OMNIFAST_HD Vec3<T> triangle_centroid(const MeshDims& d, const T* verts,
+                                      const MeshTopology& topo, int64_t b, int64_t f) {
   const int32_t* corner = topo.faces + 3 * f;
   const T* v = verts + b * d.verts * 3;
-  const Vec3<T> centroid = (T(1) / T(3)) * (load3(v + 3 * corner[0]) + load3(v + 3 * corner[1]) +
-                                            load3(v + 3 * corner[2]));
+  return (T(1) / T(3)) *
+         (load3(v + 3 * corner[0]) + load3(v + 3 * corner[1]) + load3(v + 3 * corner[2]));
+}
+
+template <typename T>
+OMNIFAST_HD int64_t triangle_key(const MeshDims& d, const T* verts, const MeshTopology& topo,
+                                 const T* bounds, int64_t b, int64_t f) {
   const Vec3<T> lo = load3(bounds);
-  return (b << 32) | morton_code(centroid, lo, load3(bounds + 3) - lo);
+  return (b << 32) |
+         morton_code(triangle_centroid(d, verts, topo, b, f), lo, load3(bounds + 3) - lo);
 }
 
 }  // namespace omnifast

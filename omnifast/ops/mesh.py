@@ -11,6 +11,7 @@ ClosestPoint = namedtuple("ClosestPoint", ["distance", "face", "bary", "point"])
 Correspondence = namedtuple("Correspondence", ["canonical_points", "distance", "face", "bary"])
 SIGNS = {"none": 0, "pseudonormal": 1, "winding": 2}
 BUILDERS = {"sah": 0, "lbvh": 1}
+_FACE_NORMALS = 7  # position of the unit face normals [B, F, 3] in a tree (see csrc/ops.cpp)
 OFFSETS = ("normal", "none")
 
 
@@ -226,11 +227,9 @@ class _DifferentiableClosestPoint(torch.autograd.Function):
         on_surface = d == 0
         direction = (points - point) / torch.where(on_surface, torch.ones_like(d), d)
         corners = ctx.bvh.index.faces(points.device)[face.clamp_min(0)]  # [B, N, 3]
-        if ctx.signed:
-            batch = torch.arange(points.shape[0], device=points.device).view(-1, 1, 1)
-            tri = ctx.bvh.verts[batch, corners]  # [B, N, 3, 3]
-            normal = torch.linalg.cross(tri[..., 1, :] - tri[..., 0, :], tri[..., 2, :] - tri[..., 0, :])
-            normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(d.dtype).tiny)
+        if ctx.signed:  # the tree keeps each mesh's unit face normals
+            batch = torch.arange(points.shape[0], device=points.device).view(-1, 1)
+            normal = ctx.bvh.tree[_FACE_NORMALS][batch, face.clamp_min(0)]
             direction = torch.where(on_surface, normal, direction)
         else:
             direction = torch.where(on_surface, torch.zeros_like(direction), direction)
