@@ -207,7 +207,6 @@ constexpr int kBoxStride = 6;       // lo xyz, hi xyz per slot
 constexpr int kDipoleStride = 8;    // area vector xyz, centroid xyz, area, radius per slot
 constexpr int kLinkStride = 3;      // child 0, child 1, parent slot (-1 at the root)
 constexpr int kLbvhLeafSize = 4;    // triangles per leaf of the linear builder
-constexpr int kMaxLeafSize = 15;    // what a leaf code can hold
 
 OMNIFAST_HD int32_t leaf_ref(int64_t first, int count) {
   return ~static_cast<int32_t>((first << 4) | count);
