@@ -1,4 +1,5 @@
-"""The omnifast command: `omnifast info`, `omnifast bench [triplane|composite|correspondence|all]`."""
+"""The omnifast command: `omnifast info`, `omnifast bench [triplane|composite|correspondence|all]`,
+and stage I of the semantic SDF: `make-flame`, `train-sdf`, `eval-sdf`, `export-sdf`, `demo`."""
 import argparse
 import datetime
 import json
@@ -82,7 +83,7 @@ def _format_row(row):
             f"{_mib(row['omnifast_peak_bytes']):>8} {_mib(row['reference_peak_bytes']):>8}{extra}")
 
 
-def _bench_correspondence(device, quick):
+def _bench_correspondence(device, quick, max_cases=None):
     """Every contender on each case, timed in turn; a contender measured on a subset of the
     queries (brute force, trimesh) has its time scaled to the full case and says so."""
     from .bench import measure_peak_bytes, time_calls
@@ -90,7 +91,7 @@ def _bench_correspondence(device, quick):
 
     print(f"\n{'closest point':<22} {'contender':<26} {'ms':>9} {'Mqueries/s':>10} {'omnifast is':>12}")
     rows, missing_all = [], {}
-    for case in correspondence_cases(device, quick):
+    for case in correspondence_cases(device, quick)[:max_cases]:
         contenders, missing = correspondence_contenders(case, device, quick)
         missing_all.update(missing)
         timings = time_calls([c.run for c in contenders], device, warmup=1, runs=2 if quick else 3,
@@ -159,10 +160,10 @@ def _cmd_bench(args):
     for name in chosen:
         op, cases, runner, op_passes, graph_keeper = ops[name]
         selected = [p for p in op_passes if passes is None or p in passes]
-        report["results"] += _bench_op(op, cases(device, quick=args.quick), runner, device,
+        report["results"] += _bench_op(op, cases(device, quick=args.quick)[:args.cases], runner, device,
                                        args.quick, selected, graph_keeper)
     if args.op in ("all", "correspondence"):
-        rows, missing = _bench_correspondence(device, args.quick)
+        rows, missing = _bench_correspondence(device, args.quick, args.cases)
         report["results"] += rows
         report["not_measured"] = missing
     if "copy_bandwidth_GBps" in report:  # how close the forward comes to the bytes it must move
@@ -187,12 +188,14 @@ def main(argv=None):
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (checks the harness)")
+    bench.add_argument("--cases", type=int, metavar="N", help="only the first N (smallest) cases of each op")
     bench.add_argument("--passes", help="comma-separated subset of: forward, forward+backward, "
                        "forward+double-backward (tri-plane only)")
+    from .sdf.commands import add_parsers
+
+    handlers = {"info": _cmd_info, "bench": _cmd_bench, **add_parsers(sub)}
     args = parser.parse_args(argv)
-    if args.command == "info":
-        return _cmd_info(args)
-    return _cmd_bench(args)
+    return handlers[args.command](args)
 
 
 if __name__ == "__main__":

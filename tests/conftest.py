@@ -19,6 +19,16 @@ DEVICES = [
 ]
 
 
+@pytest.fixture(scope="session")
+def flame_dir(tmp_path_factory):
+    """A synthetic FLAME-format model folder, made once per test session."""
+    from omnifast.flame import make_synthetic_flame
+
+    path = tmp_path_factory.mktemp("flame")
+    make_synthetic_flame(str(path))
+    return str(path)
+
+
 @pytest.fixture(autouse=True)
 def seeded(request):
     """Fresh random inputs in every test, reproducible from the test's own name."""

@@ -60,11 +60,11 @@ def surface_samples(verts, faces, count, generator=None):
     tri = verts[:, faces]  # [B, F, 3, 3]
     area = torch.linalg.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0]).norm(dim=-1)
     face = torch.multinomial(area, count, replacement=True, generator=generator)  # [B, count]
-    u, v = torch.rand(2, verts.shape[0], count, 1, generator=generator, dtype=verts.dtype)
+    u, v = torch.rand(2, verts.shape[0], count, 1, generator=generator, dtype=verts.dtype, device=verts.device)
     flip = (u + v) > 1
     u, v = torch.where(flip, 1 - u, u), torch.where(flip, 1 - v, v)
     bary = torch.cat([1 - u - v, u, v], -1)
-    chosen = tri[torch.arange(verts.shape[0]).view(-1, 1), face]  # [B, count, 3, 3]
+    chosen = tri[torch.arange(verts.shape[0], device=verts.device).view(-1, 1), face]  # [B, count, 3, 3]
     return (bary.unsqueeze(-1) * chosen).sum(-2), face, bary
 
 

@@ -1,0 +1,277 @@
+"""The semantic SDF: data sampler, network, losses, training, checkpoints and the commands."""
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("smplx", reason="the FLAME loader needs smplx (pip install -e '.[test]')")
+
+from omnifast.cli import main as cli_main  # noqa: E402
+from omnifast.flame import Flame  # noqa: E402
+from omnifast.reference.mesh import closest_point as closest_point_brute_force  # noqa: E402
+from omnifast.sdf import (LossWeights, NetworkConfig, ParamDistribution, SDFSampler,  # noqa: E402
+                          SemanticSDF, eikonal_loss, iso_loss, semantic_loss, semantic_sdf_losses)
+from omnifast.sdf import train as train_module  # noqa: E402
+from omnifast.sdf.export import parse_params, read_ply  # noqa: E402
+from omnifast.sdf.train import TrainConfig, load_run, train  # noqa: E402
+
+pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
+TINY = NetworkConfig(hidden=32, layers=3, skip=2, frequencies=2, condition=16)
+
+
+@pytest.fixture(scope="module")
+def flame(flame_dir):
+    return Flame(flame_dir, n_shape=20, n_expr=10, dtype=torch.float64)
+
+
+@pytest.fixture(scope="module")
+def sampler(flame):
+    return SDFSampler(flame, surface_points=256, space_points=512)
+
+
+def tiny_config(flame_dir, **changes):
+    base = dict(flame_dir=flame_dir, n_shape=20, n_expr=10, steps=6, batch=2, surface_points=128,
+                space_points=128, network=TINY, eval_every=3, checkpoint_every=3, eval_meshes=2,
+                eval_points=128)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def test_sampler_ground_truth_matches_brute_force(flame, sampler):
+    g = torch.Generator().manual_seed(3)
+    batch = sampler.sample(2, g)
+    assert batch.surface_points.shape == (2, 256, 3) and batch.space_points.shape == (2, 512, 3)
+    verts = flame.caps.verts(flame(batch.params))
+    faces = flame.caps.faces
+    for b in range(2):
+        pick = torch.randperm(512, generator=g)[:40]
+        truth = closest_point_brute_force(batch.space_points[b:b + 1, pick], verts[b:b + 1], faces)
+        torch.testing.assert_close(batch.space_sdf[b:b + 1, pick], truth.distance, atol=1e-9, rtol=0)
+    # Signs: the head's centre is inside, the box corners outside.
+    assert float(batch.space_sdf.min()) < 0 < float(batch.space_sdf.max())
+    # Surface samples lie on the posed mesh, with unit normals; canonical points on the canonical mesh.
+    on = closest_point_brute_force(batch.surface_points[:1, :50], verts[:1], faces, sign="none")
+    assert float(on.distance.max()) < 1e-9
+    torch.testing.assert_close(batch.surface_normals.norm(dim=-1), torch.ones(2, 256, dtype=torch.float64))
+    canonical_hit = closest_point_brute_force(batch.surface_canonical[:1, :50], sampler.canonical_verts[None], faces,
+                                              sign="none")
+    assert float(canonical_hit.distance.max()) < 1e-9
+    # The flags say which samples landed on caps (the neck cap is large enough to be hit).
+    assert batch.surface_on_cap.dtype == torch.bool and bool(batch.surface_on_cap.any())
+
+
+def test_sampler_canonical_parameters_map_surface_onto_itself(flame, sampler):
+    params = flame.canonical_params.unsqueeze(0)
+    batch = sampler.sample(1, torch.Generator().manual_seed(0), params=params)
+    torch.testing.assert_close(batch.surface_canonical, batch.surface_points, atol=1e-12, rtol=0)
+    # Off the surface the map follows the interpolated normal instead of the face's: it moves a
+    # point by at most |n_face - n_interpolated| |s| <= 2 |s|, and by little near the surface.
+    moved = (batch.space_canonical - batch.space_points).norm(dim=-1)
+    assert bool((moved <= 2 * batch.space_sdf.abs() + 1e-12).all())
+    near = batch.space_sdf.abs() < 0.002
+    assert float(moved[near].max()) < 0.002
+    torch.testing.assert_close(batch.frames, torch.eye(4, dtype=torch.float64).unsqueeze(0))
+
+
+def test_parameter_distribution_is_configurable(flame):
+    wide = ParamDistribution(jaw_open_max=0.5, neck_std=0.0, expression_std=0.0)
+    params = wide.sample(flame.layout, 500, torch.Generator().manual_seed(0), dtype=torch.float64)
+    parts = flame.layout.unpack(params)
+    assert float(parts["neck"].abs().max()) == 0 and float(parts["expression"].abs().max()) == 0
+    assert 0.45 < float(parts["jaw"][:, 0].max()) <= 0.5 and float(parts["jaw"][:, 0].min()) >= 0
+    assert 0.9 < float(parts["shape"].std()) < 1.1
+
+
+def test_losses_vanish_on_an_exact_sdf_and_not_otherwise():
+    radius = 0.1
+    g = torch.Generator().manual_seed(0)
+    direction = torch.randn(1, 200, 3, generator=g, dtype=torch.float64)
+    direction = direction / direction.norm(dim=-1, keepdim=True)
+    space = torch.randn(1, 200, 3, generator=g, dtype=torch.float64) * 0.1
+    surface = direction * radius
+
+    def field(points, stretch):
+        points = points.detach().requires_grad_(True)
+        sdf = stretch * (points.norm(dim=-1) - radius)
+        return sdf, torch.autograd.grad(sdf.sum(), points, create_graph=True)[0]
+
+    sdf, grad = field(surface, 1.0)
+    value, normal_error = iso_loss(sdf, grad, direction)
+    assert float(value.detach()) < 1e-15 and float(normal_error.detach()) < 1e-12
+    _, grad_space = field(space, 1.0)
+    assert float(eikonal_loss(grad_space)) < 1e-20
+    _, grad_stretched = field(space, 1.5)  # same zero set, not a distance
+    assert float(eikonal_loss(grad_stretched)) == pytest.approx(0.25)
+    _, grad_surface = field(surface, 1.5)
+    assert float(iso_loss(sdf, grad_surface, direction)[1]) == pytest.approx(0.5)
+    assert float(iso_loss(sdf + 0.01, grad, direction)[0]) == pytest.approx(0.01)
+    assert float(semantic_loss(surface, surface)) == 0
+    assert float(semantic_loss(surface + torch.tensor([0.0, 0.0, 0.003], dtype=torch.float64), surface)) \
+        == pytest.approx(0.003)
+
+
+def _model(sampler, flame, config=TINY):
+    return SemanticSDF(flame.layout.size, sampler.box_min, sampler.box_max,
+                       ParamDistribution().scale(flame.layout), config).double()
+
+
+def test_network_starts_as_a_sphere_with_identity_correspondence(flame, sampler):
+    torch.manual_seed(0)
+    model = _model(sampler, flame, NetworkConfig())
+    params = ParamDistribution().sample(flame.layout, 2, torch.Generator().manual_seed(1), dtype=torch.float64)
+    points = model.centre.double() + (torch.rand(2, 300, 3, dtype=torch.float64) * 2 - 1) * 0.8 * model.scale
+    out = model(points, params, with_gradient=True)
+    radius = (points - model.centre).norm(dim=-1) / model.scale
+    expected = (radius - model.config.init_radius) * model.scale
+    correlation = torch.corrcoef(torch.stack([out.sdf.flatten(), expected.flatten()]))[0, 1]
+    assert float(correlation) > 0.9  # geometric initialisation is sphere-like, not exact
+    assert float(out.sdf[radius < 0.2].max()) < 0 < float(out.sdf[radius > 0.8].min())
+    torch.testing.assert_close(out.canonical, points)
+    assert 0.7 < float(out.gradient.norm(dim=-1).mean()) < 1.3
+    # The parameters enter with zero weight at first.
+    torch.testing.assert_close(model(points, params.flip(0)).sdf.flip(0), model(points.flip(0), params).sdf)
+
+
+def test_network_continues_outside_its_box_and_undoes_frames(flame, sampler):
+    torch.manual_seed(0)
+    model = _model(sampler, flame)
+    params = torch.zeros(1, flame.layout.size, dtype=torch.float64)
+    centre, scale = model.centre.double(), float(model.scale)
+    edge = centre + torch.tensor([[[0.0, scale, 0.0]]], dtype=torch.float64)
+    beyond = edge + torch.tensor([[[0.0, 0.05, 0.0]]], dtype=torch.float64)
+    s_edge, s_beyond = model(edge, params).sdf, model(beyond, params).sdf
+    assert float(s_beyond - s_edge) == pytest.approx(0.05)
+    angle = torch.tensor(0.4, dtype=torch.float64)
+    frame = torch.eye(4, dtype=torch.float64)
+    frame[:3, :3] = torch.tensor([[1, 0, 0], [0, angle.cos(), -angle.sin()], [0, angle.sin(), angle.cos()]])
+    frame[:3, 3] = torch.tensor([0.01, -0.02, 0.03])
+    points = centre + torch.randn(1, 50, 3, dtype=torch.float64) * 0.05
+    moved = points @ frame[:3, :3].T + frame[:3, 3]
+    a, b = model(points, params), model(moved, params, frame.unsqueeze(0))
+    torch.testing.assert_close(a.sdf, b.sdf)
+    torch.testing.assert_close(a.canonical, b.canonical)
+
+
+def test_network_gradient_is_the_derivative_and_twice_differentiable(flame, sampler):
+    torch.manual_seed(0)
+    model = _model(sampler, flame)
+    params = torch.randn(1, flame.layout.size, dtype=torch.float64)
+    points = (model.centre.double() + torch.randn(1, 5, 3, dtype=torch.float64) * 0.05).requires_grad_(True)
+    torch.autograd.gradcheck(lambda x: model(x, params).sdf, (points,))
+    torch.autograd.gradgradcheck(lambda x: model(x, params).sdf, (points,))
+    out = model(points, params, with_gradient=True)
+    expected, = torch.autograd.grad(model(points, params).sdf.sum(), points)
+    torch.testing.assert_close(out.gradient, expected)
+
+
+def test_network_rejects_bad_shapes(flame, sampler):
+    model = _model(sampler, flame)
+    params = torch.zeros(2, flame.layout.size, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"points must be \[B, N, 3\]"):
+        model(torch.zeros(2, 5, 2, dtype=torch.float64), params)
+    with pytest.raises(ValueError, match=r"params must be \[B, 36\]"):
+        model(torch.zeros(3, 5, 3, dtype=torch.float64), params)
+    with pytest.raises(ValueError, match=r"frames must be \[B, 4, 4\]"):
+        model(torch.zeros(2, 5, 3, dtype=torch.float64), params, torch.eye(4).expand(3, 4, 4))
+
+
+def test_losses_on_a_batch_cover_every_term(flame, sampler):
+    torch.manual_seed(0)
+    model = _model(sampler, flame)
+    batch = sampler.sample(2, torch.Generator().manual_seed(0))
+    total, terms = semantic_sdf_losses(model, batch, LossWeights())
+    assert set(terms) == {"iso", "normal", "eikonal", "semantic", "sdf", "correspondence"}
+    assert all(v > 0 for v in terms.values())
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    only_sdf = LossWeights(iso=0, normal=0, eikonal=0, semantic=0, sdf=1, correspondence=0)
+    total, terms = semantic_sdf_losses(model, batch, only_sdf)
+    assert float(total) == pytest.approx(terms["sdf"])
+
+
+def _log_rows(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_short_training_lowers_the_loss(flame_dir, tmp_path):
+    config = tiny_config(flame_dir, steps=40, eval_every=40, checkpoint_every=40, lr=3e-3)
+    metrics = train(config, str(tmp_path), progress=False, log=lambda *_: None)
+    rows = _log_rows(tmp_path / train_module.TRAIN_LOG)
+    losses = [float(r["total"]) for r in rows]
+    assert len(rows) == 40
+    assert sum(losses[-8:]) / 8 < 0.7 * sum(losses[:8]) / 8
+    assert metrics["near_mean"] > 0 and metrics["meshes"] == 2
+    evaluations = _log_rows(tmp_path / train_module.EVAL_LOG)
+    assert [int(r["step"]) for r in evaluations] == [40]
+
+
+def test_resume_continues_exactly(flame_dir, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny_config(flame_dir), str(straight), progress=False, log=lambda *_: None)
+    train(tiny_config(flame_dir, checkpoint_every=2), str(split), progress=False, log=lambda *_: None,
+          stop_after=3)
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(tiny_config(flame_dir), str(split), progress=False)
+    train(None, str(split), resume=True, progress=False, log=lambda *_: None)
+    a, b = load_run(str(straight)), load_run(str(split))
+    assert a.step == b.step == 6
+    for key, value in a.model.state_dict().items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+    rows_a, rows_b = _log_rows(straight / train_module.TRAIN_LOG), _log_rows(split / train_module.TRAIN_LOG)
+    assert [r["total"] for r in rows_a] == [r["total"] for r in rows_b]
+
+
+def test_checkpoint_write_is_atomic(flame_dir, tmp_path, monkeypatch):
+    train(tiny_config(flame_dir), str(tmp_path), progress=False, log=lambda *_: None, stop_after=3)
+    before = torch.load(tmp_path / train_module.CHECKPOINT, weights_only=False)["step"]
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed while saving")
+
+    monkeypatch.setattr(train_module.torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train(None, str(tmp_path), resume=True, progress=False, log=lambda *_: None)
+    monkeypatch.undo()
+    assert load_run(str(tmp_path)).step == before == 3  # the old checkpoint is intact
+
+
+def test_parse_params(flame):
+    params = parse_params(flame.layout, ["jaw=0.3", "expression=1,2", "neck=0,0.2"])
+    parts = flame.layout.unpack(params)
+    assert parts["jaw"].tolist()[0] == pytest.approx([0.3, 0, 0])
+    assert parts["expression"][0, :3].tolist() == [1, 2, 0]
+    with pytest.raises(ValueError, match="NAME one of"):
+        parse_params(flame.layout, ["pose=1"])
+    with pytest.raises(ValueError, match="jaw takes at most 3 values"):
+        parse_params(flame.layout, ["jaw=1,2,3,4"])
+
+
+def test_commands_end_to_end(flame_dir, tmp_path, capsys):
+    flame_out, run = tmp_path / "flame", tmp_path / "run"
+    assert cli_main(["make-flame", str(flame_out)]) == 0
+    assert sorted(os.listdir(flame_out)) == ["FLAME_NEUTRAL.pkl", "flame_static_embedding.pkl"]
+    assert cli_main(["train-sdf", "--flame-dir", str(flame_out), "--out", str(run), "--steps", "2",
+                     "--batch", "1", "--surface-points", "64", "--space-points", "64", "--device", "cpu",
+                     "--no-progress"]) == 0
+    assert cli_main(["train-sdf", "--flame-dir", str(flame_out), "--out", str(run), "--steps", "3",
+                     "--resume", "--no-progress"]) == 0
+    assert load_run(str(run)).step == 3
+    assert cli_main(["eval-sdf", str(run), "--meshes", "2", "--points", "64"]) == 0
+    metrics = json.loads((run / "eval.json").read_text())
+    assert metrics["step"] == 3 and metrics["meshes"] == 2 and metrics["near_mean_pct"] > 0
+    mesh, sheet = tmp_path / "head.ply", tmp_path / "previews.png"
+    assert cli_main(["export-sdf", str(run), "--params", "jaw=0.2", "--out", str(mesh),
+                     "--resolution", "24", "--previews", str(sheet), "--preview-size", "48"]) == 0
+    verts, faces = read_ply(str(mesh))
+    assert verts.shape[0] > 100 and faces.shape[1] == 3 and int(faces.max()) < verts.shape[0]
+    from PIL import Image
+
+    with Image.open(sheet) as image:
+        assert image.size[0] == 5 * 48 and len(np.unique(np.asarray(image.convert("L")))) > 10
+    out = capsys.readouterr().out
+    assert "near-surface |s - s*| mean" in out and "wrote" in out
