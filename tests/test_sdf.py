@@ -255,9 +255,14 @@ def test_commands_end_to_end(flame_dir, tmp_path, capsys):
     flame_out, run = tmp_path / "flame", tmp_path / "run"
     assert cli_main(["make-flame", str(flame_out)]) == 0
     assert sorted(os.listdir(flame_out)) == ["FLAME_NEUTRAL.pkl", "flame_static_embedding.pkl"]
+    settings = tmp_path / "settings.json"
+    settings.write_text(json.dumps({"distribution": {"jaw_open_max": 0.1, "neck_std": 0.0}, "eval_meshes": 1}))
     assert cli_main(["train-sdf", "--flame-dir", str(flame_out), "--out", str(run), "--steps", "2",
                      "--batch", "1", "--surface-points", "64", "--space-points", "64", "--device", "cpu",
-                     "--no-progress"]) == 0
+                     "--config", str(settings), "--n-shape", "12", "--no-progress"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["distribution"]["jaw_open_max"] == 0.1 and saved["distribution"]["shape_std"] == 1.0
+    assert saved["n_shape"] == 12 and saved["batch"] == 1 and saved["eval_meshes"] == 1
     assert cli_main(["train-sdf", "--flame-dir", str(flame_out), "--out", str(run), "--steps", "3",
                      "--resume", "--no-progress"]) == 0
     assert load_run(str(run)).step == 3
@@ -275,3 +280,18 @@ def test_commands_end_to_end(flame_dir, tmp_path, capsys):
         assert image.size[0] == 5 * 48 and len(np.unique(np.asarray(image.convert("L")))) > 10
     out = capsys.readouterr().out
     assert "near-surface |s - s*| mean" in out and "wrote" in out
+
+
+def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert cli_main(["demo", "--out", str(out), "--steps", "3", "--batch", "1", "--surface-points", "64",
+                     "--space-points", "64", "--eval-meshes", "1", "--resolution", "24", "--preview-size", "32",
+                     "--bench", "quick", "--device", "cpu", "--no-progress"]) == 0
+    for name in ("flame/FLAME_NEUTRAL.pkl", "run/checkpoint.pt", "run/eval.json", "head.ply", "previews.png",
+                 "bench.json", "demo.json"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "demo.json").read_text())
+    assert summary["steps"] == 3 and summary["metrics"]["meshes"] == 1
+    bench = json.loads((out / "bench.json").read_text())
+    assert {row["op"] for row in bench["results"]} >= {"triplane_sample", "composite", "closest_point"}
+    assert "demo finished" in capsys.readouterr().out

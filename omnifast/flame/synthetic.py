@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from ..bench.meshes import head_mesh
+from .model import boundary_loops
 
 RINGS, SEGMENTS = 70, 72
 THETA_MAX = 0.82 * math.pi          # head_mesh stops here (the neck opening)
@@ -120,26 +121,22 @@ def _skinning(theta, phi, ring, mouth_ring):
 
 def _joint_regressor(verts, theta, u, faces):
     """Rows that average vertex sets, so joints follow the shape blendshapes as FLAME's do."""
-    def mean_of(mask):
-        row = mask.double()
+    def mean_of(index):  # a boolean mask or a list of vertex ids
+        row = torch.zeros(verts.shape[0], dtype=torch.float64)
+        row[index] = 1.0
         return row / row.sum()
 
     rings = torch.unique(theta)
     bottom = theta == rings[-1]
     neck_ring = theta == rings[(rings - 0.70 * math.pi).abs().argmin()]
     jaw = sum(_bump(u, [s * 0.95, -0.28, 0.05], 0.12) > 0.6 for s in (-1, 1)) > 0
-    edges = torch.cat([faces[:, [0, 1]], faces[:, [1, 2]], faces[:, [2, 0]]])
-    key = edges.min(1).values * verts.shape[0] + edges.max(1).values
-    keys, counts = torch.unique(key, return_counts=True)
-    boundary = torch.zeros(verts.shape[0], dtype=torch.bool)
-    open_keys = keys[counts == 1]
-    boundary[open_keys // verts.shape[0]] = True
-    boundary[open_keys % verts.shape[0]] = True
     ex, ey = EYE_CENTRE
-    near_eye = lambda s: (((u[:, 0] - s * ex) / EYE_RADII[0]) ** 2  # noqa: E731
-                         + ((u[:, 1] - ey) / EYE_RADII[1]) ** 2 < 2.5) & (u[:, 2] > 0)
-    rows = [mean_of(bottom), mean_of(neck_ring), mean_of(jaw),
-            mean_of(boundary & near_eye(1)), mean_of(boundary & near_eye(-1))]
+    eye_loops = {}
+    for loop in boundary_loops(faces, verts.shape[0]):
+        x, y, z = u[loop].mean(0).tolist()
+        if z > 0 and abs(abs(x) - ex) < EYE_RADII[0] and abs(y - ey) < EYE_RADII[1]:
+            eye_loops[1 if x > 0 else -1] = loop
+    rows = [mean_of(bottom), mean_of(neck_ring), mean_of(jaw), mean_of(eye_loops[1]), mean_of(eye_loops[-1])]
     return torch.stack(rows)
 
 

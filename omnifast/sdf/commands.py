@@ -17,25 +17,32 @@ def _device(name):
 
 
 def _config(args, device):
+    """The device's preset, then a ``--config`` file (a run's ``config.json`` format: every
+    setting, the parameter distribution and loss weights included), then the flags."""
     from .network import NetworkConfig
     from .train import TrainConfig
 
     preset = dict(PRESETS["cuda" if device.startswith("cuda") else "cpu"])
-    if args.network:
-        preset["network"] = args.network
-    for key in ("batch", "surface_points", "space_points"):
-        if getattr(args, key) is not None:
-            preset[key] = getattr(args, key)
     network = NetworkConfig.preset(preset.pop("network"))
-    config = TrainConfig(flame_dir=args.flame_dir, network=network, device=device, seed=args.seed, **preset)
-    for key in ("steps", "lr", "eval_every", "checkpoint_every"):
-        if getattr(args, key) is not None:
+    config = TrainConfig(flame_dir=args.flame_dir, network=network, device=device, **preset)
+    if args.config:
+        with open(args.config) as f:
+            config = TrainConfig.from_dict({**config.to_dict(), **json.load(f)})
+    for key in ("flame_dir", "n_shape", "n_expr", "batch", "surface_points", "space_points", "steps", "lr",
+                "eval_every", "checkpoint_every", "seed"):
+        if getattr(args, key, None) is not None:
             setattr(config, key, getattr(args, key))
+    if args.network:
+        config.network = NetworkConfig.preset(args.network)
+    config.device = device
     return config
 
 
-def add_train_arguments(parser, steps_default=None):
-    parser.add_argument("--steps", type=int, default=steps_default, help="training steps (default 2000)")
+def add_train_arguments(parser):
+    parser.add_argument("--config", help="a JSON file of training settings (the format of a run's config.json)")
+    parser.add_argument("--n-shape", type=int, help="FLAME shape coefficients used (default 100)")
+    parser.add_argument("--n-expr", type=int, help="FLAME expression coefficients used (default 50)")
+    parser.add_argument("--steps", type=int, help="training steps (default 2000)")
     parser.add_argument("--batch", type=int, help="meshes per step (default 4 on CPU, 16 on CUDA)")
     parser.add_argument("--surface-points", type=int, help="surface samples per mesh")
     parser.add_argument("--space-points", type=int, help="off-surface samples per mesh")
@@ -44,9 +51,14 @@ def add_train_arguments(parser, steps_default=None):
     parser.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
     parser.add_argument("--eval-every", type=int, help="steps between evaluations (default 500)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (default 250)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, help="seed of the weights and the data stream (default 0)")
     parser.add_argument("--device", help="cpu or cuda[:i] (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def add_export_arguments(parser):
+    parser.add_argument("--resolution", type=int, default=128, help="marching-cubes grid size")
+    parser.add_argument("--preview-size", type=int, default=128, help="pixels per preview image")
 
 
 def add_parsers(sub):
@@ -72,17 +84,19 @@ def add_parsers(sub):
     export.add_argument("--params", nargs="*", default=[], metavar="NAME=V1,V2,...",
                         help="FLAME parameters by part (shape, expression, neck, jaw); the rest zero")
     export.add_argument("--out", required=True, help="mesh path (.ply)")
-    export.add_argument("--resolution", type=int, default=128, help="marching-cubes grid size")
     export.add_argument("--previews", help="also write the preview sheet here (PNG)")
-    export.add_argument("--preview-size", type=int, default=128, help="pixels per preview image")
     export.add_argument("--device")
+    add_export_arguments(export)
 
     demo = sub.add_parser("demo", help="the whole stage I on a fresh machine, then the kernel benchmarks")
     demo.add_argument("--out", default="omnifast-demo", help="folder for the model, run and previews")
+    demo.add_argument("--flame-dir", help="a real FLAME folder to use instead of the synthetic model")
     demo.add_argument("--minutes", type=float, help="training time budget (default 4 on CPU, 10 on CUDA)")
     demo.add_argument("--bench", choices=["first", "full", "quick", "none"], default="first",
                       help="kernel benchmark table at the end: the first (smallest real) case of each "
                            "op (default), every case, the harness-check sizes, or none")
+    demo.add_argument("--eval-meshes", type=int, default=16, help="held-out parameter vectors")
+    add_export_arguments(demo)
     add_train_arguments(demo)
     return {"make-flame": make_flame, "train-sdf": train_sdf, "eval-sdf": eval_sdf,
             "export-sdf": export_sdf, "demo": demo_command}
@@ -151,10 +165,13 @@ def demo_command(args):
 
     start = time.perf_counter()
     device = _device(args.device)
-    flame_dir, run_dir = os.path.join(args.out, "flame"), os.path.join(args.out, "run")
-    print(f"== 1. synthetic FLAME model -> {flame_dir}")
-    make_synthetic_flame(flame_dir)
-    args.flame_dir = flame_dir
+    run_dir = os.path.join(args.out, "run")
+    if args.flame_dir:
+        print(f"== 1. FLAME model from {args.flame_dir}")
+    else:
+        args.flame_dir = os.path.join(args.out, "flame")
+        print(f"== 1. synthetic FLAME model -> {args.flame_dir}")
+        make_synthetic_flame(args.flame_dir)
     config = _config(args, device)
     if args.steps is None:  # a time budget, turned into a fixed number of steps
         minutes = args.minutes if args.minutes is not None else (10.0 if device.startswith("cuda") else 4.0)
@@ -174,12 +191,13 @@ def demo_command(args):
     train_seconds = time.perf_counter() - train_start
     print(f"   {config.steps} steps in {train_seconds:.0f} s ({config.steps / train_seconds:.1f} steps/s)")
     print("== 3. evaluate on held-out parameters")
-    run, metrics = _evaluate_run(run_dir, device, 16, 4096)
+    run, metrics = _evaluate_run(run_dir, device, args.eval_meshes, 4096)
     print("== 4. export the zero level set and previews")
     mesh_path, preview_path = os.path.join(args.out, "head.ply"), os.path.join(args.out, "previews.png")
-    verts, faces = extract_mesh(run.model, run.flame, parse_params(run.flame.layout, []), 128)
+    verts, faces = extract_mesh(run.model, run.flame, parse_params(run.flame.layout, []), args.resolution)
     write_ply(mesh_path, verts, faces)
-    print(f"   wrote {mesh_path} ({verts.shape[0]} vertices) and {write_previews(run.model, run.flame, preview_path)}")
+    preview_path = write_previews(run.model, run.flame, preview_path, size=args.preview_size)
+    print(f"   wrote {mesh_path} ({verts.shape[0]} vertices) and {preview_path}")
     if args.bench != "none":
         print(f"== 5. kernel benchmarks ({args.bench} cases)")
         from ..cli import main as cli_main
