@@ -9,6 +9,7 @@ import torch
 
 pytest.importorskip("smplx", reason="the FLAME loader needs smplx (pip install -e '.[test]')")
 
+from conftest import DEVICES  # noqa: E402
 from omnifast.cli import main as cli_main  # noqa: E402
 from omnifast.flame import Flame  # noqa: E402
 from omnifast.reference.mesh import closest_point as closest_point_brute_force  # noqa: E402
@@ -295,3 +296,20 @@ def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys):
     bench = json.loads((out / "bench.json").read_text())
     assert {row["op"] for row in bench["results"]} >= {"triplane_sample", "composite", "closest_point"}
     assert "demo finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_training_evaluation_and_render_on_each_device(flame_dir, tmp_path, device):
+    """Everything on the training device: FLAME, samples and ground truth, the steps, the
+    held-out evaluation and a preview render through the compositing kernels."""
+    from omnifast.sdf.evaluate import evaluate, held_out_params
+    from omnifast.sdf.export import render_image
+
+    metrics = train(tiny_config(flame_dir, device=device), str(tmp_path), progress=False, log=lambda *_: None)
+    run = load_run(str(tmp_path), device)
+    assert run.sampler.canonical_verts.device.type == device
+    assert next(run.model.parameters()).device.type == device
+    again = evaluate(run, held_out_params(run, run.config.eval_meshes), run.config.eval_points)
+    assert again["near_mean"] == pytest.approx(metrics["near_mean"], rel=1e-5)
+    image = render_image(run.model, run.flame, parse_params(run.flame.layout, ["jaw=0.2"]), size=24, coarse=8, fine=8)
+    assert image.shape == (24, 24, 3) and image.min() < 250  # the head covers part of the view
