@@ -219,7 +219,7 @@ def train(config, run_dir, *, resume=False, steps=None, progress=True, log=print
             eval_log.write({"step": run.step, **metrics})
             message = (f"step {run.step}: near-surface |s - s*| {metrics['near_mean_pct']:.3f}% of the "
                        f"diagonal, correspondence {metrics['correspondence_mean_pct']:.3f}%")
-            bar.write(message) if bar is not None else log(message)
+            (bar.write if bar is not None else log)(message)
         if run.step % config.checkpoint_every == 0 or run.step == until:
             _atomic_save(run.state(), os.path.join(run_dir, CHECKPOINT))
     if bar is not None:
