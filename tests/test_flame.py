@@ -233,3 +233,14 @@ def test_canonical_parameters_are_configurable(flame_dir):
     flame = Flame(flame_dir, canonical=open_jaw, dtype=torch.float64)
     torch.testing.assert_close(flame.canonical_verts(), flame(open_jaw.unsqueeze(0).double())[0])
     assert float((flame.canonical_verts() - flame.smplx.v_template).norm(dim=-1).max()) > 0.01
+
+
+def test_sparse_joint_regressor_loads(broken_dir):
+    """FLAME's released J_regressor is a scipy sparse matrix."""
+    sparse = pytest.importorskip("scipy.sparse")
+    model = _read(broken_dir / MODEL_FILE)
+    dense = model["J_regressor"]
+    model["J_regressor"] = sparse.csc_matrix(dense)
+    _write(broken_dir / MODEL_FILE, model)
+    flame = Flame(str(broken_dir), dtype=torch.float64)
+    np.testing.assert_allclose(flame.smplx.J_regressor.numpy(), dense, atol=1e-7)
