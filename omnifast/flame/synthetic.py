@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import torch
 
+from .._atomic import atomic_write
 from ..bench.meshes import head_mesh
 from .model import boundary_loops
 
@@ -248,9 +249,6 @@ def make_synthetic_flame(out_dir, seed=0):
     paths = []
     for name, content in (("FLAME_NEUTRAL.pkl", model), ("flame_static_embedding.pkl", embedding)):
         path = os.path.join(out_dir, name)
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
-            pickle.dump(content, f, protocol=4)
-        os.replace(tmp, path)
+        atomic_write(path, lambda f: pickle.dump(content, f, protocol=4))
         paths.append(path)
     return paths

@@ -94,17 +94,24 @@ class SDFSampler:
         if params is None:
             params = self.distribution.sample(flame.layout, batch, generator, device, dtype)
         params = params.to(device, dtype)
-        verts = flame.caps.verts(flame(params))
+        verts, points, face, bary, canonical = self.surface(params, self.surface_points, generator)
         faces = self.index.faces(device)
-        points, face, bary = surface_samples(verts, faces, self.surface_points, generator)
         normals = barycentric_interpolate(self.index.vertex_normals(verts), faces, face, bary)
         normals = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        canonical = barycentric_interpolate(self.canonical_verts, faces, face, bary)
 
         space = self._space_points(verts, faces, generator)
         hit = self.index.correspondence(space, verts, self.canonical_verts, sign="pseudonormal")
         return SDFBatch(params, flame.head_frame(params), points, normals, canonical, flame.caps.on_cap(face), space,
                         hit.distance, hit.canonical_points, flame.caps.on_cap(hit.face))
+
+    @torch.no_grad()
+    def surface(self, params, count, generator=None):
+        """The capped posed meshes of ``params`` and ``count`` area-weighted samples on each:
+        ``(verts, points, face, bary, canonical points)``."""
+        verts = self.flame.caps.verts(self.flame(params))
+        faces = self.index.faces(verts.device)
+        points, face, bary = surface_samples(verts, faces, count, generator)
+        return verts, points, face, bary, barycentric_interpolate(self.canonical_verts, faces, face, bary)
 
     def _space_points(self, verts, faces, generator):
         B, n = verts.shape[0], self.space_points

@@ -1,8 +1,6 @@
 """Evaluating a semantic SDF on held-out FLAME parameters against the exact ground truth."""
 import torch
 
-from ..bench.meshes import surface_samples
-from ..ops.mesh import barycentric_interpolate
 
 HELD_OUT_SEED = 1_000_003  # offset from the training seed: held-out draws never repeat the stream
 NEAR_SCALE = 0.01          # near-surface queries: surface samples + N(0, (1% of the diagonal)^2)
@@ -30,7 +28,6 @@ def evaluate(run, params, points_per_mesh=4096):
     model, sampler, flame = run.model, run.sampler, run.flame
     device = sampler.canonical_verts.device
     g = torch.Generator(device).manual_seed(run.config.seed + HELD_OUT_SEED + 1)
-    faces = sampler.index.faces(device)
     near_err, corr_err, surface_sdf, eikonal, on_cap = [], [], [], [], []
     was_training = model.training
     model.eval()
@@ -38,9 +35,7 @@ def evaluate(run, params, points_per_mesh=4096):
         p = params[i:i + 1].to(device, sampler.canonical_verts.dtype)
         frames = flame.head_frame(p)
         with torch.no_grad():
-            verts = flame.caps.verts(flame(p))
-            surface, face, bary = surface_samples(verts, faces, points_per_mesh, g)
-            canonical = barycentric_interpolate(sampler.canonical_verts, faces, face, bary)
+            verts, surface, face, _, canonical = sampler.surface(p, points_per_mesh, g)
             near = surface + torch.randn(surface.shape, generator=g, dtype=surface.dtype,
                                          device=device) * (NEAR_SCALE * sampler.diagonal)
             truth = sampler.index.closest_point(near, verts, sign="pseudonormal").distance

@@ -4,7 +4,7 @@ and the point's correspondence in canonical space."""
 import contextlib
 import math
 from collections import namedtuple
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -154,6 +154,3 @@ class SemanticSDF(nn.Module):
             if with_gradient:
                 gradient, = torch.autograd.grad(sdf.sum(), points, create_graph=create_graph)
         return SDFOutput(sdf, canonical, gradient)
-
-    def export_config(self):
-        return {"param_dim": self.param_dim, "config": asdict(self.config)}

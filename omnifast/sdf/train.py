@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from .._atomic import atomic_write
 from .data import ParamDistribution, SDFSampler
 from .evaluate import evaluate, held_out_params
 from .losses import LossWeights, semantic_sdf_losses
@@ -53,26 +54,6 @@ class TrainConfig:
             if key in data:
                 data[key] = cls(**data[key])
         return TrainConfig(**data)
-
-
-def _atomic_save(obj, path):
-    """Write to a temporary file in the same folder, flush it to disk, then rename: a crash
-    leaves either the old file or the new one, never a torn one."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(text, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Run:
@@ -199,7 +180,8 @@ def train(config, run_dir, *, resume=False, steps=None, progress=True, log=print
             if os.path.isfile(os.path.join(run_dir, name)):
                 os.remove(os.path.join(run_dir, name))
         run = Run(config)
-    _atomic_write_text(json.dumps(config.to_dict(), indent=2), os.path.join(run_dir, CONFIG))
+    text = json.dumps(config.to_dict(), indent=2)
+    atomic_write(os.path.join(run_dir, CONFIG), lambda f: f.write(text), binary=False)
     train_log, eval_log = _CsvLog(os.path.join(run_dir, TRAIN_LOG)), _CsvLog(os.path.join(run_dir, EVAL_LOG))
     held_out = held_out_params(run, config.eval_meshes)
     bar = _progress(config.steps, run.step, progress)
@@ -221,7 +203,8 @@ def train(config, run_dir, *, resume=False, steps=None, progress=True, log=print
                        f"diagonal, correspondence {metrics['correspondence_mean_pct']:.3f}%")
             (bar.write if bar is not None else log)(message)
         if run.step % config.checkpoint_every == 0 or run.step == until:
-            _atomic_save(run.state(), os.path.join(run_dir, CHECKPOINT))
+            state = run.state()
+            atomic_write(os.path.join(run_dir, CHECKPOINT), lambda f: torch.save(state, f))
     if bar is not None:
         bar.close()
     if metrics is None:  # nothing left to train: evaluate what is there
