@@ -45,7 +45,10 @@ def extension():
     # Globbed, so setup.py and CMakeLists.txt never keep two source lists.
     cpp_sources = sorted(glob.glob("csrc/**/*.cpp", recursive=True))
     cuda_sources = sorted(glob.glob("csrc/**/*.cu", recursive=True))
-    cxx_flags = ["-O3"]  # the language standard is the one this torch builds its extensions with
+    # The language standard is the one this torch builds its extensions with. No code here reads
+    # floating-point exception flags; without trapping math the compiler may turn the selects of
+    # the CPU loops' exp/log1p into vector blends (csrc/common/vector_math.h).
+    cxx_flags = ["-O3", "-fno-trapping-math"]
     link_flags = []
     if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
         # at::parallel_for is header-inline over OpenMP: without -fopenmp it runs serially.

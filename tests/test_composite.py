@@ -65,23 +65,26 @@ def test_matches_reference(device, dtype, field_type, mode, white_back):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("field_type", ["sdf", "sdf_laplace"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("beta,sdf_scale", [(1e-3, 0.05), (1e-3, 5.0), (10.0, 0.05)])
-def test_sharp_and_soft_surfaces(device, mode, beta, sdf_scale):
-    """OmniAvatar's initial beta (alpha -> 1 at the surface), SDF values far from zero, and a
-    large beta (nearly transparent)."""
-    inputs = make_rays((40,), 32, 5, torch.float64, device, sdf_scale=sdf_scale)
-    compare(inputs, beta, torch.float64, mode=mode)
+def test_sharp_and_soft_surfaces(device, dtype, field_type, mode, beta, sdf_scale):
+    """OmniAvatar's initial beta (alpha -> 1 at the surface), SDF values far from zero (the
+    exponentials underflow), and a large beta (nearly transparent)."""
+    inputs = make_rays((40,), 32, 5, dtype, device, sdf_scale=sdf_scale)
+    compare(inputs, beta, dtype, field_type=field_type, mode=mode)
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("mode", MODES)
-def test_empty_and_opaque_rays(device, mode):
-    features, _, depths, delta = make_rays((6,), 16, 3, torch.float64, device, field="density")
+def test_empty_and_opaque_rays(device, dtype, mode):
+    features, _, depths, delta = make_rays((6,), 16, 3, dtype, device, field="density")
     density = torch.full_like(depths, -1e4)          # softplus(-1e4) = 0: nothing at all
     density[2:4] = 1e4                               # opaque from the first interval on
     density[4, 8:] = 50.0                            # a hard wall half-way
-    out = compare((features, density, depths, delta * 0), 1.0, torch.float64,
+    out = compare((features, density, depths, delta * 0), 1.0, dtype,
                   where_reference_finite=True, field_type="density", mode=mode)
     assert torch.equal(out.opacity[:2], torch.zeros_like(out.opacity[:2]))
     assert torch.equal(out.depth[:2], depths.max().expand(2, 1))  # NaN -> inf -> global max

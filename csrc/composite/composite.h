@@ -8,8 +8,14 @@
 // The backward needs no stored per-sample state and never divides by 1 - alpha. It walks each
 // ray once, backwards, with the suffix recurrence R_k = g_k alpha_k + t_k R_{k+1} (g_k: the
 // loss gradient of weight w_k, t_k = 1 - alpha_k + 1e-10), giving dL/dalpha_k = T_k (g_k - R_{k+1})
-// and dL/dtau_k = exp(-tau_k) dL/dalpha_k. T_k is rebuilt backwards from the ray's sum of log t
-// (saved by the forward, in double), so opaque rays whose transmittance underflows stay exact.
+// and dL/dtau_k = exp(-tau_k) dL/dalpha_k. T_k comes from the ray's terms (below): on CUDA
+// rebuilt backwards from the ray's sum of log t (saved by the forward, in double), on the CPU
+// from a forward product in a per-ray table; either way opaque rays whose transmittance
+// underflows stay exact.
+//
+// Both walks take each sample's density and each interval's opacity from a `terms` object:
+// LiveTerms evaluates them as asked (CUDA: nothing stored per ray); the CPU fills per-ray tables
+// in vector loops first (composite_cpu.cpp), so the walk itself runs no transcendental function.
 #pragma once
 
 #include "../common/host_device.h"
@@ -28,20 +34,33 @@ struct CompositeShape {
   int mode;          // CompositeMode
 };
 
+// The exponential and log1p the density math calls: the standard ones by default; the CPU's
+// table loops pass vectorisable ones (common/vector_math.h).
+struct StandardMath {
+  template <typename T>
+  static OMNIFAST_HD T exp(T x) {
+    return exp_of(x);
+  }
+  template <typename T>
+  static OMNIFAST_HD T log1p(T x) {
+    return log1p_of(x);
+  }
+};
+
 // Raw density of one sample and its derivatives with respect to the field value and beta.
 template <typename acc_t>
 struct Density {
   acc_t sigma, d_field, d_beta;
 };
 
-template <typename acc_t>
+template <typename Math = StandardMath, typename acc_t>
 OMNIFAST_HD Density<acc_t> raw_density(int field, acc_t value, acc_t beta, acc_t delta) {
   Density<acc_t> d{value + delta, acc_t(1), acc_t(0)};
   if (field == kFieldSdf) {
     // sigmoid(-s / beta) / beta, as OmniAvatar's sdf_activation(-s). The sigmoid and its
     // complement both come from exp(-|u|), so neither loses precision as the other nears 1.
     const acc_t u = value / beta;
-    const acc_t e = exp_of(u < acc_t(0) ? u : -u);
+    const acc_t e = Math::exp(u < acc_t(0) ? u : -u);
     const acc_t small = e / (acc_t(1) + e), large = acc_t(1) / (acc_t(1) + e);
     const acc_t sig = u > acc_t(0) ? small : large;  // sigmoid(-u)
     const acc_t rest = u > acc_t(0) ? large : small;  // 1 - sigmoid(-u)
@@ -50,7 +69,7 @@ OMNIFAST_HD Density<acc_t> raw_density(int field, acc_t value, acc_t beta, acc_t
     d.d_beta = sig / (beta * beta) * (rest * u - acc_t(1));
   } else if (field == kFieldSdfLaplace) {
     // VolSDF: Laplace CDF of -s with scale beta, over beta; exp(-|s| / beta) never overflows.
-    const acc_t e = exp_of(-(value < acc_t(0) ? -value : value) / beta) / acc_t(2);
+    const acc_t e = Math::exp(-(value < acc_t(0) ? -value : value) / beta) / acc_t(2);
     const acc_t psi = value >= acc_t(0) ? e : acc_t(1) - e;
     d.sigma = psi / beta + delta;
     d.d_field = -e / (beta * beta);
@@ -60,18 +79,19 @@ OMNIFAST_HD Density<acc_t> raw_density(int field, acc_t value, acc_t beta, acc_t
   return d;
 }
 
-// softplus(x - 1) with PyTorch's threshold of 20, and its derivative, from one exp.
+// softplus(x - 1) with PyTorch's threshold of 20, and its derivative, from one exp. Selects,
+// not branches, so that a CPU loop over intervals vectorises.
 template <typename acc_t>
 struct Softplus {
   acc_t value, grad;
 };
 
-template <typename acc_t>
+template <typename Math = StandardMath, typename acc_t>
 OMNIFAST_HD Softplus<acc_t> shifted_softplus(acc_t x) {
   const acc_t y = x - acc_t(1);
-  if (y > acc_t(20)) return {y, acc_t(1)};
-  const acc_t z = exp_of(y);
-  return {log1p_of(z), z / (z + acc_t(1))};
+  const bool linear = y > acc_t(20);
+  const acc_t z = Math::exp(linear ? acc_t(20) : y);
+  return {linear ? y : Math::log1p(z), linear ? acc_t(1) : z / (z + acc_t(1))};
 }
 
 // Pointers of one call; per-sample arrays are contiguous [R, S] (features [R, S, C]).
@@ -105,15 +125,13 @@ OMNIFAST_HD Density<acc_t> sample_density(const CompositeShape& s,
   return raw_density(s.field, in.field[index], in.beta, delta);
 }
 
-// Interval k of a ray from the raw densities of samples k and k + 1 (the latter unused by the
-// absorption layout); z points at the ray's depths.
+// Interval k from samples k and k + 1 (depths z0, z1; raw densities sigma_k, sigma_next). The
+// absorption layout uses only sample k, and its last interval (`last`) is 1e10 long.
 template <typename acc_t>
-OMNIFAST_HD Interval<acc_t> make_interval(const CompositeShape& s, const acc_t* z, int64_t k,
-                                          acc_t sigma_k, acc_t sigma_next) {
+OMNIFAST_HD Interval<acc_t> interval_between(int mode, int64_t k, acc_t z0, acc_t z1,
+                                             acc_t sigma_k, acc_t sigma_next, bool last) {
   Interval<acc_t> iv;
-  const acc_t z0 = z[k];
-  if (s.mode == kModeMidpoint) {
-    const acc_t z1 = z[k + 1];
+  if (mode == kModeMidpoint) {
     iv.sigma = (sigma_k + sigma_next) / acc_t(2);
     iv.depth = (z0 + z1) / acc_t(2);
     iv.length = z1 - z0;
@@ -122,34 +140,19 @@ OMNIFAST_HD Interval<acc_t> make_interval(const CompositeShape& s, const acc_t* 
   } else {
     iv.sigma = sigma_k;
     iv.depth = z0;
-    iv.length = k + 1 < s.samples ? z[k + 1] - z0 : acc_t(1e10);
+    iv.length = last ? acc_t(1e10) : z1 - z0;
     iv.first = iv.second = k;
   }
   return iv;
 }
 
-// Walks a ray's intervals in order, tracking transmittance exactly as the reference's cumprod.
-template <typename scalar_t, typename acc_t>
-struct RayWalk {
-  const CompositeShape& s;
-  const CompositeInputs<scalar_t, acc_t>& in;
-  int64_t base;          // r * S
-  acc_t transmittance;   // T_k before interval k
-  acc_t sigma;           // raw density of the interval's first sample
-
-  OMNIFAST_HD RayWalk(const CompositeShape& shape, const CompositeInputs<scalar_t, acc_t>& inputs,
-                      int64_t ray)
-      : s(shape), in(inputs), base(ray * shape.samples), transmittance(acc_t(1)),
-        sigma(sample_density(shape, inputs, ray * shape.samples).sigma) {}
-
-  OMNIFAST_HD Interval<acc_t> interval(int64_t k) {
-    const acc_t next =
-        k + 1 < s.samples ? sample_density(s, in, base + k + 1).sigma : acc_t(0);
-    const Interval<acc_t> iv = make_interval(s, in.depths + base, k, sigma, next);
-    sigma = next;
-    return iv;
-  }
-};
+// Interval k of a ray whose depths z points at (sigma_next unused by the absorption layout).
+template <typename acc_t>
+OMNIFAST_HD Interval<acc_t> make_interval(const CompositeShape& s, const acc_t* z, int64_t k,
+                                          acc_t sigma_k, acc_t sigma_next) {
+  const bool last = k + 1 == s.samples;
+  return interval_between(s.mode, k, z[k], last ? z[k] : z[k + 1], sigma_k, sigma_next, last);
+}
 
 // Feature c of interval iv: the midpoint average (a + b) / 2, or the sample's own value.
 template <typename scalar_t, typename acc_t>
@@ -161,32 +164,87 @@ OMNIFAST_HD acc_t interval_feature(const CompositeShape& s, const scalar_t* feat
   return (a + b) / acc_t(2);
 }
 
-// alpha, the weight, and the transmittance update of one interval.
+// alpha and the transmittance factor of one interval, from softplus(sigma - 1) (and its
+// derivative) and the survival exp(-tau), tau = softplus * length.
 template <typename acc_t>
 struct Opacity {
-  acc_t softplus, softplus_grad, tau, survival, alpha, factor, weight;
-  // survival exp(-tau), factor t_k = 1 - alpha + 1e-10
+  acc_t softplus, softplus_grad, survival, alpha, factor;  // factor t_k = 1 - alpha + 1e-10
+
+  OMNIFAST_HD Opacity(acc_t softplus_, acc_t softplus_grad_, acc_t survival_)
+      : softplus(softplus_), softplus_grad(softplus_grad_), survival(survival_),
+        alpha(acc_t(1) - survival_), factor(acc_t(1) - alpha + acc_t(1e-10)) {}
 };
 
-template <typename acc_t>
-OMNIFAST_HD Opacity<acc_t> opacity_of(const Interval<acc_t>& iv, acc_t transmittance) {
-  Opacity<acc_t> o;
-  const Softplus<acc_t> sp = shifted_softplus(iv.sigma);
-  o.softplus = sp.value;
-  o.softplus_grad = sp.grad;
-  o.tau = o.softplus * iv.length;
-  o.survival = exp_of(-o.tau);
-  o.alpha = acc_t(1) - o.survival;
-  o.factor = acc_t(1) - o.alpha + acc_t(1e-10);
-  o.weight = o.alpha * transmittance;
-  return o;
+template <typename Math = StandardMath, typename acc_t>
+OMNIFAST_HD Opacity<acc_t> opacity_of(const Interval<acc_t>& iv) {
+  const Softplus<acc_t> sp = shifted_softplus<Math>(iv.sigma);
+  return Opacity<acc_t>(sp.value, sp.grad, Math::exp(-(sp.value * iv.length)));
 }
+
+// A ray's terms evaluated as the walks ask for them. `log_transmittance` (the forward's per-ray
+// sum of log t, for the backward's T_k) may be null in the forward.
+template <typename scalar_t, typename acc_t>
+struct LiveTerms {
+  const CompositeShape& s;
+  const CompositeInputs<scalar_t, acc_t>& in;
+  int64_t base;
+  double log_t;  // log T_{k+1} while the backward walks k down
+
+  OMNIFAST_HD LiveTerms(const CompositeShape& shape, const CompositeInputs<scalar_t, acc_t>& inputs,
+                        int64_t ray, const double* log_transmittance)
+      : s(shape), in(inputs), base(ray * shape.samples),
+        log_t(log_transmittance != nullptr ? log_transmittance[ray] : 0.0) {}
+
+  OMNIFAST_HD Density<acc_t> density(int64_t j) const { return sample_density(s, in, base + j); }
+  OMNIFAST_HD Opacity<acc_t> opacity(int64_t, const Interval<acc_t>& iv) const {
+    return opacity_of(iv);
+  }
+  // T_k, called for k = L - 1 down to 0.
+  OMNIFAST_HD acc_t transmittance_down(int64_t, const Opacity<acc_t>& o) {
+    log_t -= log_of(static_cast<double>(o.factor));
+    return static_cast<acc_t>(exp_of(log_t));
+  }
+  // <g, feature of interval iv> over the ray's channels: this worker's share, summed over the
+  // ray's workers by `reduce`.
+  template <int VEC, typename Reduce>
+  OMNIFAST_HD acc_t feature_dot(const Interval<acc_t>& iv, const acc_t* g, ChunkRange chunks,
+                                Reduce&& reduce) const {
+    acc_t dot = acc_t(0);
+    for (int64_t c0 = chunks.first * VEC; c0 < s.channels; c0 += chunks.step * VEC) {
+      const int nch = s.channels - c0 < VEC ? static_cast<int>(s.channels - c0) : VEC;
+      OMNIFAST_CHANNEL_LOOP(v, nch, VEC)
+        dot += g[c0 + v] * interval_feature<scalar_t, acc_t>(s, in.features, base, iv, c0 + v);
+    }
+    return reduce(dot);
+  }
+};
+
+// Walks a ray's intervals in order, tracking transmittance exactly as the reference's cumprod.
+template <typename acc_t, typename Terms>
+struct RayWalk {
+  const CompositeShape& s;
+  Terms& terms;
+  const acc_t* z;        // the ray's depths
+  acc_t transmittance;   // T_k before interval k
+  acc_t sigma;           // raw density of the interval's first sample
+
+  OMNIFAST_HD RayWalk(const CompositeShape& shape, Terms& ray_terms, const acc_t* depths)
+      : s(shape), terms(ray_terms), z(depths), transmittance(acc_t(1)),
+        sigma(ray_terms.density(0).sigma) {}
+
+  OMNIFAST_HD Interval<acc_t> interval(int64_t k) {
+    const acc_t next = k + 1 < s.samples ? terms.density(k + 1).sigma : acc_t(0);
+    const Interval<acc_t> iv = make_interval(s, z, k, sigma, next);
+    sigma = next;
+    return iv;
+  }
+};
 
 // Forward of one ray for this worker's channel chunks. Writes the composited features (acc
 // type), and when `ray_outputs`: opacity W, the raw depth sum(w z) / W, and the weights if asked.
-template <int VEC, typename scalar_t, typename acc_t>
+template <int VEC, typename scalar_t, typename acc_t, typename Terms>
 OMNIFAST_HD void composite_forward_ray(const CompositeShape& s,
-                                       const CompositeInputs<scalar_t, acc_t>& in,
+                                       const CompositeInputs<scalar_t, acc_t>& in, Terms& terms,
                                        acc_t* features_out, acc_t* opacity, acc_t* depth_raw,
                                        acc_t* weights, double* log_transmittance, int64_t r,
                                        ChunkRange chunks, bool ray_outputs) {
@@ -204,21 +262,23 @@ OMNIFAST_UNROLL
     // log of the product of the factors, for the backward: a double product, folded into a
     // log offset before it could underflow (each factor is at least 1e-10), so one log per ray.
     double product = 1, log_offset = 0;
-    RayWalk<scalar_t, acc_t> walk(s, in, r);
+    const int64_t base = r * s.samples;
+    RayWalk<acc_t, Terms> walk(s, terms, in.depths + base);
     for (int64_t k = 0; k < L; ++k) {
       const Interval<acc_t> iv = walk.interval(k);
-      const Opacity<acc_t> o = opacity_of(iv, walk.transmittance);
+      const Opacity<acc_t> o = terms.opacity(k, iv);
+      const acc_t weight = o.alpha * walk.transmittance;
       walk.transmittance *= o.factor;
       product *= static_cast<double>(o.factor);
       if (product < 1e-200) {
         log_offset += log_of(product);
         product = 1;
       }
-      total += o.weight;
-      depth_sum += o.weight * iv.depth;
-      if (ray_outputs && first_chunk && weights != nullptr) weights[r * L + k] = o.weight;
+      total += weight;
+      depth_sum += weight * iv.depth;
+      if (ray_outputs && first_chunk && weights != nullptr) weights[r * L + k] = weight;
       OMNIFAST_CHANNEL_LOOP(v, nch, VEC)
-        acc[v] += o.weight * interval_feature<scalar_t, acc_t>(s, in.features, walk.base, iv, c0 + v);
+        acc[v] += weight * interval_feature<scalar_t, acc_t>(s, in.features, base, iv, c0 + v);
     }
     OMNIFAST_CHANNEL_LOOP(v, nch, VEC) features_out[r * C + c0 + v] = acc[v];
     if (ray_outputs && first_chunk) {
@@ -252,11 +312,10 @@ struct CompositeGradOutputs {
 // Backward of one ray. `reduce(x)` sums a per-worker partial over the workers of the ray (the
 // lanes sharing it on CUDA; the identity on the CPU). Every worker of a ray walks the same
 // intervals; the per-ray scalars are written by the worker with `ray_outputs`.
-template <int VEC, typename scalar_t, typename acc_t, typename Reduce>
+template <int VEC, typename scalar_t, typename acc_t, typename Terms, typename Reduce>
 OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
-                                        const CompositeInputs<scalar_t, acc_t>& in,
+                                        const CompositeInputs<scalar_t, acc_t>& in, Terms& terms,
                                         const acc_t* opacity, const acc_t* depth_raw,
-                                        const double* log_transmittance,
                                         const CompositeGrads<acc_t>& g,
                                         const CompositeGradOutputs<acc_t>& out, int64_t r,
                                         ChunkRange chunks, bool ray_outputs, Reduce&& reduce) {
@@ -291,28 +350,20 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
     beta_partial += sum.sigma * d.d_beta;
   };
 
-  double log_t = log_transmittance[r];  // log T_{k+1} as k walks down
   acc_t suffix = acc_t(0);              // R_{k+1}
   Share lower_next{acc_t(0), acc_t(0), acc_t(0)};  // lower share of interval k + 1
-  // Densities of samples k and k + 1: each is evaluated once and used by both of its intervals
+  // Densities of samples k and k + 1: each is taken once and used by both of its intervals
   // and by its own gradient.
-  Density<acc_t> after = sample_density(s, in, base + S - 1);
+  Density<acc_t> after = terms.density(S - 1);
   for (int64_t k = L - 1; k >= 0; --k) {
-    const Density<acc_t> here = k + 1 < S ? sample_density(s, in, base + k) : after;
+    const Density<acc_t> here = k + 1 < S ? terms.density(k) : after;
     const Interval<acc_t> iv = make_interval(s, in.depths + base, k, here.sigma, after.sigma);
-    Opacity<acc_t> o = opacity_of(iv, acc_t(1));
-    log_t -= log_of(static_cast<double>(o.factor));
-    const acc_t T = static_cast<acc_t>(exp_of(log_t));  // T_k
-    o.weight = o.alpha * T;
+    const Opacity<acc_t> o = terms.opacity(k, iv);
+    const acc_t T = terms.transmittance_down(k, o);  // T_k
+    const acc_t weight = o.alpha * T;
 
-    acc_t dot = acc_t(0);
-    for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
-      const int nch = C - c0 < VEC ? static_cast<int>(C - c0) : VEC;
-      OMNIFAST_CHANNEL_LOOP(v, nch, VEC)
-        dot += g_features[c0 + v] * interval_feature<scalar_t, acc_t>(s, in.features, base, iv,
-                                                                       c0 + v);
-    }
-    acc_t gw = reduce(dot) + g_total + g_depth_sum * iv.depth;
+    acc_t gw = terms.template feature_dot<VEC>(iv, g_features, chunks, reduce) + g_total +
+               g_depth_sum * iv.depth;
     if (g.weights != nullptr) gw += g.weights[r * L + k];
 
     const acc_t g_alpha = T * (gw - suffix);
@@ -320,11 +371,11 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
     const acc_t g_tau = o.survival * g_alpha;
     const acc_t g_sigma_mid = iv.length * g_tau * o.softplus_grad;
     const acc_t g_length = (!midpoint && k + 1 == S) ? acc_t(0) : o.softplus * g_tau;
-    const acc_t g_depth_mid = o.weight * g_depth_sum;
+    const acc_t g_depth_mid = weight * g_depth_sum;
 
     // The length z_{k+1} - z_k takes from sample k and gives to sample k + 1.
-    const Share lower{share * o.weight, share * g_sigma_mid, share * g_depth_mid - g_length};
-    const Share upper = midpoint ? Share{share * o.weight, share * g_sigma_mid,
+    const Share lower{share * weight, share * g_sigma_mid, share * g_depth_mid - g_length};
+    const Share upper = midpoint ? Share{share * weight, share * g_sigma_mid,
                                          share * g_depth_mid + g_length}
                                  : Share{acc_t(0), acc_t(0), g_length};
     if (k + 1 < S)

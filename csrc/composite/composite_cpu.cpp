@@ -1,7 +1,15 @@
-// CPU loops over the shared compositing math (composite.h): one worker per ray.
+// CPU loops over the shared compositing math (composite.h): one worker per ray. Before walking
+// a ray, a worker fills the ray's tables of density and opacity terms (and, for the backward,
+// each sample's dot product with the upstream feature gradient) in vector loops, reading the
+// ray front to back, so the walks (serial, and backwards in the backward) run no transcendental
+// function and touch no feature.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
+#include <type_traits>
+#include <vector>
+
+#include "../common/vector_math.h"
 #include "composite_launch.h"
 
 namespace omnifast {
@@ -16,30 +24,188 @@ T beta_of(const CompositeTensors& t) {
   return t.beta != nullptr ? *static_cast<const T*>(t.beta) : T(1);
 }
 
+// Calls f with the field type and the mode as compile-time constants, so that each table loop
+// is one straight-line body the compiler vectorises.
+template <typename F>
+void with_constants(const CompositeShape& s, F&& f) {
+  auto with_mode = [&](auto field) {
+    if (s.mode == kModeMidpoint)
+      f(field, std::integral_constant<int, kModeMidpoint>{});
+    else
+      f(field, std::integral_constant<int, kModeAbsorption>{});
+  };
+  switch (s.field) {
+    case kFieldSdf: return with_mode(std::integral_constant<int, kFieldSdf>{});
+    case kFieldSdfLaplace: return with_mode(std::integral_constant<int, kFieldSdfLaplace>{});
+    default: return with_mode(std::integral_constant<int, kFieldDensity>{});
+  }
+}
+
+// The terms of one ray (the `terms` of composite.h's walks), refilled for each ray a worker takes.
+template <typename T>
+class RayTables {
+ public:
+  explicit RayTables(const CompositeShape& s)
+      : s_(s), L_(interval_count(s)), storage_(4 * s.samples + 4 * L_) {
+    T* next = storage_.data();
+    auto take = [&next](int64_t n) {
+      T* table = next;
+      next += n;
+      return table;
+    };
+    sigma_ = take(s.samples);
+    d_field_ = take(s.samples);
+    d_beta_ = take(s.samples);
+    dots_ = take(s.samples);
+    softplus_ = take(L_);
+    softplus_grad_ = take(L_);
+    survival_ = take(L_);
+    transmittance_ = take(L_);
+  }
+
+  // The backward (with the ray's upstream feature gradient `g`) also gets the density
+  // derivatives, every T_k (a forward product, in double) and the dot products.
+  void fill(const CompositeInputs<T, T>& in, int64_t r, bool backward, const T* g = nullptr) {
+    with_constants(s_, [&](auto field, auto mode) {
+      if (backward)
+        fill_terms<field(), mode(), true>(in, r);
+      else
+        fill_terms<field(), mode(), false>(in, r);
+    });
+    if (!backward) return;
+    fill_dots(in.features + r * s_.samples * s_.channels, g);
+    double product = 1;
+    for (int64_t k = 0; k < L_; ++k) {
+      transmittance_[k] = static_cast<T>(product);
+      product *= static_cast<double>(opacity(k).factor);
+    }
+  }
+
+  Density<T> density(int64_t j) const { return {sigma_[j], d_field_[j], d_beta_[j]}; }
+  Opacity<T> opacity(int64_t k, const Interval<T>& = {}) const {
+    return Opacity<T>(softplus_[k], softplus_grad_[k], survival_[k]);
+  }
+  T transmittance_down(int64_t k, const Opacity<T>&) const { return transmittance_[k]; }
+  template <int VEC, typename Reduce>
+  T feature_dot(const Interval<T>& iv, const T*, ChunkRange, Reduce&&) const {
+    return (dots_[iv.first] + dots_[iv.second]) / T(2);  // one sample's, or the midpoint's
+  }
+
+ private:
+  template <int FIELD, int MODE, bool DERIVATIVES>
+  OMNIFAST_VECTOR_CLONES void fill_terms(const CompositeInputs<T, T>& in, int64_t r) {
+    const int64_t S = s_.samples, base = r * S;
+    if (in.delta != nullptr)
+      densities<FIELD, DERIVATIVES, true>(S, in.field + base, in.delta + base, in.beta, sigma_,
+                                          d_field_, d_beta_);
+    else
+      densities<FIELD, DERIVATIVES, false>(S, in.field + base, nullptr, in.beta, sigma_,
+                                           d_field_, d_beta_);
+    opacities<MODE>(S, in.depths + base, sigma_, softplus_, softplus_grad_, survival_);
+    if (L_ == S) {  // absorption's last interval, 1e10 long
+      const T* z = in.depths + base;
+      const Opacity<T> o = opacity_of<VectorMath>(
+          interval_between(MODE, S - 1, z[S - 1], z[S - 1], sigma_[S - 1], T(0), true));
+      softplus_[S - 1] = o.softplus;
+      softplus_grad_[S - 1] = o.softplus_grad;
+      survival_[S - 1] = o.survival;
+    }
+  }
+
+  // The table loops take restrict pointers and values, so that the compiler knows that no
+  // store changes an input, and vectorises them.
+  template <int FIELD, bool DERIVATIVES, bool DELTA>
+  static OMNIFAST_HD void densities(int64_t n, const T* __restrict field,
+                                    const T* __restrict delta, T beta, T* __restrict sigma,
+                                    T* __restrict d_field, T* __restrict d_beta) {
+    for (int64_t j = 0; j < n; ++j) {
+      const Density<T> d = raw_density<VectorMath>(FIELD, field[j], beta, DELTA ? delta[j] : T(0));
+      sigma[j] = d.sigma;
+      if (DERIVATIVES) {
+        d_field[j] = d.d_field;
+        d_beta[j] = d.d_beta;
+      }
+    }
+  }
+
+  // Every interval with a sample after it (all but absorption's last).
+  template <int MODE>
+  static OMNIFAST_HD void opacities(int64_t samples, const T* __restrict z,
+                                    const T* __restrict sigma, T* __restrict softplus,
+                                    T* __restrict softplus_grad, T* __restrict survival) {
+    for (int64_t k = 0; k + 1 < samples; ++k) {
+      const Opacity<T> o = opacity_of<VectorMath>(
+          interval_between(MODE, k, z[k], z[k + 1], sigma[k], sigma[k + 1], false));
+      softplus[k] = o.softplus;
+      softplus_grad[k] = o.softplus_grad;
+      survival[k] = o.survival;
+    }
+  }
+
+  // <features of sample j, g> for every sample, each over eight running sums (one vector
+  // register) added pairwise at the end: a single running sum would be a serial chain of adds.
+  OMNIFAST_VECTOR_CLONES void fill_dots(const T* features, const T* g) {
+    constexpr int kSums = 8;
+    const int64_t C = s_.channels;
+    for (int64_t j = 0; j < s_.samples; ++j) {
+      const T* f = features + j * C;
+      T sums[kSums] = {};
+      int64_t c = 0;
+      for (; c + kSums <= C; c += kSums)
+        for (int l = 0; l < kSums; ++l) sums[l] += f[c + l] * g[c + l];
+      for (; c < C; ++c) sums[0] += f[c] * g[c];
+      dots_[j] = ((sums[0] + sums[4]) + (sums[1] + sums[5])) +
+                 ((sums[2] + sums[6]) + (sums[3] + sums[7]));
+    }
+  }
+
+  const CompositeShape& s_;
+  int64_t L_;
+  std::vector<T> storage_;
+  T *sigma_, *d_field_, *d_beta_, *dots_;                           // [S]
+  T *softplus_, *softplus_grad_, *survival_, *transmittance_;      // [L]
+};
+
+// Rays [begin, end) of one worker.
+template <typename T>
+OMNIFAST_VECTOR_CLONES void forward_rays(const CompositeShape& s, const CompositeTensors& t,
+                                         int64_t begin, int64_t end) {
+  const auto in = composite_inputs<T, T>(t, beta_of<T>(t));
+  RayTables<T> tables(s);
+  for (int64_t r = begin; r < end; ++r) {
+    tables.fill(in, r, false);
+    composite_forward_ray<kCpuVec, T, T>(
+        s, in, tables, static_cast<T*>(t.features_out), static_cast<T*>(t.opacity),
+        static_cast<T*>(t.depth_raw), static_cast<T*>(t.weights),
+        static_cast<double*>(t.log_transmittance), r, kAllChunks, true);
+  }
+}
+
+template <typename T>
+OMNIFAST_VECTOR_CLONES void backward_rays(const CompositeShape& s, const CompositeTensors& t,
+                                          int64_t begin, int64_t end) {
+  const auto in = composite_inputs<T, T>(t, beta_of<T>(t));
+  const auto grads = composite_grads<T>(t);
+  const auto out = composite_grad_outputs<T>(t);
+  RayTables<T> tables(s);
+  for (int64_t r = begin; r < end; ++r) {
+    tables.fill(in, r, true, grads.features + r * s.channels);
+    composite_backward_ray<kCpuVec, T, T>(
+        s, in, tables, static_cast<const T*>(t.opacity), static_cast<const T*>(t.depth_raw),
+        grads, out, r, kAllChunks, true, [](T partial) { return partial; });
+  }
+}
+
 template <typename T>
 void forward(const CompositeShape& s, const CompositeTensors& t) {
-  const auto in = composite_inputs<T, T>(t, beta_of<T>(t));
-  at::parallel_for(0, s.rays, kRayGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      composite_forward_ray<kCpuVec, T, T>(
-          s, in, static_cast<T*>(t.features_out), static_cast<T*>(t.opacity),
-          static_cast<T*>(t.depth_raw), static_cast<T*>(t.weights),
-          static_cast<double*>(t.log_transmittance), r, kAllChunks, true);
-  });
+  at::parallel_for(0, s.rays, kRayGrain,
+                   [&](int64_t begin, int64_t end) { forward_rays<T>(s, t, begin, end); });
 }
 
 template <typename T>
 void backward(const CompositeShape& s, const CompositeTensors& t) {
-  const auto in = composite_inputs<T, T>(t, beta_of<T>(t));
-  const auto grads = composite_grads<T>(t);
-  const auto out = composite_grad_outputs<T>(t);
-  at::parallel_for(0, s.rays, kRayGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      composite_backward_ray<kCpuVec, T, T>(
-          s, in, static_cast<const T*>(t.opacity), static_cast<const T*>(t.depth_raw),
-          static_cast<const double*>(t.log_transmittance), grads, out, r, kAllChunks, true,
-          [](T partial) { return partial; });
-  });
+  at::parallel_for(0, s.rays, kRayGrain,
+                   [&](int64_t begin, int64_t end) { backward_rays<T>(s, t, begin, end); });
 }
 
 template <typename T>

@@ -24,8 +24,9 @@ __global__ void forward_kernel(CompositeShape s, CompositeTensors t, int lanes, 
   OMNIFAST_THREAD_LOOP(i, total) {
     const int64_t r = i >> log2_lanes;
     const ChunkRange chunks{i & (lanes - 1), lanes};
+    LiveTerms<scalar_t, acc_t> terms(s, in, r, nullptr);
     composite_forward_ray<kVec, scalar_t, acc_t>(
-        s, in, static_cast<acc_t*>(t.features_out), static_cast<acc_t*>(t.opacity),
+        s, in, terms, static_cast<acc_t*>(t.features_out), static_cast<acc_t*>(t.opacity),
         static_cast<acc_t*>(t.depth_raw), static_cast<acc_t*>(t.weights),
         static_cast<double*>(t.log_transmittance), r, chunks, chunks.first == 0);
   }
@@ -43,9 +44,11 @@ __global__ void backward_kernel(CompositeShape s, CompositeTensors t, int lanes,
     const int64_t item = i >> log2_lanes;
     const bool active = item < s.rays;
     const ChunkRange chunks{active ? (i & (lanes - 1)) : s.channels, lanes};
+    const int64_t ray = active ? item : 0;
+    LiveTerms<scalar_t, acc_t> terms(s, in, ray, static_cast<const double*>(t.log_transmittance));
     composite_backward_ray<kVec, scalar_t, acc_t>(
-        s, in, static_cast<const acc_t*>(t.opacity), static_cast<const acc_t*>(t.depth_raw),
-        static_cast<const double*>(t.log_transmittance), grads, out, active ? item : 0, chunks,
+        s, in, terms, static_cast<const acc_t*>(t.opacity), static_cast<const acc_t*>(t.depth_raw),
+        grads, out, ray, chunks,
         active && (i & (lanes - 1)) == 0,
         [lanes](acc_t partial) { return group_sum(partial, lanes); });
   }

@@ -10,6 +10,7 @@
 
 #include "../common/checks.h"
 #include "../common/dispatch.h"
+#include "../common/host_memory.h"
 #include "composite_launch.h"
 
 namespace omnifast {
@@ -161,7 +162,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite
     g_weights = per_ray(p, "grad_weights", *grad_weights, {s.rays, interval_count(s)});
 
   const auto acc = p.field.options();
-  at::Tensor grad_features = at::empty({s.rays, s.samples, s.channels}, acc);
+  at::Tensor grad_features = empty_output({s.rays, s.samples, s.channels}, acc);
   at::Tensor grad_field = at::empty({s.rays, s.samples}, acc);
   at::Tensor grad_depths = at::empty({s.rays, s.samples}, acc);
   at::Tensor grad_delta = p.delta.defined() ? at::empty({s.rays, s.samples}, acc)

@@ -10,6 +10,7 @@
 
 #include "../common/checks.h"
 #include "../common/dispatch.h"
+#include "../common/host_memory.h"
 #include "triplane_launch.h"
 
 namespace omnifast {
@@ -133,7 +134,7 @@ at::Tensor zero_plane_grad(const Prepared& p) {
 // The buffer the backward kernels accumulate into: the CUDA kernels add into zeros; the CPU
 // workers zero their own shares just before adding to them.
 at::Tensor plane_grad_buffer(const Prepared& p) {
-  return p.planes.is_cpu() ? at::empty(p.planes.sizes(), p.planes.options().dtype(p.acc_type))
+  return p.planes.is_cpu() ? empty_output(p.planes.sizes(), p.planes.options().dtype(p.acc_type))
                            : zero_plane_grad(p);
 }
 
@@ -200,7 +201,7 @@ bool use_row_walk(const at::Tensor& planes) {
 at::Tensor triplane_sample(const at::Tensor& planes, const at::Tensor& coords,
                            at::IntArrayRef axes, at::ArrayRef<double> scale, int64_t reduce) {
   const Prepared p = prepare(planes, coords, axes, scale, reduce);
-  at::Tensor out = at::empty(output_shape(p.shape), planes.options());
+  at::Tensor out = empty_output(output_shape(p.shape), planes.options());
   TriplaneTensors t = inputs_of(p);
   t.out = out.data_ptr();
   run_on(
@@ -224,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward(
     t.grad_planes = grad_planes.data_ptr();
   }
   if (want_coords) {
-    grad_coords = at::empty({p.shape.batch, p.shape.points, 3}, p.coords.options());
+    grad_coords = empty_output({p.shape.batch, p.shape.points, 3}, p.coords.options());
     t.grad_coords = grad_coords.data_ptr();
   }
   if (t.grad_planes != nullptr || t.grad_coords != nullptr)
@@ -254,7 +255,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
   const at::Tensor gg_coords = attach_grad_grad_coords(p, coords, grad_grad_coords, t);
   at::Tensor grad_grad_out, grad_planes, grad_coords;
   if (want_grad_out) {
-    grad_grad_out = at::empty(output_shape(p.shape), planes.options());
+    grad_grad_out = empty_output(output_shape(p.shape), planes.options());
     t.out = grad_grad_out.data_ptr();
   }
   if (want_planes) {
@@ -268,7 +269,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
     }
   }
   if (want_coords) {
-    grad_coords = at::empty({p.shape.batch, p.shape.points, 3}, p.coords.options());
+    grad_coords = empty_output({p.shape.batch, p.shape.points, 3}, p.coords.options());
     t.grad_coords = grad_coords.data_ptr();
   }
   if (t.out != nullptr || t.grad_planes != nullptr || t.grad_coords != nullptr)
