@@ -92,11 +92,13 @@ def test_empty_and_opaque_rays(device, dtype, mode):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("samples,channels,mode", [(2, 1, "midpoint"), (2, 1, "absorption"),
-                                                    (2, 33, "absorption"), (5, 0, "midpoint")])
-def test_small_shapes(device, samples, channels, mode):
-    inputs = make_rays((3, 2), samples, channels, torch.float64, device)
-    compare(inputs, 0.05, torch.float64, mode=mode)
+                                                    (2, 33, "absorption"), (5, 0, "midpoint"),
+                                                    (7, 45, "midpoint")])
+def test_small_shapes(device, dtype, samples, channels, mode):
+    inputs = make_rays((3, 2), samples, channels, dtype, device)
+    compare(inputs, 0.05, dtype, mode=mode)
 
 
 def test_field_given_without_trailing_one_and_many_rays():

@@ -1,8 +1,7 @@
 // exp and log1p written as branch-free float arithmetic, for the CPU loops that evaluate them over
 // whole rays: the compiler vectorises a loop calling these, where glibc's expf and log1pf are one
 // scalar call per element (and expf takes a slow path on underflow). The range reductions and
-// polynomials are Cephes' (about 1 ulp on the reduced ranges). double keeps <cmath>: the float64
-// results are held to 1e-10 and nobody times them.
+// polynomials are Cephes' (at most 1.4 and 2.8 ulp measured over the float range).
 #pragma once
 
 #include <cmath>
@@ -82,20 +81,11 @@ OMNIFAST_HD float log1p(float x) {
   return (x != x || x == HUGE_VALF) ? x : y;  // NaN stays NaN, log1p(inf) = inf
 }
 
-OMNIFAST_HD double exp(double x) { return std::exp(x); }
-OMNIFAST_HD double log1p(double x) { return std::log1p(x); }
-
 }  // namespace vector_math
 
 // The math policy of the shared kernels' density functions (e.g. composite.h's StandardMath).
 struct VectorMath {
-  template <typename T>
-  static OMNIFAST_HD T exp(T x) {
-    return vector_math::exp(x);
-  }
-  template <typename T>
-  static OMNIFAST_HD T log1p(T x) {
-    return vector_math::log1p(x);
-  }
+  static OMNIFAST_HD float exp(float x) { return vector_math::exp(x); }
+  static OMNIFAST_HD float log1p(float x) { return vector_math::log1p(x); }
 };
 }  // namespace omnifast

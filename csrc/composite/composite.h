@@ -8,14 +8,16 @@
 // The backward needs no stored per-sample state and never divides by 1 - alpha. It walks each
 // ray once, backwards, with the suffix recurrence R_k = g_k alpha_k + t_k R_{k+1} (g_k: the
 // loss gradient of weight w_k, t_k = 1 - alpha_k + 1e-10), giving dL/dalpha_k = T_k (g_k - R_{k+1})
-// and dL/dtau_k = exp(-tau_k) dL/dalpha_k. T_k comes from the ray's terms (below): on CUDA
-// rebuilt backwards from the ray's sum of log t (saved by the forward, in double), on the CPU
-// from a forward product in a per-ray table; either way opaque rays whose transmittance
+// and dL/dtau_k = exp(-tau_k) dL/dalpha_k. T_k comes from the ray's terms (below): rebuilt
+// backwards from the ray's sum of log t (saved by the forward, in double), or read from a
+// per-ray table filled by a forward product; either way opaque rays whose transmittance
 // underflows stay exact.
 //
-// Both walks take each sample's density and each interval's opacity from a `terms` object:
-// LiveTerms evaluates them as asked (CUDA: nothing stored per ray); the CPU fills per-ray tables
-// in vector loops first (composite_cpu.cpp), so the walk itself runs no transcendental function.
+// Both walks take each sample's density, each interval's opacity and T_k, and the dot product of
+// an interval's features with their upstream gradient from a `terms` object: LiveTerms evaluates
+// them as asked (CUDA, where nothing is stored per ray, and the CPU in float64); the CPU's
+// float32 path fills per-ray tables in vector loops first (composite_cpu.cpp), so that its walks
+// run no transcendental function and read no feature.
 #pragma once
 
 #include "../common/host_device.h"

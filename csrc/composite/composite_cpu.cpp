@@ -1,8 +1,9 @@
-// CPU loops over the shared compositing math (composite.h): one worker per ray. Before walking
-// a ray, a worker fills the ray's tables of density and opacity terms (and, for the backward,
-// each sample's dot product with the upstream feature gradient) in vector loops, reading the
-// ray front to back, so the walks (serial, and backwards in the backward) run no transcendental
-// function and touch no feature.
+// CPU loops over the shared compositing math (composite.h): one worker per ray. In float32 (what
+// training runs), before walking a ray a worker fills the ray's tables of density and opacity
+// terms (and, for the backward, each sample's dot product with the upstream feature gradient) in
+// vector loops, reading the ray front to back, so the walks (serial, and backwards in the
+// backward) run no transcendental function and touch no feature. float64 evaluates the terms as
+// CUDA does (LiveTerms), so that the tight float64 tests and gradcheck check that very code.
 #include <ATen/Parallel.h>
 #include <c10/util/Exception.h>
 
@@ -45,8 +46,8 @@ void with_constants(const CompositeShape& s, F&& f) {
 template <typename T>
 class RayTables {
  public:
-  explicit RayTables(const CompositeShape& s)
-      : s_(s), L_(interval_count(s)), storage_(4 * s.samples + 4 * L_) {
+  RayTables(const CompositeShape& s, const CompositeInputs<T, T>& in)
+      : s_(s), in_(in), L_(interval_count(s)), storage_(4 * s.samples + 4 * L_) {
     T* next = storage_.data();
     auto take = [&next](int64_t n) {
       T* table = next;
@@ -62,18 +63,20 @@ class RayTables {
     survival_ = take(L_);
     transmittance_ = take(L_);
   }
+  RayTables(const RayTables&) = delete;  // the table pointers point into storage_
+  RayTables& operator=(const RayTables&) = delete;
 
   // The backward (with the ray's upstream feature gradient `g`) also gets the density
   // derivatives, every T_k (a forward product, in double) and the dot products.
-  void fill(const CompositeInputs<T, T>& in, int64_t r, bool backward, const T* g = nullptr) {
+  void start_ray(int64_t r, bool backward, const T* g) {
     with_constants(s_, [&](auto field, auto mode) {
       if (backward)
-        fill_terms<field(), mode(), true>(in, r);
+        fill_terms<field(), mode(), true>(in_, r);
       else
-        fill_terms<field(), mode(), false>(in, r);
+        fill_terms<field(), mode(), false>(in_, r);
     });
     if (!backward) return;
-    fill_dots(in.features + r * s_.samples * s_.channels, g);
+    fill_dots(in_.features + r * s_.samples * s_.channels, g);
     double product = 1;
     for (int64_t k = 0; k < L_; ++k) {
       transmittance_[k] = static_cast<T>(product);
@@ -160,22 +163,51 @@ class RayTables {
   }
 
   const CompositeShape& s_;
+  const CompositeInputs<T, T>& in_;
   int64_t L_;
   std::vector<T> storage_;
   T *sigma_, *d_field_, *d_beta_, *dots_;                           // [S]
   T *softplus_, *softplus_grad_, *survival_, *transmittance_;      // [L]
 };
 
+// float64's terms: CUDA's LiveTerms, moved from ray to ray.
+class LiveRayTerms : public LiveTerms<double, double> {
+ public:
+  LiveRayTerms(const CompositeShape& s, const CompositeInputs<double, double>& in,
+               const double* log_transmittance)
+      : LiveTerms(s, in, 0, nullptr), log_transmittance_(log_transmittance) {}
+
+  void start_ray(int64_t r, bool backward, const double*) {
+    base = r * s.samples;
+    log_t = backward ? log_transmittance_[r] : 0.0;
+  }
+
+ private:
+  const double* log_transmittance_;
+};
+
+template <typename T>
+using CpuTerms = std::conditional_t<std::is_same<T, double>::value, LiveRayTerms, RayTables<T>>;
+
+template <typename T>
+CpuTerms<T> cpu_terms(const CompositeShape& s, const CompositeInputs<T, T>& in,
+                      const CompositeTensors& t) {
+  if constexpr (std::is_same<T, double>::value)
+    return LiveRayTerms(s, in, static_cast<const double*>(t.log_transmittance));
+  else
+    return RayTables<T>(s, in);
+}
+
 // Rays [begin, end) of one worker.
 template <typename T>
 OMNIFAST_VECTOR_CLONES void forward_rays(const CompositeShape& s, const CompositeTensors& t,
                                          int64_t begin, int64_t end) {
   const auto in = composite_inputs<T, T>(t, beta_of<T>(t));
-  RayTables<T> tables(s);
+  CpuTerms<T> terms = cpu_terms<T>(s, in, t);
   for (int64_t r = begin; r < end; ++r) {
-    tables.fill(in, r, false);
+    terms.start_ray(r, false, nullptr);
     composite_forward_ray<kCpuVec, T, T>(
-        s, in, tables, static_cast<T*>(t.features_out), static_cast<T*>(t.opacity),
+        s, in, terms, static_cast<T*>(t.features_out), static_cast<T*>(t.opacity),
         static_cast<T*>(t.depth_raw), static_cast<T*>(t.weights),
         static_cast<double*>(t.log_transmittance), r, kAllChunks, true);
   }
@@ -187,11 +219,11 @@ OMNIFAST_VECTOR_CLONES void backward_rays(const CompositeShape& s, const Composi
   const auto in = composite_inputs<T, T>(t, beta_of<T>(t));
   const auto grads = composite_grads<T>(t);
   const auto out = composite_grad_outputs<T>(t);
-  RayTables<T> tables(s);
+  CpuTerms<T> terms = cpu_terms<T>(s, in, t);
   for (int64_t r = begin; r < end; ++r) {
-    tables.fill(in, r, true, grads.features + r * s.channels);
+    terms.start_ray(r, true, grads.features + r * s.channels);
     composite_backward_ray<kCpuVec, T, T>(
-        s, in, tables, static_cast<const T*>(t.opacity), static_cast<const T*>(t.depth_raw),
+        s, in, terms, static_cast<const T*>(t.opacity), static_cast<const T*>(t.depth_raw),
         grads, out, r, kAllChunks, true, [](T partial) { return partial; });
   }
 }
