@@ -112,6 +112,13 @@ def test_field_given_without_trailing_one_and_many_rays():
         assert_close(a, b, 1e-5)
 
 
+def test_large_gradients_match():
+    """A feature gradient of 16 MiB: large CPU outputs are allocated with a huge-page hint and
+    must still be written whole and right."""
+    inputs = make_rays((4096,), 32, 32, torch.float32, "cpu")
+    compare(inputs, 0.02, torch.float32)
+
+
 @pytest.mark.parametrize("field_type", FIELDS)
 @pytest.mark.parametrize("mode", MODES)
 def test_gradcheck(field_type, mode):
