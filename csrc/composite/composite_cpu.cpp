@@ -42,9 +42,11 @@ void with_constants(const CompositeShape& s, F&& f) {
   }
 }
 
-// The terms of one ray (the `terms` of composite.h's walks), refilled for each ray a worker takes.
-template <typename T>
+// float32's terms of one ray (the `terms` of composite.h's walks), refilled for each ray a worker
+// takes.
 class RayTables {
+  using T = float;
+
  public:
   RayTables(const CompositeShape& s, const CompositeInputs<T, T>& in)
       : s_(s), in_(in), L_(interval_count(s)), storage_(4 * s.samples + 4 * L_) {
@@ -71,9 +73,9 @@ class RayTables {
   void start_ray(int64_t r, bool backward, const T* g) {
     with_constants(s_, [&](auto field, auto mode) {
       if (backward)
-        fill_terms<field(), mode(), true>(in_, r);
+        fill_terms<field(), mode(), true>(r);
       else
-        fill_terms<field(), mode(), false>(in_, r);
+        fill_terms<field(), mode(), false>(r);
     });
     if (!backward) return;
     fill_dots(in_.features + r * s_.samples * s_.channels, g);
@@ -96,17 +98,17 @@ class RayTables {
 
  private:
   template <int FIELD, int MODE, bool DERIVATIVES>
-  OMNIFAST_VECTOR_CLONES void fill_terms(const CompositeInputs<T, T>& in, int64_t r) {
+  OMNIFAST_VECTOR_CLONES void fill_terms(int64_t r) {
     const int64_t S = s_.samples, base = r * S;
-    if (in.delta != nullptr)
-      densities<FIELD, DERIVATIVES, true>(S, in.field + base, in.delta + base, in.beta, sigma_,
+    if (in_.delta != nullptr)
+      densities<FIELD, DERIVATIVES, true>(S, in_.field + base, in_.delta + base, in_.beta, sigma_,
                                           d_field_, d_beta_);
     else
-      densities<FIELD, DERIVATIVES, false>(S, in.field + base, nullptr, in.beta, sigma_,
+      densities<FIELD, DERIVATIVES, false>(S, in_.field + base, nullptr, in_.beta, sigma_,
                                            d_field_, d_beta_);
-    opacities<MODE>(S, in.depths + base, sigma_, softplus_, softplus_grad_, survival_);
+    opacities<MODE>(S, in_.depths + base, sigma_, softplus_, softplus_grad_, survival_);
     if (L_ == S) {  // absorption's last interval, 1e10 long
-      const T* z = in.depths + base;
+      const T* z = in_.depths + base;
       const Opacity<T> o = opacity_of<VectorMath>(
           interval_between(MODE, S - 1, z[S - 1], z[S - 1], sigma_[S - 1], T(0), true));
       softplus_[S - 1] = o.softplus;
@@ -187,7 +189,7 @@ class LiveRayTerms : public LiveTerms<double, double> {
 };
 
 template <typename T>
-using CpuTerms = std::conditional_t<std::is_same<T, double>::value, LiveRayTerms, RayTables<T>>;
+using CpuTerms = std::conditional_t<std::is_same<T, double>::value, LiveRayTerms, RayTables>;
 
 template <typename T>
 CpuTerms<T> cpu_terms(const CompositeShape& s, const CompositeInputs<T, T>& in,
@@ -195,7 +197,7 @@ CpuTerms<T> cpu_terms(const CompositeShape& s, const CompositeInputs<T, T>& in,
   if constexpr (std::is_same<T, double>::value)
     return LiveRayTerms(s, in, static_cast<const double*>(t.log_transmittance));
   else
-    return RayTables<T>(s, in);
+    return RayTables(s, in);
 }
 
 // Rays [begin, end) of one worker.
