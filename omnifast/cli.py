@@ -35,10 +35,10 @@ def _copy_bandwidth(device):
     return 2 * src.numel() * 4 / timing.median_s
 
 
-def _bench_op(op, cases, runner, device, quick, passes, graph_keeper=None):
-    """Each case and pass: omnifast and the reference timed alternately, then peak memory; with a
-    `graph_keeper(case, impl, device)` (a forward that keeps its autograd graph), also what the
-    forward+backward pass holds between the two."""
+def _bench_op(op, cases, runner, device, quick, passes, graph_keeper=None, peers=()):
+    """Each case and pass: omnifast, the reference and any `peers` (names the runner knows) timed
+    alternately, then peak memory; with a `graph_keeper(case, impl, device)` (a forward that keeps
+    its autograd graph), also what the forward+backward pass holds between the two."""
     from .bench import measure_peak_bytes, measure_retained_bytes, time_calls
 
     rows = []
@@ -47,9 +47,11 @@ def _bench_op(op, cases, runner, device, quick, passes, graph_keeper=None):
             row = {"op": op, "case": case.name, "pass": pass_name,
                    "sizes": {k: v for k, v in vars(case).items() if k not in ("name", "note")},
                    "note": case.note}
-            impls = ("omnifast", "reference")
+            impls = ("omnifast", "reference", *peers)
             runs = [runner(case, impl, pass_name, device) for impl in impls]
             timings = time_calls(runs, device, warmup=1, runs=3 if quick else 9)
+            if pass_name == "forward":  # everyone answers the same inputs: how close they agree
+                row["max_abs_diff_vs_omnifast"] = dict(zip(impls[1:], _max_abs_diffs(runs)))
             for impl, run, timing in zip(impls, runs, timings):
                 row[f"{impl}_ms"] = timing.median_s * 1e3
                 row[f"{impl}_runs"] = timing.runs
@@ -60,24 +62,48 @@ def _bench_op(op, cases, runner, device, quick, passes, graph_keeper=None):
                     row[f"{impl}_retained_bytes"] = measure_retained_bytes(
                         graph_keeper(case, impl, device), device)
             row["speedup"] = row["reference_ms"] / row["omnifast_ms"]
+            for peer in peers:
+                row[f"{peer}_speedup"] = row[f"{peer}_ms"] / row["omnifast_ms"]
             if row["omnifast_peak_bytes"] and row["reference_peak_bytes"]:
                 row["memory_ratio"] = row["omnifast_peak_bytes"] / row["reference_peak_bytes"]
             if pass_name == "forward" and hasattr(case, "bytes_floor"):
                 row["omnifast_forward_GBps"] = case.bytes_floor() / (row["omnifast_ms"] / 1e3) / 1e9
             rows.append(row)
-            print(_format_row(row), flush=True)
+            print(_format_row(row, peers), flush=True)
     return rows
+
+
+def _max_abs_diffs(runs):
+    """Largest difference of each run's outputs from the first run's (NaN and inf where both
+    agree count as equal)."""
+    def flat(result):
+        return [t.detach().double().reshape(-1) for t in
+                (result if isinstance(result, (tuple, list)) else (result,))]
+
+    ours = flat(runs[0]())
+    diffs = []
+    for run in runs[1:]:
+        gaps = [torch.where((a == b) | (a.isnan() & b.isnan()), 0.0, (a - b).abs())
+                for a, b in zip(ours, flat(run()))]
+        diffs.append(max((float(g.max()) for g in gaps if g.numel()), default=0.0))
+    return diffs
 
 
 def _mib(value):
     return "n/a" if value is None else f"{value / 2 ** 20:.0f}"
 
 
-def _format_row(row):
+def _format_row(row, peers=()):
     extra = f"  {row['omnifast_forward_GBps']:.0f} GB/s" if "omnifast_forward_GBps" in row else ""
     if "omnifast_retained_bytes" in row:
         extra += (f"  kept for backward: {_mib(row['omnifast_retained_bytes'])} vs "
                   f"{_mib(row['reference_retained_bytes'])} MiB")
+    for peer in peers:
+        kept = (f", kept {_mib(row[f'{peer}_retained_bytes'])} MiB"
+                if f"{peer}_retained_bytes" in row else "")
+        extra += (f"\n{'':<9} {'':<36} {peer:<24} {row[f'{peer}_ms']:>9.2f} ms, "
+                  f"{row[f'{peer}_speedup']:.2f}x omnifast's time, peak "
+                  f"{_mib(row[f'{peer}_peak_bytes'])} MiB{kept}")
     return (f"{row['op'][:9]:<9} {row['case'][:36]:<36} {row['pass']:<24} {row['omnifast_ms']:>9.2f} "
             f"{row['reference_ms']:>10.2f} {row['speedup']:>7.2f}x "
             f"{_mib(row['omnifast_peak_bytes']):>8} {_mib(row['reference_peak_bytes']):>8}{extra}")
@@ -129,12 +155,12 @@ def _cmd_bench(args):
         print("omnifast bench: this build has no CUDA kernels", file=sys.stderr)
         return 2
     bench = omnifast.bench
-    from .bench.composite import composite_forward_with_graph
+    from .bench.composite import composite_forward_with_graph, composite_peers
 
     ops = {"triplane": ("triplane_sample", bench.triplane_cases, bench.triplane_runner,
-                        bench.TRIPLANE_PASSES, None),
+                        bench.TRIPLANE_PASSES, None, lambda device: ((), {})),
            "composite": ("composite", bench.composite_cases, bench.composite_runner,
-                         bench.COMPOSITE_PASSES, composite_forward_with_graph)}
+                         bench.COMPOSITE_PASSES, composite_forward_with_graph, composite_peers)}
     chosen = list(ops) if args.op == "all" else [args.op] if args.op in ops else []
     known = {p for name in chosen for p in ops[name][3]}
     passes = args.passes.split(",") if args.passes else None
@@ -149,7 +175,8 @@ def _cmd_bench(args):
     report = {"omnifast": omnifast.__version__, "torch": torch.__version__,
               "device": _device_name(device), "device_type": device.type,
               "date": datetime.date.today().isoformat(), "quick": args.quick,
-              "command": "omnifast " + " ".join(sys.argv[1:]), "results": []}
+              "command": "omnifast " + " ".join(sys.argv[1:]), "results": [],
+              "not_measured": {}}
     if device.type == "cuda" and not args.quick:
         report["copy_bandwidth_GBps"] = _copy_bandwidth(device) / 1e9
         print(f"device-to-device copy: {report['copy_bandwidth_GBps']:.0f} GB/s (read + write)")
@@ -158,14 +185,18 @@ def _cmd_bench(args):
         print(f"{'op':<9} {'case':<36} {'pass':<24} {'omnifast':>9} {'reference':>10} "
               f"{'speedup':>8} {'peak':>8} {'ref peak':>8}")
     for name in chosen:
-        op, cases, runner, op_passes, graph_keeper = ops[name]
+        op, cases, runner, op_passes, graph_keeper, find_peers = ops[name]
         selected = [p for p in op_passes if passes is None or p in passes]
+        peers, missing = find_peers(device)
         report["results"] += _bench_op(op, cases(device, quick=args.quick)[:args.cases], runner, device,
-                                       args.quick, selected, graph_keeper)
+                                       args.quick, selected, graph_keeper, peers)
+        report["not_measured"].update(missing)
+        for peer, why in missing.items():
+            print(f"not measured: {peer} ({why})")
     if args.op in ("all", "correspondence"):
         rows, missing = _bench_correspondence(device, args.quick, args.cases)
         report["results"] += rows
-        report["not_measured"] = missing
+        report["not_measured"].update(missing)
     if "copy_bandwidth_GBps" in report:  # how close the forward comes to the bytes it must move
         for row in report["results"]:
             if "omnifast_forward_GBps" in row:

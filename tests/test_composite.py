@@ -401,3 +401,42 @@ def test_patch_swaps_marcher_and_sampling_into_existing_renderers():
                                                         colors[:, :, :12], densities[:, :, :12])
     for a, b in zip(merged, ref):
         assert torch.equal(a, b)
+
+
+class NerfaccDenseScan:
+    """nerfacc's packed entry points with its CUDA scan (built by nerfacc on first use) replaced
+    by its dense one per ray, so that the benchmark's flattening and unflattening for the packed
+    peer is checked on any machine, quickly."""
+
+    def __init__(self, nerfacc):
+        self.nerfacc = nerfacc
+        self.accumulate_along_rays = nerfacc.accumulate_along_rays  # index_add_: any device
+
+    def render_weight_from_density(self, t0, t1, sigma, packed_info):
+        rays, per_ray = packed_info.shape[0], int(packed_info[0, 1])
+        assert torch.equal(packed_info[:, 0], torch.arange(rays, device=t0.device) * per_ray)
+        assert torch.all(packed_info[:, 1] == per_ray)
+        dense = self.nerfacc.render_weight_from_density(
+            *(x.view(rays, per_ray) for x in (t0, t1, sigma)))
+        return tuple(x.reshape(-1) for x in dense)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("packed", [False, True])
+def test_nerfacc_benchmark_peer_renders_the_same_chain(device, packed):
+    """The peer `omnifast bench composite` times beside omnifast computes what omnifast does: its
+    transmittance (exp of a sum) differs from EG3D's (a product with +1e-10) by about 1e-10 per
+    interval."""
+    import nerfacc
+
+    from omnifast.bench.composite import nerfacc_render
+
+    if packed:
+        nerfacc = NerfaccDenseScan(nerfacc)
+    features, sdf, depths, delta = make_rays((2, 9), 24, 5, torch.float64, device)
+    beta = torch.tensor([0.02], dtype=torch.float64, device=device)
+    peer = nerfacc_render(nerfacc, packed=packed)(features, sdf, depths, beta, delta)
+    ours = omnifast.composite(features, sdf, depths, beta=beta, density_delta=delta)
+    assert peer[1].shape == ours.depth.shape
+    for a, b in zip(peer, (ours.features, ours.depth, ours.opacity)):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-8)

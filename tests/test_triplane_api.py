@@ -284,6 +284,15 @@ def test_cli_bench_all_ops(tmp_path):
     peers = {"trimesh": "trimesh", "open3d": "open3d (Embree)", "warp": "warp (cpu)"}
     for peer, name in peers.items():
         assert (name in impls) != (peer in report["not_measured"])
+    # compositing: nerfacc's dense path in the same rows, its packed (CUDA) path reported missing;
+    # forward rows say how far each contender's outputs are from omnifast's
+    for row in (r for r in report["results"] if r["op"] == "composite"):
+        assert row["nerfacc (dense)_ms"] > 0
+        assert row["nerfacc (dense)_speedup"] == pytest.approx(
+            row["nerfacc (dense)_ms"] / row["omnifast_ms"])
+        if row["pass"] == "forward":
+            assert max(row["max_abs_diff_vs_omnifast"].values()) < 1e-4
+    assert "CUDA" in report["not_measured"]["nerfacc (packed)"]
 
 
 def test_cli_rejects_unknown_pass():

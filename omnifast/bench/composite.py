@@ -2,9 +2,12 @@
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from .. import reference
+from ..reference import rendering
 from ..ops.composite import composite
+from .measure import import_optional
 
 COMPOSITE_PASSES = ("forward", "forward+backward")
 
@@ -53,33 +56,105 @@ def make_inputs(case, device, dtype=torch.float32, seed=0):
                                    beta)]
 
 
+NERFACC_DENSE, NERFACC_PACKED = "nerfacc (dense)", "nerfacc (packed)"
+
+
+def _render_fn(impl):
+    """fn(features, sdf, depths, beta, delta) -> (features, depth, opacity) for one contender."""
+    if impl in ("omnifast", "reference"):
+        op = composite if impl == "omnifast" else reference.composite
+
+        def render(features, sdf, depths, beta, delta):
+            out = op(features, sdf, depths, beta=beta, density_delta=delta)
+            return out.features, out.depth, out.opacity
+        return render
+    import nerfacc
+    return nerfacc_render(nerfacc, packed=impl == NERFACC_PACKED)
+
+
+def composite_peers(device):
+    """The peers present for `device` and {name: why absent}: nerfacc's rendering primitives on
+    [rays, samples] tensors (plain PyTorch scans) and, on CUDA, on packed samples (its own CUDA
+    scan, compiled by nerfacc on first use)."""
+    nerfacc, why = import_optional("nerfacc")
+    if nerfacc is None:
+        return [], {NERFACC_DENSE: why, NERFACC_PACKED: why}
+    if torch.device(device).type != "cuda":
+        return [NERFACC_DENSE], {NERFACC_PACKED: "nerfacc's packed scans are CUDA kernels"}
+    backend, why = import_optional("nerfacc.cuda._backend")  # builds its kernels on first use
+    if backend is not None and backend._C is None:
+        why = "nerfacc found no CUDA toolkit to build its kernels"
+    if why is not None:
+        return [NERFACC_DENSE], {NERFACC_PACKED: why}
+    return [NERFACC_DENSE, NERFACC_PACKED], {}
+
+
+def nerfacc_render(nerfacc, packed=False):
+    """The same chain as a nerfacc user writes it: raw density, midpoint averaging and
+    softplus(sigma - 1) as the reference computes them, then nerfacc's weights and sums. Its
+    transmittance is exp(-exclusive sum of sigma * delta) where EG3D multiplies 1 - alpha + 1e-10
+    (the two agree to about 1e-10 per interval). `packed`: the samples flattened with per-ray
+    (start, count), as nerfacc's samplers hand them over (made once per shape, outside the
+    timed work, as a sampler would)."""
+    layouts = {}
+
+    def packing(rays, intervals, device):
+        if (rays, intervals) not in layouts:
+            ray_indices = torch.arange(rays, device=device).repeat_interleave(intervals)
+            starts = torch.arange(rays, device=device) * intervals
+            layouts[rays, intervals] = (
+                torch.stack([starts, torch.full_like(starts, intervals)], -1), ray_indices)
+        return layouts[rays, intervals]
+
+    def render(features, sdf, depths, beta, delta):
+        density = rendering.raw_density(sdf, "sdf", beta, delta)[..., 0]
+        sigma = F.softplus((density[..., :-1] + density[..., 1:]) / 2 - 1)
+        colors = (features[..., :-1, :] + features[..., 1:, :]) / 2
+        t0, t1 = depths[..., :-1, 0], depths[..., 1:, 0]
+        mids = ((t0 + t1) / 2)[..., None]
+        if packed:
+            rays, intervals = sigma[..., 0].numel(), sigma.shape[-1]
+            packed_info, ray_indices = packing(rays, intervals, sigma.device)
+            flat = [x.reshape(rays * intervals, *x.shape[sigma.dim():]) for x in
+                    (t0, t1, sigma, colors, mids)]
+            weights, _, _ = nerfacc.render_weight_from_density(*flat[:3], packed_info=packed_info)
+            sums = [nerfacc.accumulate_along_rays(weights, v, ray_indices, rays)
+                    for v in (flat[3], None, flat[4])]
+            out, opacity, depth_sum = [x.reshape(*sigma.shape[:-1], -1) for x in sums]
+        else:
+            weights, _, _ = nerfacc.render_weight_from_density(t0, t1, sigma)
+            out, opacity, depth_sum = [nerfacc.accumulate_along_rays(weights, v)
+                                       for v in (colors, None, mids)]
+        depth = torch.nan_to_num(depth_sum / opacity, float("inf"))
+        return out, torch.clamp(depth, torch.min(depths), torch.max(depths)), opacity
+    return render
+
+
 def composite_forward_with_graph(case, impl, device, dtype=torch.float32):
     """A forward whose result keeps the autograd graph: what training holds until backward."""
-    fn = composite if impl == "omnifast" else reference.composite
+    render = _render_fn(impl)
     features, sdf, depths, delta, beta = make_inputs(case, device, dtype)
     for t in (features, sdf, delta, beta):
         t.requires_grad_(True)
-    return lambda: fn(features, sdf, depths, beta=beta, density_delta=delta)
+    return lambda: render(features, sdf, depths, beta, delta)
 
 
 def composite_runner(case, impl, pass_name, device, dtype=torch.float32):
-    fn = composite if impl == "omnifast" else reference.composite
+    """The timed call of `impl` ("omnifast", "reference" or a peer's name) for one case and pass."""
+    render = _render_fn(impl)
     features, sdf, depths, delta, beta = make_inputs(case, device, dtype)
-
-    def render():
-        out = fn(features, sdf, depths, beta=beta, density_delta=delta)
-        return out.features, out.depth, out.opacity
 
     if pass_name == "forward":
         def run():
             with torch.no_grad():
-                return render()
+                return render(features, sdf, depths, beta, delta)
         return run
     for t in (features, sdf, delta, beta):
         t.requires_grad_(True)
     with torch.no_grad():
-        upstream = [torch.randn_like(t) for t in render()]
+        upstream = [torch.randn_like(t) for t in render(features, sdf, depths, beta, delta)]
 
     def run():
-        return torch.autograd.grad(render(), (features, sdf, delta, beta), upstream)
+        return torch.autograd.grad(render(features, sdf, depths, beta, delta),
+                                   (features, sdf, delta, beta), upstream)
     return run

@@ -1,7 +1,6 @@
 """Closest-point benchmark: omnifast (tree build included) against brute force and the libraries
 people use for this (trimesh, Open3D's Embree scene, Warp's BVH), each where it is installed, on a
 FLAME-sized head mesh (10,008 faces) with semantic-SDF training queries."""
-import importlib
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +8,7 @@ import torch
 from ..ops.mesh import MeshIndex
 from ..reference import mesh as reference
 from . import meshes
+from .measure import import_optional
 
 
 @dataclass(frozen=True)
@@ -39,13 +39,6 @@ def make_inputs(case, device, dtype=torch.float32, seed=0):
     return verts.to(device, dtype), faces.to(device), points.to(device, dtype)
 
 
-def _available(module):
-    try:
-        return importlib.import_module(module), None
-    except Exception as exc:  # noqa: BLE001  (a missing system library is an ImportError too, or not)
-        return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
-
-
 @dataclass
 class Contender:
     """One implementation: run() answers the whole case, or `measured` of its points when the
@@ -73,7 +66,7 @@ def _brute_force(case, verts, faces, points, subset):
 
 
 def _trimesh(case, verts, faces, points, subset):
-    trimesh, why = _available("trimesh")
+    trimesh, why = import_optional("trimesh")
     if trimesh is None:
         return None, why
     v, f = verts.double().cpu().numpy(), faces.cpu().numpy()
@@ -91,7 +84,7 @@ def _trimesh(case, verts, faces, points, subset):
 
 
 def _open3d(case, verts, faces, points):
-    o3d, why = _available("open3d")
+    o3d, why = import_optional("open3d")
     if o3d is None:
         return None, why
     import numpy as np
@@ -109,7 +102,7 @@ def _open3d(case, verts, faces, points):
 
 
 def _warp(case, verts, faces, points, device):
-    wp, why = _available("warp")
+    wp, why = import_optional("warp")
     if wp is None:
         return None, why
     wp.config.quiet = True

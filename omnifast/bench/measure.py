@@ -1,4 +1,5 @@
 """Timing and peak-memory measurement on CPU and CUDA."""
+import importlib
 import statistics
 import time
 from dataclasses import dataclass
@@ -122,3 +123,11 @@ def measure_retained_bytes(fn, device):
         return held
     except OSError:
         return None
+
+
+def import_optional(module):
+    """(the module, None), or (None, why not) for a peer that is absent or cannot be imported."""
+    try:
+        return importlib.import_module(module), None
+    except Exception as exc:  # noqa: BLE001  (a missing system library is an ImportError too, or not)
+        return None, f"{type(exc).__name__}: {exc}".splitlines()[0][:120]
