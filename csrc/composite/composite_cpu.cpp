@@ -20,11 +20,6 @@ constexpr int kCpuVec = 32;
 constexpr ChunkRange kAllChunks{0, 1};
 constexpr int64_t kRayGrain = 64;
 
-template <typename T>
-T beta_of(const CompositeTensors& t) {
-  return t.beta != nullptr ? *static_cast<const T*>(t.beta) : T(1);
-}
-
 // Calls f with the field type and the mode as compile-time constants, so that each table loop
 // is one straight-line body the compiler vectorises.
 template <typename F>
@@ -204,7 +199,7 @@ CpuTerms<T> cpu_terms(const CompositeShape& s, const CompositeInputs<T, T>& in,
 template <typename T>
 OMNIFAST_VECTOR_CLONES void forward_rays(const CompositeShape& s, const CompositeTensors& t,
                                          int64_t begin, int64_t end) {
-  const auto in = composite_inputs<T, T>(t, beta_of<T>(t));
+  const auto in = composite_inputs<T, T>(t);
   CpuTerms<T> terms = cpu_terms<T>(s, in, t);
   for (int64_t r = begin; r < end; ++r) {
     terms.start_ray(r, false, nullptr);
@@ -218,7 +213,7 @@ OMNIFAST_VECTOR_CLONES void forward_rays(const CompositeShape& s, const Composit
 template <typename T>
 OMNIFAST_VECTOR_CLONES void backward_rays(const CompositeShape& s, const CompositeTensors& t,
                                           int64_t begin, int64_t end) {
-  const auto in = composite_inputs<T, T>(t, beta_of<T>(t));
+  const auto in = composite_inputs<T, T>(t);
   const auto grads = composite_grads<T>(t);
   const auto out = composite_grad_outputs<T>(t);
   CpuTerms<T> terms = cpu_terms<T>(s, in, t);

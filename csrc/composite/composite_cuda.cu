@@ -12,15 +12,10 @@
 namespace omnifast {
 namespace {
 
-template <typename acc_t>
-__device__ acc_t beta_of(const CompositeTensors& t) {
-  return t.beta != nullptr ? *static_cast<const acc_t*>(t.beta) : acc_t(1);
-}
-
 template <typename scalar_t, typename acc_t>
 __global__ void forward_kernel(CompositeShape s, CompositeTensors t, int lanes, int log2_lanes,
                                int64_t total) {
-  const auto in = composite_inputs<scalar_t, acc_t>(t, beta_of<acc_t>(t));
+  const auto in = composite_inputs<scalar_t, acc_t>(t);
   OMNIFAST_THREAD_LOOP(i, total) {
     const int64_t r = i >> log2_lanes;
     const ChunkRange chunks{i & (lanes - 1), lanes};
@@ -35,7 +30,7 @@ __global__ void forward_kernel(CompositeShape s, CompositeTensors t, int lanes, 
 template <typename scalar_t, typename acc_t>
 __global__ void backward_kernel(CompositeShape s, CompositeTensors t, int lanes, int log2_lanes,
                                 int64_t total) {
-  const auto in = composite_inputs<scalar_t, acc_t>(t, beta_of<acc_t>(t));
+  const auto in = composite_inputs<scalar_t, acc_t>(t);
   const auto grads = composite_grads<acc_t>(t);
   const auto out = composite_grad_outputs<acc_t>(t);
   // `total` covers whole warps; a lane past the last ray walks ray 0 again (so that the group

@@ -55,10 +55,12 @@ const char* composite_backward_cuda(const CompositeShape& s, StorageType type,
                                     const CompositeTensors& t, void* stream);
 
 // The typed views both backends build from a CompositeTensors.
+// beta is read once here (1 when absent: fields that are densities already).
 template <typename scalar_t, typename acc_t>
-OMNIFAST_HD CompositeInputs<scalar_t, acc_t> composite_inputs(const CompositeTensors& t, acc_t beta) {
+OMNIFAST_HD CompositeInputs<scalar_t, acc_t> composite_inputs(const CompositeTensors& t) {
   return {static_cast<const scalar_t*>(t.features), static_cast<const acc_t*>(t.field),
-          static_cast<const acc_t*>(t.depths), static_cast<const acc_t*>(t.delta), beta};
+          static_cast<const acc_t*>(t.depths), static_cast<const acc_t*>(t.delta),
+          t.beta != nullptr ? *static_cast<const acc_t*>(t.beta) : acc_t(1)};
 }
 
 template <typename acc_t>

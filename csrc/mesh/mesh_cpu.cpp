@@ -14,28 +14,24 @@ namespace {
 constexpr int64_t kPointGrain = 64;
 constexpr int64_t kElementGrain = 1024;
 
+// Items [0, count) of the flattened batch, item(i) each, in parallel.
+template <typename Item>
+void for_items(int64_t count, int64_t grain, const Item& item) {
+  at::parallel_for(0, count, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) item(i);
+  });
+}
+
 template <typename T>
 void normals(const MeshDims& d, const T* verts, const MeshTopology& topo, const NormalArrays& out) {
   T* face = static_cast<T*>(out.face);
-  at::parallel_for(0, d.batch * d.faces, kElementGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / d.faces;
-      write_face_normal(verts + b * d.verts * 3, topo, i - b * d.faces, face + 3 * i);
-    }
+  for_items(d.batch * d.faces, kElementGrain,
+            [&](int64_t i) { face_normal_item(d, verts, topo, face, i); });
+  for_items(d.batch * d.verts, kElementGrain, [&](int64_t i) {
+    vertex_normal_item(d, verts, topo, static_cast<const T*>(face), static_cast<T*>(out.vertex), i);
   });
-  at::parallel_for(0, d.batch * d.verts, kElementGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / d.verts;
-      write_vertex_normal(verts + b * d.verts * 3, face + b * d.faces * 3, topo, i - b * d.verts,
-                          static_cast<T*>(out.vertex) + 3 * i);
-    }
-  });
-  at::parallel_for(0, d.batch * d.edges, kElementGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / d.edges;
-      write_edge_normal(face + b * d.faces * 3, topo, i - b * d.edges,
-                        static_cast<T*>(out.edge) + 3 * i);
-    }
+  for_items(d.batch * d.edges, kElementGrain, [&](int64_t i) {
+    edge_normal_item(d, topo, static_cast<const T*>(face), static_cast<T*>(out.edge), i);
   });
 }
 
@@ -243,7 +239,7 @@ void build_sah(const MeshDims& d, const T* verts, const MeshTopology& topo, cons
   });
 }
 
-// ---- linear builder and refit
+// ---- linear builder, refit and queries
 
 template <typename T>
 void morton_keys(const MeshDims& d, const T* verts, const MeshTopology& topo, int64_t* keys) {
@@ -265,37 +261,22 @@ void morton_keys(const MeshDims& d, const T* verts, const MeshTopology& topo, in
   });
 }
 
+// One mesh per worker: its triangles in leaf order, then the bounds pass leaf by leaf.
 template <typename T>
 void refit(const MeshDims& d, const T* verts, const MeshTopology& topo, const BvhArrays& bvh,
            int32_t* counters) {
-  const int64_t nodes = d.nodes();
-  at::parallel_for(0, d.batch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      for (int64_t k = 0; k < d.faces; ++k) gather_triangle(d, verts, topo, bvh, b, k);
-      T* boxes = static_cast<T*>(bvh.boxes) + b * nodes * 2 * kBoxStride;
-      T* dipoles = static_cast<T*>(bvh.dipoles) + b * nodes * 2 * kDipoleStride;
-      int32_t* arrivals = counters + b * nodes;
-      const int32_t* links = bvh.links + b * nodes * kLinkStride;
-      const T* tris = static_cast<const T*>(bvh.tris) + b * d.faces * kTriStride;
-      for (int64_t leaf = 0; leaf < bvh.counts[2 * b + 1]; ++leaf)
-        bounds_from_leaf(boxes, dipoles, links, bvh.leaves + b * d.faces * 2, tris, leaf,
-                         [&](int32_t node) { return ++arrivals[node] == 2; });
-    }
+  for_items(d.batch, 1, [&](int64_t b) {
+    for (int64_t k = 0; k < d.faces; ++k) gather_triangle(d, verts, topo, bvh, b, k);
+    for (int64_t leaf = 0; leaf < bvh.counts[2 * b + 1]; ++leaf)
+      bounds_item<T>(d, bvh, counters, b, leaf, [](int32_t* counter) { return (*counter)++; });
   });
 }
 
 template <typename T>
 void closest_points(const MeshDims& d, const MeshTopology& topo, const BvhArrays& bvh,
                     const NormalArrays& normals, int sign_mode, const QueryArrays& q) {
-  at::parallel_for(0, d.batch * q.per_mesh, kPointGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / q.per_mesh;
-      closest_point_query(bvh_view<T>(d, bvh, b), normals_view<T>(d, normals, b), topo, sign_mode,
-                          static_cast<const T*>(q.points) + 3 * i,
-                          static_cast<T*>(q.distance) + i, q.face + i,
-                          static_cast<T*>(q.bary) + 3 * i, static_cast<T*>(q.point) + 3 * i);
-    }
-  });
+  for_items(d.batch * q.per_mesh, kPointGrain,
+            [&](int64_t i) { closest_point_item<T>(d, topo, bvh, normals, sign_mode, q, i); });
 }
 
 }  // namespace
@@ -319,17 +300,9 @@ void mesh_morton_keys_cpu(const MeshDims& d, bool is_double, const void* verts,
 }
 
 void mesh_lbvh_links_cpu(const MeshDims& d, const int64_t* sorted_keys, const BvhArrays& bvh) {
-  const int64_t leaves = (d.faces + kLbvhLeafSize - 1) / kLbvhLeafSize;
-  const int64_t internal = leaves > 1 ? leaves - 1 : 1;
-  at::parallel_for(0, d.batch, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      const LeafKeys keys{sorted_keys + b * d.faces, leaves};
-      for (int64_t i = 0; i < internal; ++i)
-        lbvh_node(keys, i, d.faces, bvh.links + b * d.nodes() * kLinkStride,
-                  bvh.leaves + b * d.faces * 2);
-      bvh.counts[2 * b] = static_cast<int32_t>(internal);
-      bvh.counts[2 * b + 1] = static_cast<int32_t>(leaves);
-    }
+  const int64_t internal = lbvh_internal(lbvh_leaves(d.faces));
+  for_items(d.batch, 1, [&](int64_t b) {
+    for (int64_t node = 0; node < internal; ++node) lbvh_node_item(d, sorted_keys, bvh, b, node);
   });
 }
 

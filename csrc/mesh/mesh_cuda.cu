@@ -13,28 +13,18 @@ namespace {
 
 template <typename T>
 __global__ void face_normals_kernel(MeshDims d, const T* verts, MeshTopology topo, T* face) {
-  OMNIFAST_THREAD_LOOP(i, d.batch * d.faces) {
-    const int64_t b = i / d.faces;
-    write_face_normal(verts + b * d.verts * 3, topo, i - b * d.faces, face + 3 * i);
-  }
+  OMNIFAST_THREAD_LOOP(i, d.batch * d.faces) face_normal_item(d, verts, topo, face, i);
 }
 
 template <typename T>
 __global__ void vertex_normals_kernel(MeshDims d, const T* verts, MeshTopology topo,
                                       const T* face, T* vertex) {
-  OMNIFAST_THREAD_LOOP(i, d.batch * d.verts) {
-    const int64_t b = i / d.verts;
-    write_vertex_normal(verts + b * d.verts * 3, face + b * d.faces * 3, topo, i - b * d.verts,
-                        vertex + 3 * i);
-  }
+  OMNIFAST_THREAD_LOOP(i, d.batch * d.verts) vertex_normal_item(d, verts, topo, face, vertex, i);
 }
 
 template <typename T>
 __global__ void edge_normals_kernel(MeshDims d, MeshTopology topo, const T* face, T* edge) {
-  OMNIFAST_THREAD_LOOP(i, d.batch * d.edges) {
-    const int64_t b = i / d.edges;
-    write_edge_normal(face + b * d.faces * 3, topo, i - b * d.edges, edge + 3 * i);
-  }
+  OMNIFAST_THREAD_LOOP(i, d.batch * d.edges) edge_normal_item(d, topo, face, edge, i);
 }
 
 // One block per mesh: the box of the triangle centroids, then every triangle's key.
@@ -74,15 +64,10 @@ __global__ void morton_keys_kernel(MeshDims d, const T* verts, MeshTopology topo
 }
 
 __global__ void lbvh_links_kernel(MeshDims d, const int64_t* sorted_keys, BvhArrays bvh,
-                                  int64_t leaves, int64_t internal) {
+                                  int64_t internal) {
   OMNIFAST_THREAD_LOOP(i, d.batch * internal) {
-    const int64_t b = i / internal, node = i - b * internal;
-    lbvh_node(LeafKeys{sorted_keys + b * d.faces, leaves}, node, d.faces,
-              bvh.links + b * d.nodes() * kLinkStride, bvh.leaves + b * d.faces * 2);
-    if (node == 0) {
-      bvh.counts[2 * b] = static_cast<int32_t>(internal);
-      bvh.counts[2 * b + 1] = static_cast<int32_t>(leaves);
-    }
+    const int64_t b = i / internal;
+    lbvh_node_item(d, sorted_keys, bvh, b, i - b * internal);
   }
 }
 
@@ -98,32 +83,21 @@ __global__ void gather_kernel(MeshDims d, const T* verts, MeshTopology topo, Bvh
 // fence publishes its slot before the arrival is counted; the winner reads slots past L1.
 template <typename T>
 __global__ void bounds_kernel(MeshDims d, BvhArrays bvh, int32_t* counters) {
-  const int64_t nodes = d.nodes();
   OMNIFAST_THREAD_LOOP(i, d.batch * d.faces) {
     const int64_t b = i / d.faces, leaf = i - b * d.faces;
     if (leaf >= bvh.counts[2 * b + 1]) continue;
-    int32_t* arrivals = counters + b * nodes;
-    bounds_from_leaf(static_cast<T*>(bvh.boxes) + b * nodes * 2 * kBoxStride,
-                     static_cast<T*>(bvh.dipoles) + b * nodes * 2 * kDipoleStride,
-                     bvh.links + b * nodes * kLinkStride, bvh.leaves + b * d.faces * 2,
-                     static_cast<const T*>(bvh.tris) + b * d.faces * kTriStride, leaf,
-                     [arrivals](int32_t node) {
-                       __threadfence();
-                       return atomicAdd(arrivals + node, 1) == 1;
-                     });
+    bounds_item<T>(d, bvh, counters, b, leaf, [](int32_t* counter) {
+      __threadfence();
+      return atomicAdd(counter, 1);
+    });
   }
 }
 
 template <typename T>
 __global__ void closest_point_kernel(MeshDims d, MeshTopology topo, BvhArrays bvh,
                                      NormalArrays normals, int sign_mode, QueryArrays q) {
-  OMNIFAST_THREAD_LOOP(i, d.batch * q.per_mesh) {
-    const int64_t b = i / q.per_mesh;
-    closest_point_query(bvh_view<T>(d, bvh, b), normals_view<T>(d, normals, b), topo, sign_mode,
-                        static_cast<const T*>(q.points) + 3 * i, static_cast<T*>(q.distance) + i,
-                        q.face + i, static_cast<T*>(q.bary) + 3 * i,
-                        static_cast<T*>(q.point) + 3 * i);
-  }
+  OMNIFAST_THREAD_LOOP(i, d.batch * q.per_mesh)
+    closest_point_item<T>(d, topo, bvh, normals, sign_mode, q, i);
 }
 
 template <typename T>
@@ -178,11 +152,10 @@ const char* mesh_morton_keys_cuda(const MeshDims& d, bool is_double, const void*
 
 const char* mesh_lbvh_links_cuda(const MeshDims& d, const int64_t* sorted_keys,
                                  const BvhArrays& bvh, void* stream) {
-  const int64_t leaves = (d.faces + kLbvhLeafSize - 1) / kLbvhLeafSize;
-  const int64_t internal = leaves > 1 ? leaves - 1 : 1;
+  const int64_t internal = lbvh_internal(lbvh_leaves(d.faces));
   if (d.batch == 0) return nullptr;
   lbvh_links_kernel<<<grid_for(d.batch * internal), kThreads, 0, as_stream(stream)>>>(
-      d, sorted_keys, bvh, leaves, internal);
+      d, sorted_keys, bvh, internal);
   return last_error();
 }
 

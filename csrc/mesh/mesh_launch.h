@@ -87,6 +87,78 @@ OMNIFAST_HD MeshNormals<T> normals_view(const MeshDims& d, const NormalArrays& a
           static_cast<const T*>(a.edge) + b * d.edges * 3};
 }
 
+// ---- one work item of the flattened batch, for the CPU loops and the CUDA kernels alike
+
+// Normals of item i of the batch's faces, vertices or edges (mesh b = i / per-mesh count); vertex
+// and edge normals read the face normals of the same mesh.
+template <typename T>
+OMNIFAST_HD void face_normal_item(const MeshDims& d, const T* verts, const MeshTopology& topo,
+                                  T* face, int64_t i) {
+  const int64_t b = i / d.faces;
+  write_face_normal(verts + b * d.verts * 3, topo, i - b * d.faces, face + 3 * i);
+}
+
+template <typename T>
+OMNIFAST_HD void vertex_normal_item(const MeshDims& d, const T* verts, const MeshTopology& topo,
+                                    const T* face, T* vertex, int64_t i) {
+  const int64_t b = i / d.verts;
+  write_vertex_normal(verts + b * d.verts * 3, face + b * d.faces * 3, topo, i - b * d.verts,
+                      vertex + 3 * i);
+}
+
+template <typename T>
+OMNIFAST_HD void edge_normal_item(const MeshDims& d, const MeshTopology& topo, const T* face,
+                                  T* edge, int64_t i) {
+  const int64_t b = i / d.edges;
+  write_edge_normal(face + b * d.faces * 3, topo, i - b * d.edges, edge + 3 * i);
+}
+
+// The linear builder's leaves (kLbvhLeafSize triangles each) and internal nodes per mesh: a
+// single leaf still hangs under a root node.
+OMNIFAST_HD int64_t lbvh_leaves(int64_t faces) {
+  return (faces + kLbvhLeafSize - 1) / kLbvhLeafSize;
+}
+OMNIFAST_HD int64_t lbvh_internal(int64_t leaves) { return leaves > 1 ? leaves - 1 : 1; }
+
+// Internal node `node` of mesh b's linear tree from the batch's sorted keys; node 0 also records
+// the mesh's node and leaf counts.
+OMNIFAST_HD void lbvh_node_item(const MeshDims& d, const int64_t* sorted_keys, const BvhArrays& a,
+                                int64_t b, int64_t node) {
+  const int64_t leaves = lbvh_leaves(d.faces);
+  lbvh_node(LeafKeys{sorted_keys + b * d.faces, leaves}, node, d.faces,
+            a.links + b * d.nodes() * kLinkStride, a.leaves + b * d.faces * 2);
+  if (node == 0) {
+    a.counts[2 * b] = static_cast<int32_t>(lbvh_internal(leaves));
+    a.counts[2 * b + 1] = static_cast<int32_t>(leaves);
+  }
+}
+
+// The bounds pass from leaf `leaf` of mesh b. `counters` ([B][nodes], zeroed) count the arrivals
+// at each node through `arrive(counter)`, which adds one and returns the count before.
+template <typename T, typename Arrive>
+OMNIFAST_HD void bounds_item(const MeshDims& d, const BvhArrays& a, int32_t* counters, int64_t b,
+                             int64_t leaf, Arrive arrive) {
+  const int64_t n = d.nodes();
+  int32_t* arrivals = counters + b * n;
+  bounds_from_leaf(static_cast<T*>(a.boxes) + b * n * 2 * kBoxStride,
+                   static_cast<T*>(a.dipoles) + b * n * 2 * kDipoleStride,
+                   a.links + b * n * kLinkStride, a.leaves + b * d.faces * 2,
+                   static_cast<const T*>(a.tris) + b * d.faces * kTriStride, leaf,
+                   [&](int32_t node) { return arrive(arrivals + node) == 1; });
+}
+
+// Query i of the batch (mesh b = i / N).
+template <typename T>
+OMNIFAST_HD void closest_point_item(const MeshDims& d, const MeshTopology& topo,
+                                    const BvhArrays& bvh, const NormalArrays& normals,
+                                    int sign_mode, const QueryArrays& q, int64_t i) {
+  const int64_t b = i / q.per_mesh;
+  closest_point_query(bvh_view<T>(d, bvh, b), normals_view<T>(d, normals, b), topo, sign_mode,
+                      static_cast<const T*>(q.points) + 3 * i, static_cast<T*>(q.distance) + i,
+                      q.face + i, static_cast<T*>(q.bary) + 3 * i,
+                      static_cast<T*>(q.point) + 3 * i);
+}
+
 // Triangle k of mesh b (leaf order) from its vertices.
 template <typename T>
 OMNIFAST_HD void gather_triangle(const MeshDims& d, const T* verts, const MeshTopology& topo,

@@ -22,7 +22,6 @@ enum TreeField : size_t {
   kFaceNormals, kVertexNormals, kEdgeNormals, kTreeFields
 };
 constexpr size_t kTopologyFields = 6;
-constexpr size_t kRefitFields = 6;  // boxes, dipoles, tris and the three normals
 
 struct Mesh {
   MeshDims dims;
@@ -174,10 +173,9 @@ std::vector<at::Tensor> mesh_build(const at::Tensor& verts, at::TensorList topol
   return tree;
 }
 
-void check_tree(const char* op, const Mesh& m, const at::Tensor& verts, at::TensorList tree,
-                size_t fields) {
-  OMNIFAST_CHECK_ARG(tree.size() == fields, op, "tree",
-                     std::to_string(fields) + " tensors (from omnifast.MeshIndex.build)",
+void check_tree(const char* op, const Mesh& m, const at::Tensor& verts, at::TensorList tree) {
+  OMNIFAST_CHECK_ARG(tree.size() == kTreeFields, op, "tree",
+                     std::to_string(kTreeFields) + " tensors (from omnifast.MeshIndex.build)",
                      tree.size());
   const MeshDims& d = m.dims;
   for (const at::Tensor& t : tree) {
@@ -189,18 +187,17 @@ void check_tree(const char* op, const Mesh& m, const at::Tensor& verts, at::Tens
   check_shape(op, "tree leaves", tree[kLeaves], {d.batch, d.faces, 2});
   check_shape(op, "tree counts", tree[kCounts], {d.batch, 2});
   check_shape(op, "tree prim_face", tree[kPrimFace], {d.batch, d.faces});
-  if (fields == kTreeFields) {
-    check_shape(op, "tree tris", tree[kTris], {d.batch, d.faces, kTriStride});
-    check_shape(op, "tree boxes", tree[kBoxes], {d.batch, d.nodes(), 2, kBoxStride});
-    check_shape(op, "tree dipoles", tree[kDipoles], {d.batch, d.nodes(), 2, kDipoleStride});
-    check_shape(op, "tree vertex normals", tree[kVertexNormals], {d.batch, d.verts, 3});
-    check_shape(op, "tree edge normals", tree[kEdgeNormals], {d.batch, d.edges, 3});
-    for (size_t f : {kBoxes, kDipoles, kTris, kFaceNormals, kVertexNormals, kEdgeNormals})
-      OMNIFAST_CHECK_ARG(tree[f].scalar_type() == verts.scalar_type(), op, "tree",
-                         std::string("coordinates of the dtype of verts (") +
-                             c10::toString(verts.scalar_type()) + ")",
-                         tree[f].scalar_type());
-  }
+  check_shape(op, "tree tris", tree[kTris], {d.batch, d.faces, kTriStride});
+  check_shape(op, "tree boxes", tree[kBoxes], {d.batch, d.nodes(), 2, kBoxStride});
+  check_shape(op, "tree dipoles", tree[kDipoles], {d.batch, d.nodes(), 2, kDipoleStride});
+  check_shape(op, "tree face normals", tree[kFaceNormals], {d.batch, d.faces, 3});
+  check_shape(op, "tree vertex normals", tree[kVertexNormals], {d.batch, d.verts, 3});
+  check_shape(op, "tree edge normals", tree[kEdgeNormals], {d.batch, d.edges, 3});
+  for (size_t f : {kBoxes, kDipoles, kTris, kFaceNormals, kVertexNormals, kEdgeNormals})
+    OMNIFAST_CHECK_ARG(tree[f].scalar_type() == verts.scalar_type(), op, "tree",
+                       std::string("coordinates of the dtype of verts (") +
+                           c10::toString(verts.scalar_type()) + ")",
+                       tree[f].scalar_type());
 }
 
 // The tree's shape with new vertex positions: the same leaves, fresh boxes (no sort, no split).
@@ -208,7 +205,7 @@ std::vector<at::Tensor> mesh_refit(const at::Tensor& verts, at::TensorList topol
                                    at::TensorList tree) {
   const char* op = "mesh_refit";
   const Mesh m = mesh_of(op, verts, topology);
-  check_tree(op, m, verts, tree, kTreeFields);
+  check_tree(op, m, verts, tree);
   std::vector<at::Tensor> refitted(tree.begin(), tree.end());
   refit_into(op, m, verts, refitted);
   return {refitted[kBoxes], refitted[kDipoles], refitted[kTris], refitted[kFaceNormals],
@@ -220,7 +217,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mesh_closest_point(
     at::TensorList tree, int64_t sign_mode) {
   const char* op = "closest_point";
   const Mesh m = mesh_of(op, verts, topology);
-  check_tree(op, m, verts, tree, kTreeFields);
+  check_tree(op, m, verts, tree);
   check_defined(op, "points", points);
   check_same_device(op, "points", points, "verts", verts);
   OMNIFAST_CHECK_ARG(points.dim() == 3 && points.size(2) == 3 && points.size(0) == m.dims.batch,

@@ -68,6 +68,12 @@ def surface_samples(verts, faces, count, generator=None):
     return (bary.unsqueeze(-1) * chosen).sum(-2), face, bary
 
 
+def jitter(points, sigma, generator=None):
+    """``points`` moved by Gaussian noise of standard deviation ``sigma`` (broadcast to them)."""
+    return points + torch.randn(points.shape, generator=generator, dtype=points.dtype,
+                                device=points.device) * sigma
+
+
 def training_points(verts, faces, count, generator=None, near_fraction=0.7):
     """Queries as semantic-SDF training draws them: ``near_fraction`` near the surface (surface
     samples plus Gaussian noise of 1% and 5% of the box diagonal, half each), the rest uniform in
@@ -80,7 +86,7 @@ def training_points(verts, faces, count, generator=None, near_fraction=0.7):
     if near > 0:
         on, _, _ = surface_samples(verts, faces, near, generator)
         sigma = torch.where(torch.arange(near).view(1, -1, 1) % 2 == 0, 0.01, 0.05).to(verts.dtype) * diag
-        near_pts = on + torch.randn(on.shape, generator=generator, dtype=verts.dtype) * sigma
+        near_pts = jitter(on, sigma, generator)
     centre, half = (lo + hi) / 2, (hi - lo) * 0.55
     box = centre + (torch.rand(B, count - near, 3, generator=generator, dtype=verts.dtype) * 2 - 1) * half
     pts = torch.cat([near_pts, box], 1)

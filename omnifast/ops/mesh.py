@@ -12,6 +12,7 @@ Correspondence = namedtuple("Correspondence", ["canonical_points", "distance", "
 SIGNS = {"none": 0, "pseudonormal": 1, "winding": 2}
 BUILDERS = {"sah": 0, "lbvh": 1}
 _FACE_NORMALS = 7  # position of the unit face normals [B, F, 3] in a tree (see csrc/ops.cpp)
+_REFIT_SLOTS = (0, 1, 5, 7, 8, 9)  # what mesh_refit renews: boxes, summaries, triangles, normals
 OFFSETS = ("normal", "none")
 
 
@@ -133,11 +134,16 @@ class MeshIndex:
         faces = self.faces(hit.face.device)
         canonical = barycentric_interpolate(canonical_verts, faces, hit.face, hit.bary)
         if offset == "normal":
-            normals = self.vertex_normals(canonical_verts.detach())
-            n = barycentric_interpolate(normals, faces, hit.face, hit.bary)
-            n = n / n.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(n.dtype).tiny)
+            n = self.surface_normals(canonical_verts, hit.face, hit.bary)
             canonical = canonical + hit.distance.unsqueeze(-1) * n
         return Correspondence(canonical, hit.distance, hit.face, hit.bary)
+
+    def surface_normals(self, verts, face, bary):
+        """Unit normals at barycentric points ``(face, bary)`` of ``verts`` (batched or shared):
+        the angle-weighted vertex normals, interpolated and renormalised; not differentiable."""
+        normals = self.vertex_normals(verts.detach())
+        n = barycentric_interpolate(normals, self.faces(face.device), face, bary)
+        return n / n.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(n.dtype).tiny)
 
     def vertex_normals(self, verts):
         """Unit angle-weighted vertex normals ``[B, V, 3]`` (or ``[V, 3]``) of ``verts``."""
@@ -165,7 +171,7 @@ class MeshBVH:
                              f"{_type_name(v)} on {v.device}")
         fresh = torch.ops.omnifast.mesh_refit(v, self.index.topology(v.device, v.shape[1]), self.tree)
         tree = list(self.tree)
-        for slot, t in zip((0, 1, 5, 7, 8, 9), fresh):  # boxes, dipoles, tris, three normals
+        for slot, t in zip(_REFIT_SLOTS, fresh):
             tree[slot] = t
         return MeshBVH(self.index, v, tree, self._batched)
 
@@ -357,7 +363,7 @@ def _tree_like(verts, topology):
 @torch.library.register_fake("omnifast::mesh_normals")
 def _mesh_normals_fake(verts, topology):
     tree = _tree_like(verts, topology)
-    return tree[7], tree[8], tree[9]
+    return tuple(tree[_FACE_NORMALS:_FACE_NORMALS + 3])
 
 
 @torch.library.register_fake("omnifast::mesh_build")
@@ -368,7 +374,7 @@ def _mesh_build_fake(verts, topology, builder):
 @torch.library.register_fake("omnifast::mesh_refit")
 def _mesh_refit_fake(verts, topology, tree):
     fresh = _tree_like(verts, topology)
-    return [fresh[i] for i in (0, 1, 5, 7, 8, 9)]
+    return [fresh[i] for i in _REFIT_SLOTS]
 
 
 @torch.library.register_fake("omnifast::mesh_closest_point")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..bench.meshes import surface_samples
+from ..bench.meshes import jitter, surface_samples
 from ..ops.mesh import MeshIndex, barycentric_interpolate
 
 SDFBatch = namedtuple("SDFBatch", [
@@ -80,7 +80,6 @@ class SDFSampler:
         with torch.no_grad():
             canonical = flame.canonical_verts()
             self.canonical_verts = flame.caps.verts(canonical)
-            self.canonical_normals = self.index.vertex_normals(self.canonical_verts)
             lo, hi = canonical.amin(0), canonical.amax(0)
         self.diagonal = float((hi - lo).norm())
         pad = (hi - lo) * box_padding
@@ -95,11 +94,8 @@ class SDFSampler:
             params = self.distribution.sample(flame.layout, batch, generator, device, dtype)
         params = params.to(device, dtype)
         verts, points, face, bary, canonical = self.surface(params, self.surface_points, generator)
-        faces = self.index.faces(device)
-        normals = barycentric_interpolate(self.index.vertex_normals(verts), faces, face, bary)
-        normals = normals / normals.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-        space = self._space_points(verts, faces, generator)
+        normals = self.index.surface_normals(verts, face, bary)
+        space = self._space_points(verts, self.index.faces(device), generator)
         hit = self.index.correspondence(space, verts, self.canonical_verts, sign="pseudonormal")
         return SDFBatch(params, flame.head_frame(params), points, normals, canonical, flame.caps.on_cap(face), space,
                         hit.distance, hit.canonical_points, flame.caps.on_cap(hit.face))
@@ -120,7 +116,11 @@ class SDFSampler:
         on, _, _ = surface_samples(verts, faces, near, generator)
         scales = torch.tensor(self.near_scales, dtype=verts.dtype, device=verts.device) * self.diagonal
         sigma = scales[torch.arange(near, device=verts.device) % len(scales)].view(1, -1, 1)
-        near_points = on + torch.randn(on.shape, generator=generator, dtype=on.dtype, device=on.device) * sigma
-        lo, hi = self.box_min.to(verts), self.box_max.to(verts)
-        box = lo + torch.rand(B, uniform, 3, generator=generator, dtype=verts.dtype, device=verts.device) * (hi - lo)
-        return torch.cat([near_points, box], 1)
+        return torch.cat([jitter(on, sigma, generator), self.box_points(B, uniform, verts, generator)], 1)
+
+    def box_points(self, batch, count, like, generator=None):
+        """``[batch, count, 3]`` uniform in the padded box, in the dtype and on the device of
+        ``like``."""
+        lo, hi = self.box_min.to(like), self.box_max.to(like)
+        return lo + torch.rand(batch, count, 3, generator=generator, dtype=like.dtype,
+                               device=like.device) * (hi - lo)

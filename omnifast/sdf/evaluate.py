@@ -1,6 +1,7 @@
 """Evaluating a semantic SDF on held-out FLAME parameters against the exact ground truth."""
 import torch
 
+from ..bench.meshes import jitter
 
 HELD_OUT_SEED = 1_000_003  # offset from the training seed: held-out draws never repeat the stream
 NEAR_SCALE = 0.01          # near-surface queries: surface samples + N(0, (1% of the diagonal)^2)
@@ -36,8 +37,7 @@ def evaluate(run, params, points_per_mesh=4096):
         frames = flame.head_frame(p)
         with torch.no_grad():
             verts, surface, face, _, canonical = sampler.surface(p, points_per_mesh, g)
-            near = surface + torch.randn(surface.shape, generator=g, dtype=surface.dtype,
-                                         device=device) * (NEAR_SCALE * sampler.diagonal)
+            near = jitter(surface, NEAR_SCALE * sampler.diagonal, g)
             truth = sampler.index.closest_point(near, verts, sign="pseudonormal").distance
             out_near = model(near, p, frames)
             out_surface = model(surface, p, frames)
@@ -45,8 +45,7 @@ def evaluate(run, params, points_per_mesh=4096):
         corr_err.append((out_surface.canonical - canonical).norm(dim=-1).flatten())
         surface_sdf.append(out_surface.sdf.abs().flatten())
         on_cap.append(flame.caps.on_cap(face).flatten())
-        lo, hi = sampler.box_min.to(surface), sampler.box_max.to(surface)
-        box = lo + torch.rand(1, points_per_mesh, 3, generator=g, dtype=surface.dtype, device=device) * (hi - lo)
+        box = sampler.box_points(1, points_per_mesh, surface, g)
         grad = model(torch.cat([near, box], 1), p, frames, with_gradient=True, create_graph=False).gradient
         eikonal.append((grad.norm(dim=-1) - 1).abs().flatten().detach())
     model.train(was_training)
