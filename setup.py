@@ -48,7 +48,8 @@ def extension():
     # The language standard is the one this torch builds its extensions with. No code here reads
     # floating-point exception flags; without trapping math the compiler may turn the selects of
     # the CPU loops' exp/log1p into vector blends (csrc/common/vector_math.h).
-    cxx_flags = ["-O3", "-fno-trapping-math"]
+    # Hidden symbols by default, as pybind11 modules are built: only PyInit__C is exported.
+    cxx_flags = ["-O3", "-fno-trapping-math", "-fvisibility=hidden"]
     link_flags = []
     if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
         # at::parallel_for is header-inline over OpenMP: without -fopenmp it runs serially.

@@ -1,37 +1,14 @@
 // The omnifast operator library: every schema lives here. Implementations register per dispatch
-// key next to their glue (csrc/<op>/<op>_ops.cpp); autograd and fake kernels are registered in
-// Python (omnifast/ops/).
-#include <Python.h>
+// key next to their glue (csrc/<op>/<op>_ops.cpp); autograd is registered in Python
+// (omnifast/ops/), shape functions for tracing in Python or, for the mesh ops, as Meta kernels.
+// The integer arguments take the values of the enums omnifast._C exports (csrc/module.cpp).
 #include <torch/library.h>
 
-#include <string>
-
-#ifndef OMNIFAST_CUDA_ARCHS
-#define OMNIFAST_CUDA_ARCHS ""
-#endif
-
-namespace omnifast {
-namespace {
-
-// Which backends this binary carries, for omnifast.info(): "cpu" or "cpu,cuda:<archs>".
-std::string build_info() {
-#ifdef OMNIFAST_WITH_CUDA
-  return std::string("cpu,cuda:") + OMNIFAST_CUDA_ARCHS;
-#else
-  return "cpu";
-#endif
-}
-
-}  // namespace
-}  // namespace omnifast
-
-TORCH_LIBRARY(omnifast, m) {
-  m.def("build_info() -> str", &omnifast::build_info);
-  // [B, P, C, *spatial] -> contiguous [B, P, *spatial, C] (a copy; never an alias of x).
+TORCH_LIBRARY(omnifast, m) {  // [B, P, C, *spatial] -> contiguous [B, P, *spatial, C] (a copy; never an alias of x).
   m.def("feature_last(Tensor x) -> Tensor");
   // planes: feature-last [N, 3, H, W, C] or [N, 3, D, H, W, C]; axes: 3 x dims coordinate
-  // components (plane-major); scale: 3 factors (2 / box_warp); reduce: 0 none ([N, 3, M, C]),
-  // 1 sum, 2 mean ([N, M, C]).
+  // components (plane-major); scale: 3 factors (2 / box_warp); reduce: _C.TriplaneReduce
+  // (none: [N, 3, M, C]; sum, mean: [N, M, C]).
   m.def("triplane_sample(Tensor planes, Tensor coords, int[] axes, float[] scale, int reduce)"
         " -> Tensor");
   m.def("triplane_sample_backward(Tensor grad_out, Tensor planes, Tensor coords, int[] axes,"
@@ -54,12 +31,11 @@ TORCH_LIBRARY(omnifast, m) {
   // their concatenation [R, S + n], coarse first on ties.
   m.def("importance_sample(Tensor depths, Tensor weights, Tensor u) -> Tensor");
   m.def("merge_order(Tensor coarse, Tensor fine) -> Tensor");
-  // Closest points on B meshes sharing one face list. topology: six int32 tensors from
-  // omnifast.MeshIndex (faces, face edges, vertex -> corner and edge -> face CSR lists). A tree
-  // is the list mesh_build returns (boxes, summaries, links, leaves, counts, triangles in leaf
-  // order, their face ids, face/vertex/edge normals); builder 0: SAH (CPU), 1: linear (Morton).
-  // sign: 0 none, 1 pseudonormal, 2 winding number. Returns distance [B, N], face [B, N] int64,
-  // barycentric weights [B, N, 3] and closest points [B, N, 3].
+  // Closest points on B meshes sharing one face list. topology: the int32 tensors of
+  // omnifast.MeshIndex (_C.TOPOLOGY_FIELDS). A tree is the list mesh_build returns
+  // (_C.TREE_FIELDS; mesh_refit returns _C.REFIT_FIELDS); builder: _C.MeshBuilder; sign:
+  // _C.SignMode. Returns distance [B, N], face [B, N] int64, barycentric weights [B, N, 3] and
+  // closest points [B, N, 3].
   m.def("mesh_normals(Tensor verts, Tensor[] topology) -> (Tensor, Tensor, Tensor)");
   m.def("mesh_build(Tensor verts, Tensor[] topology, int builder) -> Tensor[]");
   m.def("mesh_refit(Tensor verts, Tensor[] topology, Tensor[] tree) -> Tensor[]");
@@ -68,12 +44,4 @@ TORCH_LIBRARY(omnifast, m) {
   // The plane gradient in a fixed order (CUDA's deterministic path; CPU twin for tests).
   m.def("triplane_sample_plane_grad_rows(Tensor grad_out, Tensor planes, Tensor coords,"
         " Tensor? grad_grad_coords, int[] axes, float[] scale, int reduce) -> Tensor");
-}
-
-// Importing omnifast._C loads this library so the registrations above run; the module itself is
-// empty (no pybind11, no CPython API beyond this).
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr,
-                                      nullptr,               nullptr, nullptr, nullptr};
-  return PyModule_Create(&module);
 }

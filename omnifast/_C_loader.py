@@ -1,10 +1,12 @@
-"""Loads the compiled operator library and says what it carries."""
+"""Loads the compiled kernels (the pybind11 module ``omnifast._C``, which registers the operator
+library) and reads what it says of itself: its backends and the option values and layouts that
+Python and C++ share."""
 import importlib
 
 import torch
 
 try:
-    importlib.import_module("omnifast._C")
+    C = importlib.import_module("omnifast._C")
 except ImportError as exc:  # a clear error now beats an AttributeError on torch.ops later
     raise ImportError(
         "omnifast's compiled kernels (omnifast._C) are missing or do not match this torch "
@@ -13,22 +15,19 @@ except ImportError as exc:  # a clear error now beats an AttributeError on torch
     ) from exc
 
 
-def _read_backends():
-    info = torch.ops.omnifast.build_info()
-    backends = {"cpu": True, "cuda": False, "cuda_archs": []}
-    for part in info.split(","):
-        if part.startswith("cuda:"):
-            backends["cuda"] = True
-            backends["cuda_archs"] = [a for a in part[len("cuda:"):].replace(" ", ";").split(";") if a]
-    return backends
+def choices(enum):
+    """``{name: int value}`` of one of ``omnifast._C``'s enums, in declaration order."""
+    return {name: int(value) for name, value in enum.__members__.items()}
 
 
-_BACKENDS = _read_backends()  # read once: torch.compile traces the checks below as constants
+# Read once: torch.compile traces the checks below as constants.
+_BACKENDS = {"cpu": True, "cuda": bool(C.WITH_CUDA),
+             "cuda_archs": [a for a in C.CUDA_ARCHS.replace(" ", ";").split(";") if a]}
 
 
 def compiled_backends():
     """{'cpu': True, 'cuda': bool, 'cuda_archs': [...]} for the loaded binary."""
-    return dict(_BACKENDS)
+    return {**_BACKENDS, "cuda_archs": list(_BACKENDS["cuda_archs"])}
 
 
 def require_backend(op, *tensors):

@@ -361,3 +361,215 @@ def test_torch_compile():
     eager.backward()
     compiled.backward()
     torch.testing.assert_close(compiled_p.grad, eager_p.grad)
+
+
+# ---- exactness on thin triangles, zero-area faces, non-finite and huge inputs
+
+def thin_triangle_cases(dtype, kinds=("needle", "cap"), widths=(1e-2, 1e-5, 4e-8, 1e-12, 1e-17)):
+    """Needles (one short edge) and caps (one long edge, an angle near pi) 1 long and `width`
+    wide, randomly rotated and moved, with queries on them, near them at scales from 1e-9 to
+    0.1, and beyond each corner (where the side tests of two near-parallel edges meet)."""
+    for kind in kinds:
+        for width in widths:
+            q, _ = torch.linalg.qr(torch.randn(3, 3, dtype=torch.float64))
+            local = torch.tensor([[0, 0, 0], [1, 0, 0], [1, width, 0] if kind == "needle" else [0.37, width, 0]],
+                                 dtype=torch.float64)
+            shift = torch.randn(3, dtype=torch.float64)
+            weights = torch.rand(60, 3, dtype=torch.float64)
+            on = (weights / weights.sum(1, keepdim=True)) @ local
+            near = on + torch.randn(60, 3, dtype=torch.float64) * torch.logspace(-9, -1, 60, dtype=torch.float64)[:, None]
+            outward = [(2 * local[k] - local[(k + 1) % 3] - local[(k + 2) % 3]) / 2 for k in range(3)]
+            beyond = torch.cat([local[k] + outward[k] * torch.logspace(-8, 0, 20, dtype=torch.float64)[:, None]
+                                for k in range(3)])
+            points = torch.cat([on, near, beyond]) @ q.T + shift
+            yield kind, width, (local @ q.T + shift).to(dtype), points.to(dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_thin_triangles_are_exact(device, dtype):
+    """However thin a triangle is, the distance is exact to rounding (the side tests of the
+    foot on the plane must agree with one another even where two edges are nearly parallel)."""
+    faces = torch.tensor([[0, 1, 2]])
+    # The float32 triangle and the query on it from the report: 1.9e-4 before.
+    tri = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 0.01, 0]], dtype=torch.float32)
+    hit = omnifast.closest_point(torch.tensor([[0.29, 0.001015, 0]], device=device), tri.to(device), faces.to(device))
+    assert float(hit.distance.abs()) < TOL[torch.float32]
+    for kind, width, verts, points in thin_triangle_cases(dtype):
+        for builder in builders(device):
+            hit = omnifast.MeshIndex(faces).build(verts[None].to(device), builder=builder) \
+                .closest_point(points[None].to(device), sign="none")
+            want = ref.closest_point(points[None], verts[None], faces, sign="none")
+            error = float((hit.distance.cpu().double() - want.distance.double()).abs().max())
+            assert error < TOL[dtype], f"{kind} {width}: {error}"
+            reach = (points[None].double() - hit.point.cpu().double()).norm(dim=-1)
+            assert float((reach - want.distance.double()).abs().max()) < TOL[dtype]
+
+
+def test_reference_is_exact_on_thin_triangles():
+    """The brute-force reference has no thinness threshold: on thin float64 triangles it agrees
+    with the closest point computed in exact rational arithmetic."""
+    faces = torch.tensor([[0, 1, 2]])
+    for kind, width, verts, points in thin_triangle_cases(torch.float64, widths=(1e-8, 1e-14)):
+        want = ref.closest_point(points[None], verts[None], faces, sign="none")
+        for i in range(0, points.shape[0], 7):
+            sq, _, point = ref._exact_closest(points[i].tolist(), *verts.tolist())
+            assert abs(float(want.distance[0, i]) - sq ** 0.5) < 1e-15 + 1e-12 * sq ** 0.5, (kind, width, i)
+            torch.testing.assert_close(want.point[0, i], torch.tensor(point, dtype=torch.float64),
+                                       atol=1e-14, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_marching_cubes_mesh_float32(device):
+    """A marching-cubes surface (what export-sdf writes) has many slivers; float32 queries are
+    exact to 1e-5."""
+    from skimage.measure import marching_cubes
+
+    axis = torch.linspace(-1, 1, 24, dtype=torch.float64)
+    x, y, z = torch.meshgrid(axis, axis, axis, indexing="ij")
+    field = (x / 0.8) ** 2 + (y / 0.6) ** 2 + (z / 0.7) ** 2 - 1 + 0.1 * torch.sin(5 * x) * torch.cos(4 * y)
+    v, f, _, _ = marching_cubes(field.numpy(), 0.0, spacing=(2 / 23,) * 3)
+    verts = torch.tensor(v - 1, dtype=torch.float32)[None]
+    faces = torch.tensor(f.copy(), dtype=torch.long)
+    on = meshes.surface_samples(verts.double(), faces, 500)[0]
+    points = torch.cat([on, meshes.jitter(on, 0.01)], 1).float()
+    hit = omnifast.closest_point(points.to(device), verts.to(device), faces.to(device), sign="none")
+    want = ref.closest_point(points, verts, faces, sign="none")
+    assert float((hit.distance.cpu().double() - want.distance.double()).abs().max()) < TOL[torch.float32]
+
+
+def octahedron(dtype=torch.float64):
+    verts = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=dtype)
+    faces = torch.tensor([[0, 2, 4], [2, 1, 4], [1, 3, 4], [3, 0, 4],
+                          [2, 0, 5], [1, 2, 5], [3, 1, 5], [0, 3, 5]])
+    return verts, faces
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_zero_area_faces_take_no_part_in_the_sign(device):
+    """A closed octahedron plus a zero-area face joining two opposite vertices (through the
+    inside): the distance counts that face, the sign does not (it was +0.05 with the
+    pseudonormal, whose edge only that face touches)."""
+    verts, faces = octahedron()
+    faces = torch.cat([faces, torch.tensor([[0, 0, 1]])])
+    points = torch.tensor([[0.3, 0.05, 0], [0.3, 0, 0.02], [2, 0, 0], [0.1, 0.1, 0.1]], dtype=torch.float64)
+    for sign in ("pseudonormal", "winding"):
+        hit = omnifast.closest_point(points.to(device), verts.to(device), faces.to(device), sign=sign)
+        torch.testing.assert_close(hit.distance.cpu(), torch.tensor([-0.05, -0.02, 1.0, -0.02 ** 0.5],
+                                                                    dtype=torch.float64), atol=1e-12, rtol=0)
+        assert hit.face[0].item() == 8  # the segment is the nearest face
+        want = ref.closest_point(points[None], verts[None], faces, sign=sign)
+        torch.testing.assert_close(hit.distance.cpu(), want.distance[0], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_non_finite_vertices_give_nan(device):
+    """A NaN or inf vertex used by a face makes every query of that mesh NaN with face -1 (it
+    gave finite garbage: -2.12 at [2, 0, 0]); the other meshes of the batch are unaffected, and
+    a NaN vertex no face uses changes nothing."""
+    verts, faces = octahedron()
+    batch = verts.expand(4, -1, -1).clone()
+    batch[0, 2, 1] = float("nan")
+    batch[1, 4, 0] = float("inf")
+    batch = torch.cat([batch, torch.full((4, 1, 3), float("nan"), dtype=torch.float64)], 1)  # unused vertex
+    points = torch.tensor([[2.0, 0, 0], [0.1, 0.1, 0.1]], dtype=torch.float64).expand(4, -1, -1)
+    for builder in builders(device):
+        for sign in ("none", "pseudonormal", "winding"):
+            hit = omnifast.MeshIndex(faces).build(batch.to(device), builder=builder) \
+                .closest_point(points.to(device), sign=sign)
+            assert hit.face[:2].eq(-1).all() and hit.distance[:2].isnan().all() and hit.point[:2].isnan().all()
+            inner = -(0.7 / 3 ** 0.5) if sign != "none" else 0.7 / 3 ** 0.5
+            torch.testing.assert_close(hit.distance[2:].cpu(), torch.tensor([[1.0, inner]] * 2, dtype=torch.float64))
+    want = ref.closest_point(points, batch, faces)
+    assert want.face[:2].eq(-1).all() and want.distance[:2].isnan().all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_huge_finite_queries(device):
+    """A float32 query of 1e38 has a finite distance (its square overflows): it got NaN, face -1."""
+    verts, faces = octahedron(torch.float32)
+    points = torch.tensor([[1e38, 0, 0], [-3e38, 1e38, 0], [0, 0, 2], [0, -2e19, 1e19]], dtype=torch.float32)
+    for sign in ("none", "pseudonormal", "winding"):
+        hit = omnifast.closest_point(points.to(device), verts.to(device), faces.to(device), sign=sign)
+        assert (hit.face >= 0).all() and hit.bary.isfinite().all() and (hit.distance > 0).all()
+        want = ref.closest_point(points[None], verts[None], faces, sign="none")
+        torch.testing.assert_close(hit.distance.cpu(), want.distance[0], rtol=1e-6, atol=0)
+        # Far away every vertex is as near as any other to rounding: any point of the mesh will do.
+        assert hit.point.isfinite().all() and (hit.point.abs().sum(-1) <= 1 + 1e-6).all()
+
+
+# ---- gradients, interpolation and the index cache
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_correspondence_gradcheck_canonical_verts(device):
+    """canonical_points is differentiable with respect to canonical_verts through the normal
+    term too (the analytic gradient was 0 where finite differences gave 0.42)."""
+    verts, faces = blob(1, 1)
+    canonical = (verts[0] * 0.9 + 0.01 * torch.randn_like(verts[0])).to(device).requires_grad_()
+    points = queries(verts, 8).to(device)
+    index = omnifast.MeshIndex(faces.to(device))
+    for offset in ("normal", "none"):
+        fn = lambda c: index.correspondence(points, verts.to(device), c, offset=offset).canonical_points  # noqa: E731,B023
+        assert torch.autograd.gradcheck(fn, (canonical,), eps=1e-6, atol=1e-6)
+
+
+def test_direct_op_call_is_differentiable():
+    """The operator carries its own autograd: a direct call differentiates with respect to the
+    points and the vertices as the Python API does."""
+    verts, faces = blob(1, 1)
+    index = omnifast.MeshIndex(faces)
+    topology = index.topology("cpu", verts.shape[1])
+    tree = torch.ops.omnifast.mesh_build(verts, topology, 0)
+    points = queries(verts, 10).requires_grad_()
+    v = verts.clone().requires_grad_()
+    distance = torch.ops.omnifast.mesh_closest_point(points, v, topology, tree, 1)[0]
+    distance.sum().backward()
+    api_points, api_verts = points.detach().clone().requires_grad_(), verts.clone().requires_grad_()
+    index.closest_point(api_points, api_verts).distance.sum().backward()
+    torch.testing.assert_close(points.grad, api_points.grad)
+    torch.testing.assert_close(v.grad, api_verts.grad)
+    # (The tree holds the triangles: the vertex gradient assumes it was built from `verts`, so
+    # finite differences of the vertices go through the API, which builds a tree per call.)
+    assert torch.autograd.gradcheck(
+        lambda p: torch.ops.omnifast.mesh_closest_point(p, verts, topology, tree, 1)[0],
+        (points.detach().clone().requires_grad_(),), eps=1e-7, atol=1e-6)
+
+
+def test_barycentric_interpolate_integer_values_and_missing_faces():
+    faces = torch.tensor([[0, 1, 2]])
+    values = torch.tensor([[0], [10], [20]])
+    out = omnifast.barycentric_interpolate(values, faces, torch.tensor([0, -1]),
+                                           torch.tensor([[0.2, 0.4, 0.4], [1.0, 0, 0]]))
+    assert out.dtype == torch.float32
+    assert out[0].item() == pytest.approx(12.0) and out[1].isnan().all()
+    with pytest.raises(ValueError, match=r"face must hold face ids in \[0, 1\) or -1, got ids from 0 to 3"):
+        omnifast.barycentric_interpolate(values, faces, torch.tensor([0, 3]), torch.rand(2, 3))
+    with pytest.raises(ValueError, match="bary must be floating"):
+        omnifast.barycentric_interpolate(values, faces, torch.tensor([0]), torch.ones(1, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="values must have a row per vertex"):
+        omnifast.barycentric_interpolate(values[:2], faces, torch.tensor([0]), torch.rand(1, 3))
+    # A non-finite query's closest point has no face: its interpolated value is NaN too.
+    verts, octa = octahedron()
+    hit = omnifast.closest_point(torch.tensor([[float("nan"), 0, 0]], dtype=torch.float64), verts, octa)
+    assert omnifast.barycentric_interpolate(verts, octa, hit.face, hit.bary).isnan().all()
+
+
+def test_free_functions_see_faces_edited_in_place():
+    """Editing the face tensor through .data or .numpy() does not move its version counter; the
+    free functions must still see the new faces."""
+    verts, faces = octahedron()
+    points = torch.tensor([[0.5, 0.5, 0.5]], dtype=torch.float64)
+    first = omnifast.closest_point(points, verts, faces)
+    faces.numpy()[:] = faces.numpy()[:, ::-1]  # every face flipped: inside out
+    second = omnifast.closest_point(points, verts, faces)
+    torch.testing.assert_close(second.distance, -first.distance)
+    faces.data[:4] = faces.data[4:]  # and again, through .data
+    third = omnifast.closest_point(points, verts, faces)
+    want = ref.closest_point(points[None], verts[None], faces)
+    torch.testing.assert_close(third.distance, want.distance[0])
+
+
+def test_correspondence_too_few_canonical_vertices():
+    verts, faces = blob(1)
+    with pytest.raises(ValueError, match="canonical_verts must have at least"):
+        omnifast.correspondence(queries(verts, 4), verts, verts[0, :10], faces)

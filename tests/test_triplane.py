@@ -190,17 +190,32 @@ def test_texel_centres_edges_and_box_border(device, dims):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_points_outside_the_box_and_non_finite_give_zero(device):
+def test_points_outside_the_box_give_zero_and_non_finite_give_nan(device):
+    """Finite points outside the box read nothing (zero features); a non-finite coordinate gives
+    NaN features and a NaN coordinate gradient, as EG3D's projection and grid_sample do, instead
+    of hiding an upstream NaN as zeros (it did)."""
     planes = make_planes(1, 3, (5, 5), torch.float32, device)
-    far = torch.tensor([[[5.0, 0, 0], [0, -7.0, 0], [1e30, 1e30, 1e30], [float("inf"), 0, 0],
-                         [float("nan"), float("nan"), float("nan")], [-1e38, 2e38, 0]]],
-                       device=device)
+    far = torch.tensor([[[5.0, 0, 0], [0, -7.0, 0], [1e30, 1e30, 1e30], [-1e38, 2e38, 0],
+                         [float("inf"), 0, 0], [float("nan"), float("nan"), float("nan")],
+                         [0.1, float("nan"), 0.2]]], device=device)
     out = omnifast.triplane_sample(planes, far, reduce="none")
     # One plane of the first two points may still see them (e.g. x=5 lies off every plane but
     # y=-7 only off those that read y); compare with the reference where it is finite.
     ref = reference.triplane_sample(planes, far[:, :2], reduce="none")
     assert_close(out[:, :, :2], ref, 1e-6)
-    assert torch.equal(out[:, :, 2:], torch.zeros_like(out[:, :, 2:]))
+    assert torch.equal(out[:, :, 2:4], torch.zeros_like(out[:, :, 2:4]))
+    assert out[:, :, 4:].isnan().all()
+    for shape in ((5, 5), (3, 5, 5)):  # planes and volumes, through every backward path
+        p = make_planes(1, 3, shape, torch.float64, device).requires_grad_()
+        x = far.double().clone().requires_grad_()
+        for reduce in ("mean", "none"):
+            features = omnifast.triplane_sample(p, x, reduce=reduce)
+            torch.testing.assert_close(features.isnan(), reference.triplane_sample(p, x, reduce=reduce).isnan())
+            grad_p, grad_x = torch.autograd.grad(features.sum(), (p, x), create_graph=True)
+            assert grad_x[0, 4:].isnan().all() and grad_x[0, :4].isfinite().all()
+            assert grad_p.isfinite().all()  # a NaN point adds nothing to any texel
+            (gg_x,) = torch.autograd.grad(grad_x[:, :4].sum(), x, allow_unused=True)
+            assert gg_x[0, 4:].isnan().all() and gg_x[0, :4].isfinite().all()
 
 
 @pytest.mark.parametrize("device", DEVICES)

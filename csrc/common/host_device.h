@@ -31,6 +31,15 @@
 #define OMNIFAST_CHANNEL_LOOP(v, count, VEC) for (int v = 0; v < (count); ++v)
 #endif
 
+// CPU loops compiled twice where the toolchain can: for AVX2 + FMA (x86-64-v3) and for the
+// baseline, the loader picking the one the CPU runs (vector math; fma_of as one instruction).
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__CUDACC__)
+#define OMNIFAST_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define OMNIFAST_VECTOR_CLONES
+#endif
+
 namespace omnifast {
 
 // Conversions between a storage type and the accumulation type. CUDA's 16-bit types get
@@ -78,7 +87,58 @@ OMNIFAST_MATH_FN(exp_of, exp)
 OMNIFAST_MATH_FN(log1p_of, log1p)
 OMNIFAST_MATH_FN(log_of, log)
 OMNIFAST_MATH_FN(sqrt_of, sqrt)
+
+OMNIFAST_MATH_FN(abs_of, fabs)
 #undef OMNIFAST_MATH_FN
+
+// x * y + z with one rounding (exact products for compensated arithmetic).
+template <typename T>
+OMNIFAST_HD T fma_of(T x, T y, T z) {
+#if defined(__CUDA_ARCH__)
+  return ::fma(x, y, z);
+#else
+  return std::fma(x, y, z);
+#endif
+}
+
+template <typename T>
+OMNIFAST_HD T infinity_of() {
+  return T(1) / T(0);  // IEEE +inf on both sides, no <limits> in device code
+}
+
+template <typename T>
+OMNIFAST_HD T nan_of() {
+  return infinity_of<T>() - infinity_of<T>();
+}
+
+template <typename T>
+OMNIFAST_HD T largest_finite();
+template <>
+OMNIFAST_HD float largest_finite<float>() {
+  return 3.40282347e38f;
+}
+template <>
+OMNIFAST_HD double largest_finite<double>() {
+  return 1.7976931348623157e308;
+}
+
+template <typename T>
+OMNIFAST_HD bool is_finite(T x) {
+  return x - x == T(0);  // false for NaN and +-inf
+}
+
+// The power of two 2^-e with x * 2^-e in [0.5, 1) for finite x > 0: scaling by it is exact.
+template <typename T>
+OMNIFAST_HD T inverse_power_of_two(T x) {
+  int e = 0;
+#if defined(__CUDA_ARCH__)
+  ::frexp(x, &e);
+  return ::ldexp(T(1), -e);
+#else
+  std::frexp(x, &e);
+  return std::ldexp(T(1), -e);
+#endif
+}
 
 template <typename T>
 OMNIFAST_HD T atan2_of(T y, T x) {

@@ -10,14 +10,6 @@
 
 #include "host_device.h"  // OMNIFAST_HD: forced inlining, so that calling loops vectorise
 
-// Loops over these functions are compiled twice where the toolchain can: for AVX2 + FMA
-// (x86-64-v3) and for the baseline, the loader picking the one the CPU runs.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
-#define OMNIFAST_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define OMNIFAST_VECTOR_CLONES
-#endif
-
 namespace omnifast {
 namespace vector_math {
 

@@ -58,34 +58,12 @@ OMNIFAST_HD T length(const Vec3<T>& a) {
   return sqrt_of(dot(a, a));
 }
 template <typename T>
-OMNIFAST_HD Vec3<T> unit_or_zero(const Vec3<T>& a) {
-  const T n = length(a);
-  return n > T(0) ? (T(1) / n) * a : Vec3<T>{T(0), T(0), T(0)};
-}
-template <typename T>
 OMNIFAST_HD T min_of(T a, T b) {
   return b < a ? b : a;
 }
 template <typename T>
 OMNIFAST_HD T max_of(T a, T b) {
   return a < b ? b : a;
-}
-
-// Relative rounding unit of the arithmetic type.
-template <typename T>
-OMNIFAST_HD T unit_roundoff();
-template <>
-OMNIFAST_HD float unit_roundoff<float>() {
-  return 1.1920929e-7f;
-}
-template <>
-OMNIFAST_HD double unit_roundoff<double>() {
-  return 2.220446049250313e-16;
-}
-
-template <typename T>
-OMNIFAST_HD T infinity_of() {
-  return T(1) / T(0);  // IEEE +inf on both sides, no <limits> in device code
 }
 
 // ---------------------------------------------------------------- closest point on a triangle
@@ -135,69 +113,160 @@ OMNIFAST_HD TriangleHit<T> nearer(const TriangleHit<T>& a, const TriangleHit<T>&
   return b.sq < a.sq ? b : a;
 }
 
-// A triangle whose area is lost to rounding is the union of its three edges. Everything is
-// relative to corner a: ap = p - a, ab = b - a, ac = c - a.
+// a * b - c * d to within 1.5 units of rounding (Kahan): the rounding error of c * d is
+// recovered with an fma, so nearly cancelling products keep their sign and their digits.
 template <typename T>
-OMNIFAST_HD TriangleHit<T> closest_on_edges(const Vec3<T>& ap, const Vec3<T>& ab,
-                                            const Vec3<T>& ac) {
-  return nearer(nearer(edge_hit(ap, ab, 0), edge_hit(ap - ab, ac - ab, 1)),
-                edge_hit(ap - ac, T(-1) * ac, 2));
+OMNIFAST_HD T diff_of_products(T a, T b, T c, T d) {
+  const T cd = c * d;
+  return fma_of(a, b, -cd) + fma_of(-c, d, cd);
 }
 
-// Whether the region test below may run: the squared double area must exceed rounding of the
-// longest edge's fourth power (else the triangle is treated as its edges, where every division
-// is safe).
 template <typename T>
-OMNIFAST_HD bool has_area(const Vec3<T>& ab, const Vec3<T>& ac, const Vec3<T>& n) {
-  const Vec3<T> bc = ac - ab;
-  const T longest = max_of(max_of(dot(ab, ab), dot(ac, ac)), dot(bc, bc));
-  return dot(n, n) > unit_roundoff<T>() * longest * longest;
+OMNIFAST_HD bool is_zero(const Vec3<T>& v) {
+  return v.x == T(0) && v.y == T(0) && v.z == T(0);
 }
 
-// Ericson's region test (Real-Time Collision Detection, 5.1.5): Voronoi regions of the vertices,
-// then of the edges, else the interior; no square roots.
+// |v| without overflow or underflow in the squares.
 template <typename T>
-OMNIFAST_HD TriangleHit<T> closest_on_triangle(const Vec3<T>& ap, const Vec3<T>& ab,
-                                               const Vec3<T>& ac, bool area) {
-  if (!area) return closest_on_edges(ap, ab, ac);
-  const T d1 = dot(ab, ap), d2 = dot(ac, ap);
-  if (d1 <= T(0) && d2 <= T(0)) return vertex_hit(dot(ap, ap), 0);
-  const Vec3<T> bp = ap - ab;
-  const T d3 = dot(ab, bp), d4 = dot(ac, bp);
-  if (d3 >= T(0) && d4 <= d3) return vertex_hit(dot(bp, bp), 1);
-  const T vc = d1 * d4 - d3 * d2;
-  if (vc <= T(0) && d1 >= T(0) && d3 <= T(0)) return edge_hit(ap, ab, 0);
-  const Vec3<T> cp = ap - ac;
-  const T d5 = dot(ab, cp), d6 = dot(ac, cp);
-  if (d6 >= T(0) && d5 <= d6) return vertex_hit(dot(cp, cp), 2);
-  const T vb = d5 * d2 - d1 * d6;
-  if (vb <= T(0) && d2 >= T(0) && d6 <= T(0)) return edge_hit(cp, T(-1) * ac, 2);
-  const T va = d3 * d6 - d5 * d4;
-  if (va <= T(0) && d4 - d3 >= T(0) && d5 - d6 >= T(0)) return edge_hit(bp, ac - ab, 1);
-  const T denom = va + vb + vc;
-  if (!(denom > T(0))) return closest_on_edges(ap, ab, ac);
-  const T v = vb / denom, w = vc / denom;
-  const Vec3<T> d = ap - v * ab - w * ac;
-  return {dot(d, d), T(1) - v - w, v, w, kRegionFace};
+OMNIFAST_HD T scaled_length(const Vec3<T>& v) {
+  const T m = max_of(max_of(abs_of(v.x), abs_of(v.y)), abs_of(v.z));
+  if (!(m > T(0)) || !(m < infinity_of<T>())) return m;
+  return m * length(Vec3<T>{v.x / m, v.y / m, v.z / m});
 }
 
-// A triangle as the queries read it: corner a, edges ab and ac, and its unit normal (zero when
-// the area is lost to rounding), which bounds the distance from below by the distance to the
-// plane.
-constexpr int kTriStride = 12;
+// The corner the longest edge of (c[0], c[1], c[2]) starts from (edge k joins k and k + 1).
+template <typename T>
+OMNIFAST_HD int longest_edge(const Vec3<T> c[3]) {
+  int r = 0;
+  T longest = T(-1);
+  for (int k = 0; k < 3; ++k) {
+    const Vec3<T> e = c[(k + 1) % 3] - c[k];
+    if (dot(e, e) > longest) longest = dot(e, e), r = k;
+  }
+  return r;
+}
+
+// The unit normal of a triangle, correctly rounded however thin it is (compensated cross
+// product from the start of its longest edge); zero when its edges are exactly parallel (a
+// zero-area face, which has no side and takes no part in signs). Scaled before the norm so
+// tiny and huge areas neither underflow nor overflow.
+template <typename T>
+OMNIFAST_HD Vec3<T> unit_normal(const Vec3<T>& ab, const Vec3<T>& ac) {
+  const Vec3<T> n{diff_of_products(ab.y, ac.z, ab.z, ac.y), diff_of_products(ab.z, ac.x, ab.x, ac.z),
+                  diff_of_products(ab.x, ac.y, ab.y, ac.x)};
+  const T m = max_of(max_of(abs_of(n.x), abs_of(n.y)), abs_of(n.z));
+  if (!(m > T(0) && m < infinity_of<T>())) return {T(0), T(0), T(0)};
+  const Vec3<T> s{n.x / m, n.y / m, n.z / m};
+  return (T(1) / length(s)) * s;
+}
 
 template <typename T>
-OMNIFAST_HD void write_triangle(const Vec3<T>& a, const Vec3<T>& b, const Vec3<T>& c, T* out) {
-  const Vec3<T> ab = b - a, ac = c - a, n = cross(ab, ac);
+OMNIFAST_HD Vec3<T> face_unit_normal(const Vec3<T> c[3]) {
+  const int r = longest_edge(c);
+  return unit_normal(c[(r + 1) % 3] - c[r], c[(r + 2) % 3] - c[r]);
+}
+
+// A triangle as the queries read it: in an orthonormal frame (e1, e2, n) with its longest edge
+// on the first axis, corner a at the origin, b = (L, 0) and c = (cx, cy). A query's frame
+// coordinates feed all three in-plane side tests, so the tests agree with one another (and
+// compensated products make each exact for those numbers): the closest point is exact to
+// rounding however thin the triangle is. Frame corner j is the face's corner (j + rot) % 3 (a
+// rotation keeps the orientation). A zero-area face (n = 0) is the segment of its longest edge.
+constexpr int kTriStride = 16;  // a xyz, e1 xyz, e2 xyz, n xyz, L, cx, cy, rot
+
+template <typename T>
+OMNIFAST_HD void write_triangle(const Vec3<T>& a0, const Vec3<T>& b0, const Vec3<T>& c0, T* out) {
+  const Vec3<T> corner[3] = {a0, b0, c0};
+  const int r = longest_edge(corner);
+  const Vec3<T> a = corner[r], ab = corner[(r + 1) % 3] - a, ac = corner[(r + 2) % 3] - a;
+  const Vec3<T> n = unit_normal(ab, ac);
+  const T length_ab = scaled_length(ab);
+  const Vec3<T> e1 = length_ab > T(0) ? Vec3<T>{ab.x / length_ab, ab.y / length_ab, ab.z / length_ab}
+                                      : Vec3<T>{T(0), T(0), T(0)};
+  const Vec3<T> e2 = cross(n, e1);
   store3(out, a);
-  store3(out + 3, ab);
-  store3(out + 6, ac);
-  store3(out + 9, has_area(ab, ac, n) ? unit_or_zero(n) : Vec3<T>{T(0), T(0), T(0)});
+  store3(out + 3, e1);
+  store3(out + 6, e2);
+  store3(out + 9, n);
+  out[12] = length_ab;
+  out[13] = dot(ac, e1);
+  out[14] = dot(ac, e2);
+  out[15] = T(r);
 }
 
 template <typename T>
-OMNIFAST_HD Vec3<T> corner_of(const T* tri, int k) {
-  return k == 0 ? load3(tri) : load3(tri) + load3(tri + 3 * k);
+OMNIFAST_HD int rotation_of(const T* tri) {
+  return static_cast<int>(tri[15]);
+}
+
+// Frame corner j (0: a, 1: b, 2: c) in world coordinates.
+template <typename T>
+OMNIFAST_HD Vec3<T> corner_of(const T* tri, int j) {
+  const Vec3<T> a = load3(tri), e1 = load3(tri + 3);
+  if (j == 0) return a;
+  if (j == 1) return a + tri[12] * e1;
+  return a + tri[13] * e1 + tri[14] * load3(tri + 6);
+}
+
+// A hit given in frame corners, renamed to the face's corners (frame corner j is face corner
+// j + rot, modulo 3).
+template <typename T>
+OMNIFAST_HD TriangleHit<T> to_face_corners(const TriangleHit<T>& h, int rot) {
+  const auto turn = [rot](int j) { return j + rot < 3 ? j + rot : j + rot - 3; };
+  const T frame[3] = {h.u, h.v, h.w};
+  T face[3];
+  for (int j = 0; j < 3; ++j) face[turn(j)] = frame[j];
+  int region = h.region;
+  if (region >= kRegionEdgeAB) region = kRegionEdgeAB + turn(region - kRegionEdgeAB);
+  else if (region >= kRegionVertexA) region = kRegionVertexA + turn(region - kRegionVertexA);
+  return {h.sq, face[0], face[1], face[2], region};
+}
+
+// The closest point of stored triangle `tri`, with its lengths scaled by s (a power of two),
+// to a query at ap = p - a with height h = ap . n over its plane, both in scaled units, with
+// weights and region in frame corners (to_face_corners renames them). Inside
+// all three edges the distance is the height; outside one or two, the nearest of those edges
+// holds the closest point (a point is outside both edges that meet at the vertex it is nearest
+// to).
+template <typename T>
+OMNIFAST_HD TriangleHit<T> closest_on_triangle(const T* tri, const Vec3<T>& ap, T h, T s) {
+  const Vec3<T> e1 = load3(tri + 3), n = load3(tri + 9);
+  const T L = s * tri[12], cx = s * tri[13], cy = s * tri[14];
+  if (is_zero(n)) return edge_hit(ap, L * e1, 0);
+  const Vec3<T> q{dot(ap, e1), dot(ap, load3(tri + 6)), h};  // the query in the frame
+  const Vec3<T> b{L, T(0), T(0)}, c{cx, cy, T(0)};
+  // Twice the signed areas the query's foot spans with each edge: the opposite corners' weights.
+  const T wc = L * q.y, wb = diff_of_products(cy, q.x, cx, q.y);
+  const T wa = diff_of_products(cx - L, q.y, cy, q.x - L);
+  bool out_ab = wc < T(0), out_bc = wa < T(0), out_ca = wb < T(0);
+  if (!(cy > T(0))) out_ab = out_bc = out_ca = true;  // an area below rounding: its edges
+  TriangleHit<T> hit;
+  if (!(out_ab || out_bc || out_ca)) {
+    const T sum = wa + wb + wc;
+    hit = {h * h, wa / sum, wb / sum, wc / sum, kRegionFace};
+  } else {
+    hit = out_ab ? edge_hit(q, b, 0) : out_bc ? edge_hit(q - b, c - b, 1) : edge_hit(q - c, T(-1) * c, 2);
+    if (out_ab && out_bc) hit = nearer(hit, edge_hit(q - b, c - b, 1));
+    if ((out_ab || out_bc) && out_ca) hit = nearer(hit, edge_hit(q - c, T(-1) * c, 2));
+  }
+  return hit;
+}
+
+// The closest point of a hit (frame corners) on stored triangle `tri` from query p, all lengths
+// scaled by s: the foot on the plane for the interior (exact however thin the triangle), the
+// weighted corners on edges and vertices.
+template <typename T>
+OMNIFAST_HD Vec3<T> hit_point(const T* tri, const Vec3<T>& p, const TriangleHit<T>& h, T s) {
+  const Vec3<T> n = load3(tri + 9), a = s * load3(tri);
+  if (h.region == kRegionFace) return p - dot(p - a, n) * n;
+  return a + (s * (h.v * tri[12] + h.w * tri[13])) * load3(tri + 3) + (s * h.w * tri[14]) * load3(tri + 6);
+}
+
+// A coordinate the tree builders can order: non-finite ones become 0 (a mesh with such a
+// vertex answers NaN to every query, whatever its tree looks like).
+template <typename T>
+OMNIFAST_HD T finite_or_zero(T x) {
+  return is_finite(x) ? x : T(0);
 }
 
 // ---------------------------------------------------------------- the BVH
@@ -225,11 +294,12 @@ struct BvhView {
   const int32_t* prim_face;
 };
 
+// Squared distance from p to a box, both scaled by s.
 template <typename T>
-OMNIFAST_HD T box_sq_distance(const Vec3<T>& p, const T* box) {
-  const T dx = max_of(max_of(box[0] - p.x, p.x - box[3]), T(0));
-  const T dy = max_of(max_of(box[1] - p.y, p.y - box[4]), T(0));
-  const T dz = max_of(max_of(box[2] - p.z, p.z - box[5]), T(0));
+OMNIFAST_HD T box_sq_distance(const Vec3<T>& p, const T* box, T s) {
+  const T dx = max_of(max_of(s * box[0] - p.x, p.x - s * box[3]), T(0));
+  const T dy = max_of(max_of(s * box[1] - p.y, p.y - s * box[4]), T(0));
+  const T dz = max_of(max_of(s * box[2] - p.z, p.z - s * box[5]), T(0));
   return dx * dx + dy * dy + dz * dz;
 }
 
@@ -254,7 +324,8 @@ OMNIFAST_HD void write_empty_slot(T* box, T* dipole) {
 
 // Box and far-field summary (Barill et al. 2018, order 1: the area-weighted normal at the
 // area-weighted centroid, with the radius of a ball around it holding every vertex) of the
-// triangles of one leaf, written into the slot its parent keeps for it.
+// triangles of one leaf, written into the slot its parent keeps for it. The area is NaN when a
+// corner is not finite.
 template <typename T>
 OMNIFAST_HD void summarise_leaf(const T* tris, int32_t ref, T* box, T* dipole) {
   const int64_t first = leaf_first(ref);
@@ -265,17 +336,20 @@ OMNIFAST_HD void summarise_leaf(const T* tris, int32_t ref, T* box, T* dipole) {
   for (int k = 0; k < count; ++k) {
     const T* t = tris + (first + k) * kTriStride;
     Vec3<T> centre{T(0), T(0), T(0)};
+    bool finite = true;
     for (int corner = 0; corner < 3; ++corner) {
       const Vec3<T> v = corner_of(t, corner);
       lo = {min_of(lo.x, v.x), min_of(lo.y, v.y), min_of(lo.z, v.z)};
       hi = {max_of(hi.x, v.x), max_of(hi.y, v.y), max_of(hi.z, v.z)};
       centre = centre + v;
+      finite = finite && is_finite(v.x) && is_finite(v.y) && is_finite(v.z);
     }
-    const Vec3<T> half_normal = T(0.5) * cross(load3(t + 3), load3(t + 6));
+    const Vec3<T> half_normal = (T(0.5) * t[12] * t[14]) * load3(t + 9);
     const T a = length(half_normal);
     area_vector = area_vector + half_normal;
     moment = moment + (a / T(3)) * centre;
-    area = area + a;
+    // A non-finite corner makes the area NaN, which every merge carries up to the root.
+    area = finite ? area + a : nan_of<T>();
   }
   const Vec3<T> centroid = area > T(0) ? (T(1) / area) * moment : T(0.5) * (lo + hi);
   T radius = T(0);
@@ -443,41 +517,64 @@ OMNIFAST_HD void lbvh_node(const LeafKeys& k, int64_t i, int64_t triangles, int3
 
 template <typename T>
 struct NearestHit {
-  T sq;
-  int32_t face;      // -1: nothing found (a non-finite query)
-  int64_t position;  // in leaf order
-  T u, v, w;
-  int region;
+  int32_t face;         // -1: nothing found (a non-finite query)
+  int64_t position;     // in leaf order
+  TriangleHit<T> hit;   // in the triangle's frame corners
 };
 
-// Nearest triangle by depth-first traversal, nearer child first, pruning boxes (and planes)
-// farther than the best so far. Equal distances go to the smaller face id among those visited;
-// faces tied only up to rounding (at a shared edge or vertex) may resolve either way.
+// Whether every vertex of the mesh's faces is finite (the root's areas are not NaN).
 template <typename T>
-OMNIFAST_HD NearestHit<T> nearest_triangle(const BvhView<T>& m, const Vec3<T>& p) {
-  NearestHit<T> best{infinity_of<T>(), -1, 0, T(0), T(0), T(0), kRegionFace};
+OMNIFAST_HD bool mesh_is_finite(const BvhView<T>& m) {
+  return m.dipoles[6] == m.dipoles[6] && m.dipoles[kDipoleStride + 6] == m.dipoles[kDipoleStride + 6];
+}
+
+// The power of two a query and its mesh are scaled by so that no squared distance overflows:
+// 1 unless a coordinate of the query or the root's boxes is beyond a quarter of the root of the
+// largest number; then the largest coordinate becomes 2 to 4 (and 1 / s stays finite).
+template <typename T>
+OMNIFAST_HD T query_scale(const BvhView<T>& m, const Vec3<T>& p) {
+  T largest = max_of(max_of(abs_of(p.x), abs_of(p.y)), abs_of(p.z));
+  for (int i = 0; i < 2 * kBoxStride; ++i)
+    if (is_finite(m.boxes[i])) largest = max_of(largest, abs_of(m.boxes[i]));
+  return largest < T(0.25) * sqrt_of(largest_finite<T>()) ? T(1) : T(4) * inverse_power_of_two(largest);
+}
+
+// The leaf's triangles against the best hit so far (see nearest_triangle).
+template <typename T>
+OMNIFAST_HD void nearest_in_leaf(const BvhView<T>& m, const Vec3<T>& p, T s, bool with_area_only,
+                                 int32_t ref, NearestHit<T>& best) {
+  const int64_t first = leaf_first(ref);
+  for (int k = 0; k < leaf_count(ref); ++k) {
+    const T* t = m.tris + (first + k) * kTriStride;
+    const Vec3<T> ap = p - s * load3(t), n = load3(t + 9);
+    if (with_area_only && is_zero(n)) continue;
+    const T height = dot(ap, n);
+    if (height * height > best.hit.sq) continue;  // the plane is already farther than the best
+    const TriangleHit<T> h = closest_on_triangle(t, ap, height, s);
+    if (!(h.sq <= best.hit.sq)) continue;
+    const int32_t face = m.prim_face[first + k];
+    if (h.sq < best.hit.sq || best.face < 0 || face < best.face) best = {face, first + k, h};
+  }
+}
+
+// Nearest triangle by depth-first traversal, nearer child first, pruning boxes (and planes)
+// farther than the best so far; `with_area_only` skips zero-area faces. Lengths are scaled by
+// s (query_scale; sq is in scaled units). Equal distances go to the smaller face id among those
+// visited; faces tied only up to rounding (at a shared edge or vertex) may resolve either way.
+template <typename T>
+OMNIFAST_HD NearestHit<T> nearest_triangle(const BvhView<T>& m, const Vec3<T>& query, T s,
+                                           bool with_area_only = false) {
+  NearestHit<T> best{-1, 0, {infinity_of<T>(), T(0), T(0), T(0), kRegionFace}};
+  if (!mesh_is_finite(m) || !(is_finite(query.x) && is_finite(query.y) && is_finite(query.z)))
+    return best;
+  const Vec3<T> p = s * query;
   int32_t stack_node[kBvhStack];
   T stack_sq[kBvhStack];
   int top = 0;
   int32_t node = 0;
-  auto test_leaf = [&](int32_t ref) {
-    const int64_t first = leaf_first(ref);
-    for (int k = 0; k < leaf_count(ref); ++k) {
-      const T* t = m.tris + (first + k) * kTriStride;
-      const Vec3<T> ap = p - load3(t), n = load3(t + 9);
-      const T height = dot(ap, n);
-      if (height * height > best.sq) continue;  // the plane is already farther than the best
-      const TriangleHit<T> h =
-          closest_on_triangle(ap, load3(t + 3), load3(t + 6), n.x != T(0) || n.y != T(0) || n.z != T(0));
-      if (!(h.sq <= best.sq)) continue;
-      const int32_t face = m.prim_face[first + k];
-      if (h.sq < best.sq || (best.face >= 0 && face < best.face))
-        best = {h.sq, face, first + k, h.u, h.v, h.w, h.region};
-    }
-  };
   while (true) {
     const T* box = m.boxes + 2 * node * kBoxStride;
-    T near_sq = box_sq_distance(p, box), far_sq = box_sq_distance(p, box + kBoxStride);
+    T near_sq = box_sq_distance(p, box, s), far_sq = box_sq_distance(p, box + kBoxStride, s);
     int32_t near_child = m.links[kLinkStride * node], far_child = m.links[kLinkStride * node + 1];
     if (far_sq < near_sq) {
       const T s = near_sq;
@@ -487,17 +584,17 @@ OMNIFAST_HD NearestHit<T> nearest_triangle(const BvhView<T>& m, const Vec3<T>& p
       near_child = far_child;
       far_child = c;
     }
-    bool open_near = near_sq <= best.sq, open_far = far_sq <= best.sq;
+    bool open_near = near_sq <= best.hit.sq, open_far = far_sq <= best.hit.sq;
     if (open_near && near_child < 0) {
-      test_leaf(near_child);
+      nearest_in_leaf(m, p, s, with_area_only, near_child, best);
       open_near = false;
     }
     if (open_far && far_child < 0) {
-      test_leaf(far_child);
+      nearest_in_leaf(m, p, s, with_area_only, far_child, best);
       open_far = false;
     }
-    open_near = open_near && near_sq <= best.sq;
-    open_far = open_far && far_sq <= best.sq;
+    open_near = open_near && near_sq <= best.hit.sq;
+    open_far = open_far && far_sq <= best.hit.sq;
     if (open_near) {
       if (open_far) {
         stack_node[top] = far_child;
@@ -510,7 +607,7 @@ OMNIFAST_HD NearestHit<T> nearest_triangle(const BvhView<T>& m, const Vec3<T>& p
       node = far_child;
       continue;
     }
-    while (top > 0 && !(stack_sq[top - 1] <= best.sq)) --top;
+    while (top > 0 && !(stack_sq[top - 1] <= best.hit.sq)) --top;
     if (top == 0) break;
     node = stack_node[--top];
   }
@@ -583,8 +680,8 @@ struct MeshTopology {
 template <typename T>
 OMNIFAST_HD void write_face_normal(const T* verts, const MeshTopology& topo, int64_t f, T* out) {
   const int32_t* c = topo.faces + 3 * f;
-  const Vec3<T> a = load3(verts + 3 * c[0]);
-  store3(out, unit_or_zero(cross(load3(verts + 3 * c[1]) - a, load3(verts + 3 * c[2]) - a)));
+  const Vec3<T> corner[3] = {load3(verts + 3 * c[0]), load3(verts + 3 * c[1]), load3(verts + 3 * c[2])};
+  store3(out, face_unit_normal(corner));
 }
 
 // Angle-weighted pseudonormal of a vertex (Baerentzen and Aanaes 2005): incident unit face
@@ -632,31 +729,46 @@ OMNIFAST_HD Vec3<T> feature_normal(const MeshNormals<T>& n, const MeshTopology& 
 
 // Everything one query returns: signed (negative inside) or unsigned distance, face id, the
 // barycentric weights of the face's three corners and the closest point. A query that finds no
-// triangle (non-finite coordinates) gets NaN everywhere and face -1.
+// triangle (non-finite coordinates, or a mesh with a non-finite vertex) gets NaN everywhere and
+// face -1. The pseudonormal sign comes from the nearest face with an area: a zero-area face has
+// no side, and the edges and vertices only it touches have no pseudonormal.
 template <typename T>
 OMNIFAST_HD void closest_point_query(const BvhView<T>& m, const MeshNormals<T>& normals,
                                      const MeshTopology& topo, int sign_mode, const T* query,
                                      T* distance, int64_t* face, T* bary, T* point) {
   const Vec3<T> p = load3(query);
-  const NearestHit<T> hit = nearest_triangle(m, p);
+  const T s = query_scale(m, p);
+  const NearestHit<T> hit = nearest_triangle(m, p, s);
   *face = hit.face;
   if (hit.face < 0) {
-    const T nan = infinity_of<T>() - infinity_of<T>();
+    const T nan = nan_of<T>();
     *distance = nan;
     store3(bary, Vec3<T>{nan, nan, nan});
     store3(point, Vec3<T>{nan, nan, nan});
     return;
   }
   const T* t = m.tris + hit.position * kTriStride;
-  const Vec3<T> c = load3(t) + hit.v * load3(t + 3) + hit.w * load3(t + 6);
-  store3(bary, Vec3<T>{hit.u, hit.v, hit.w});
-  store3(point, c);
+  const Vec3<T> ps = s * p;
+  const TriangleHit<T> on_face = to_face_corners(hit.hit, rotation_of(t));
+  store3(bary, Vec3<T>{on_face.u, on_face.v, on_face.w});
+  store3(point, (T(1) / s) * hit_point(t, ps, hit.hit, s));
   bool inside = false;
-  if (sign_mode == kSignPseudonormal)
-    inside = dot(p - c, feature_normal(normals, topo, hit.face, hit.region)) < T(0);
-  else if (sign_mode == kSignWinding)
+  // A query so far away that the search ran scaled is outside the mesh's box, so outside it:
+  // the nearest feature's pseudonormal cannot tell (every vertex is as near, to rounding).
+  const bool far_outside = s < T(1) && box_sq_distance(ps, m.boxes, s) > T(0) &&
+                           box_sq_distance(ps, m.boxes + kBoxStride, s) > T(0);
+  if (sign_mode == kSignPseudonormal && !far_outside) {
+    const bool has_area = !is_zero(load3(t + 9));
+    const NearestHit<T> side = has_area ? hit : nearest_triangle(m, p, s, true);
+    if (side.face >= 0) {
+      const T* st = m.tris + side.position * kTriStride;
+      const int region = to_face_corners(side.hit, rotation_of(st)).region;
+      inside = dot(ps - hit_point(st, ps, side.hit, s), feature_normal(normals, topo, side.face, region)) < T(0);
+    }
+  } else if (sign_mode == kSignWinding) {
     inside = winding_number(m, p) > T(0.5);
-  const T d = sqrt_of(hit.sq);
+  }
+  const T d = sqrt_of(hit.hit.sq) / s;
   *distance = inside ? -d : d;
 }
 

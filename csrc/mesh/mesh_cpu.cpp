@@ -226,7 +226,9 @@ void build_sah(const MeshDims& d, const T* verts, const MeshTopology& topo, cons
         Box box;
         for (int c = 0; c < 3; ++c) {
           const T* p = v + 3 * topo.faces[3 * f + c];
-          box.grow(std::array<double, 3>{double(p[0]), double(p[1]), double(p[2])});
+          box.grow(std::array<double, 3>{double(finite_or_zero(p[0])),
+                                         double(finite_or_zero(p[1])),
+                                         double(finite_or_zero(p[2]))});
         }
         boxes[f] = box;
       }
@@ -272,11 +274,21 @@ void refit(const MeshDims& d, const T* verts, const MeshTopology& topo, const Bv
   });
 }
 
+// Queries [begin, end) of one worker.
+template <typename T>
+OMNIFAST_VECTOR_CLONES void closest_point_range(const MeshDims& d, const MeshTopology& topo,
+                                                const BvhArrays& bvh, const NormalArrays& normals,
+                                                int sign_mode, const QueryArrays& q, int64_t begin,
+                                                int64_t end) {
+  for (int64_t i = begin; i < end; ++i) closest_point_item<T>(d, topo, bvh, normals, sign_mode, q, i);
+}
+
 template <typename T>
 void closest_points(const MeshDims& d, const MeshTopology& topo, const BvhArrays& bvh,
                     const NormalArrays& normals, int sign_mode, const QueryArrays& q) {
-  for_items(d.batch * q.per_mesh, kPointGrain,
-            [&](int64_t i) { closest_point_item<T>(d, topo, bvh, normals, sign_mode, q, i); });
+  at::parallel_for(0, d.batch * q.per_mesh, kPointGrain, [&](int64_t begin, int64_t end) {
+    closest_point_range<T>(d, topo, bvh, normals, sign_mode, q, begin, end);
+  });
 }
 
 }  // namespace

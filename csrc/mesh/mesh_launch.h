@@ -7,11 +7,62 @@
 
 namespace omnifast {
 
+// How a tree is built: 0 binned SAH (CPU), 1 linear from Morton codes (both devices).
+enum MeshBuilder : int { kBuilderSah = 0, kBuilderLinear = 1 };
+
+// A built tree is a list of tensors in this order, each with the layout below: the C++ glue
+// allocates from this table and Python reads it (omnifast._C.TREE_LAYOUT) for its shape
+// functions, so neither mirrors the other. A refit renews the coordinate fields
+// (kRefitFields) and keeps the rest.
+enum TreeField : int {
+  kBoxes, kDipoles, kLinks, kLeaves, kCounts, kTris, kPrimFace,
+  kFaceNormals, kVertexNormals, kEdgeNormals, kTreeFields
+};
+// Sizes named by negative entries (positive ones are themselves): B meshes, internal node
+// capacity max(F - 1, 1), F faces, V vertices, E edges.
+enum TreeSize : int { kSizeBatch = -1, kSizeNodes = -2, kSizeFaces = -3, kSizeVerts = -4, kSizeEdges = -5 };
+struct TreeFieldLayout {
+  const char* name;
+  int rank;
+  int sizes[4];
+  bool is_int;  // int32, else the dtype of the vertices
+  bool zeroed;  // allocated zeroed (a tree may use fewer nodes than the capacity)
+};
+constexpr TreeFieldLayout kTreeLayout[kTreeFields] = {
+    {"boxes", 4, {kSizeBatch, kSizeNodes, 2, kBoxStride}, false, true},
+    {"dipoles", 4, {kSizeBatch, kSizeNodes, 2, kDipoleStride}, false, true},
+    {"links", 3, {kSizeBatch, kSizeNodes, kLinkStride, 0}, true, true},
+    {"leaves", 3, {kSizeBatch, kSizeFaces, 2, 0}, true, true},
+    {"counts", 2, {kSizeBatch, 2, 0, 0}, true, false},
+    {"tris", 3, {kSizeBatch, kSizeFaces, kTriStride, 0}, false, false},
+    {"prim_face", 2, {kSizeBatch, kSizeFaces, 0, 0}, true, false},
+    {"face_normals", 3, {kSizeBatch, kSizeFaces, 3, 0}, false, false},
+    {"vertex_normals", 3, {kSizeBatch, kSizeVerts, 3, 0}, false, false},
+    {"edge_normals", 3, {kSizeBatch, kSizeEdges, 3, 0}, false, false},
+};
+constexpr int kRefitFields[] = {kBoxes, kDipoles, kTris, kFaceNormals, kVertexNormals, kEdgeNormals};
+
+// The shared topology is a list of int32 tensors in this order (see MeshTopology).
+constexpr int kTopologyFields = 6;
+constexpr const char* kTopologyFieldNames[kTopologyFields] = {
+    "faces", "face_edges", "corner_offsets", "corners", "edge_face_offsets", "edge_faces"};
+
 // One call's sizes: B meshes of V vertices sharing F faces with E distinct edges; per mesh the
 // tree arrays hold up to `nodes` internal nodes (max(F - 1, 1)) and F leaves.
 struct MeshDims {
   int64_t batch, verts, faces, edges;
   OMNIFAST_HD int64_t nodes() const { return faces > 1 ? faces - 1 : 1; }
+  // One entry of a TreeFieldLayout's sizes.
+  int64_t size(int entry) const {
+    switch (entry) {
+      case kSizeBatch: return batch;
+      case kSizeNodes: return nodes();
+      case kSizeFaces: return faces;
+      case kSizeVerts: return verts;
+      case kSizeEdges: return edges;
+      default: return entry;
+    }
+  }
 };
 
 // Per-batch arrays, all contiguous with the mesh index outermost. Coordinates (boxes, dipoles,
@@ -169,17 +220,19 @@ OMNIFAST_HD void gather_triangle(const MeshDims& d, const T* verts, const MeshTo
                  static_cast<T*>(a.tris) + (b * d.faces + k) * kTriStride);
 }
 
-// Sort key of triangle f of mesh b: the mesh in the high half, the Morton code of the triangle's
-// centroid within the box of all centroids (`bounds`: lo, hi) in the low half.
+// Centroid of triangle f of mesh b, with non-finite components 0 (see finite_or_zero).
 template <typename T>
 OMNIFAST_HD Vec3<T> triangle_centroid(const MeshDims& d, const T* verts,
                                       const MeshTopology& topo, int64_t b, int64_t f) {
   const int32_t* corner = topo.faces + 3 * f;
   const T* v = verts + b * d.verts * 3;
-  return (T(1) / T(3)) *
-         (load3(v + 3 * corner[0]) + load3(v + 3 * corner[1]) + load3(v + 3 * corner[2]));
+  const Vec3<T> c = (T(1) / T(3)) * (load3(v + 3 * corner[0]) + load3(v + 3 * corner[1]) +
+                                      load3(v + 3 * corner[2]));
+  return {finite_or_zero(c.x), finite_or_zero(c.y), finite_or_zero(c.z)};
 }
 
+// Sort key of triangle f of mesh b: the mesh in the high half, the Morton code of the triangle's
+// centroid within the box of all centroids (`bounds`: lo, hi) in the low half.
 template <typename T>
 OMNIFAST_HD int64_t triangle_key(const MeshDims& d, const T* verts, const MeshTopology& topo,
                                  const T* bounds, int64_t b, int64_t f) {

@@ -16,13 +16,6 @@
 namespace omnifast {
 namespace {
 
-enum Builder : int64_t { kBuilderSah = 0, kBuilderLinear = 1 };
-enum TreeField : size_t {
-  kBoxes, kDipoles, kLinks, kLeaves, kCounts, kTris, kPrimFace,
-  kFaceNormals, kVertexNormals, kEdgeNormals, kTreeFields
-};
-constexpr size_t kTopologyFields = 6;
-
 struct Mesh {
   MeshDims dims;
   MeshTopology topo;
@@ -48,9 +41,8 @@ Mesh mesh_of(const char* op, const at::Tensor& verts, at::TensorList topology) {
   OMNIFAST_CHECK_ARG(verts.is_contiguous(), op, "verts", "contiguous", "a strided tensor");
   OMNIFAST_CHECK_ARG(topology.size() == kTopologyFields, op, "topology",
                      std::to_string(kTopologyFields) + " tensors", topology.size());
-  const char* names[kTopologyFields] = {"faces", "face_edges", "corner_offsets", "corners",
-                                        "edge_face_offsets", "edge_faces"};
-  for (size_t i = 0; i < kTopologyFields; ++i) check_int32_on(op, names[i], topology[i], verts);
+  for (int i = 0; i < kTopologyFields; ++i)
+    check_int32_on(op, kTopologyFieldNames[i], topology[i], verts);
   const at::Tensor& faces = topology[0];
   OMNIFAST_CHECK_ARG(faces.dim() == 2 && faces.size(1) == 3 && faces.size(0) > 0, op, "faces",
                      "[F, 3] with F >= 1", shape_of(faces));
@@ -75,11 +67,41 @@ NormalArrays normal_arrays(const at::Tensor& face, const at::Tensor& vertex,
   return {face.data_ptr(), vertex.data_ptr(), edge.data_ptr()};
 }
 
-std::vector<at::Tensor> new_normals(const Mesh& m, const at::Tensor& verts) {
-  const MeshDims& d = m.dims;
-  const auto opts = verts.options();
-  return {at::empty({d.batch, d.faces, 3}, opts), at::empty({d.batch, d.verts, 3}, opts),
-          at::empty({d.batch, d.edges, 3}, opts)};
+// Tree field f for these sizes, as kTreeLayout describes it.
+std::vector<int64_t> field_sizes(int f, const MeshDims& d) {
+  std::vector<int64_t> sizes;
+  for (int i = 0; i < kTreeLayout[f].rank; ++i) sizes.push_back(d.size(kTreeLayout[f].sizes[i]));
+  return sizes;
+}
+
+at::Tensor new_field(int f, const MeshDims& d, const at::TensorOptions& coords) {
+  const auto opts = kTreeLayout[f].is_int ? coords.dtype(at::kInt) : coords;
+  return kTreeLayout[f].zeroed ? at::zeros(field_sizes(f, d), opts)
+                               : at::empty(field_sizes(f, d), opts);
+}
+
+std::vector<at::Tensor> new_normals(const MeshDims& d, const at::TensorOptions& opts) {
+  return {new_field(kFaceNormals, d, opts), new_field(kVertexNormals, d, opts),
+          new_field(kEdgeNormals, d, opts)};
+}
+
+// Fresh coordinate fields of a tree (kRefitFields).
+void new_coordinates(const MeshDims& d, const at::TensorOptions& opts,
+                     std::vector<at::Tensor>& tree) {
+  for (int f : kRefitFields) tree[f] = new_field(f, d, opts);
+}
+
+// Every field of a tree, unfilled.
+std::vector<at::Tensor> new_tree(const MeshDims& d, const at::TensorOptions& opts) {
+  std::vector<at::Tensor> tree;
+  for (int f = 0; f < kTreeFields; ++f) tree.push_back(new_field(f, d, opts));
+  return tree;
+}
+
+std::vector<at::Tensor> refit_fields(const std::vector<at::Tensor>& tree) {
+  std::vector<at::Tensor> out;
+  for (int f : kRefitFields) out.push_back(tree[f]);
+  return out;
 }
 
 void compute_normals(const char* op, const Mesh& m, const at::Tensor& verts,
@@ -95,7 +117,7 @@ void compute_normals(const char* op, const Mesh& m, const at::Tensor& verts,
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mesh_normals(const at::Tensor& verts,
                                                             at::TensorList topology) {
   const Mesh m = mesh_of("mesh_normals", verts, topology);
-  const std::vector<at::Tensor> out = new_normals(m, verts);
+  const std::vector<at::Tensor> out = new_normals(m.dims, verts.options());
   compute_normals("mesh_normals", m, verts, out);
   return {out[0], out[1], out[2]};
 }
@@ -112,13 +134,8 @@ void refit_into(const char* op, const Mesh& m, const at::Tensor& verts,
                 std::vector<at::Tensor>& tree) {
   const MeshDims& d = m.dims;
   const auto opts = verts.options();
-  // Zeroed: a tree may use fewer nodes than the capacity, and every output is defined.
-  tree[kBoxes] = at::zeros({d.batch, d.nodes(), 2, kBoxStride}, opts);
-  tree[kDipoles] = at::zeros({d.batch, d.nodes(), 2, kDipoleStride}, opts);
-  tree[kTris] = at::empty({d.batch, d.faces, kTriStride}, opts);
-  const std::vector<at::Tensor> normals = new_normals(m, verts);
-  for (size_t i = 0; i < 3; ++i) tree[kFaceNormals + i] = normals[i];
-  compute_normals(op, m, verts, normals);
+  new_coordinates(d, opts, tree);
+  compute_normals(op, m, verts, {tree[kFaceNormals], tree[kVertexNormals], tree[kEdgeNormals]});
   at::Tensor counters = at::zeros({d.batch, d.nodes()}, opts.dtype(at::kInt));
   const BvhArrays a = arrays_of(tree);
   run_on(
@@ -139,15 +156,8 @@ std::vector<at::Tensor> mesh_build(const at::Tensor& verts, at::TensorList topol
   OMNIFAST_CHECK_ARG(builder == kBuilderLinear || verts.is_cpu(), op, "builder",
                      "'lbvh' on CUDA (the SAH builder runs on the CPU)", "'sah'");
   const MeshDims& d = m.dims;
-  const auto ints = verts.options().dtype(at::kInt);
-  std::vector<at::Tensor> tree(kTreeFields);
-  tree[kLinks] = at::zeros({d.batch, d.nodes(), kLinkStride}, ints);
-  tree[kLeaves] = at::zeros({d.batch, d.faces, 2}, ints);
-  tree[kCounts] = at::empty({d.batch, 2}, ints);
-  // Placeholders until the refit below allocates the coordinates.
-  for (size_t f : {kBoxes, kDipoles, kTris}) tree[f] = at::empty({0}, verts.options());
+  std::vector<at::Tensor> tree = new_tree(d, verts.options());
   if (builder == kBuilderSah) {
-    tree[kPrimFace] = at::empty({d.batch, d.faces}, ints);
     mesh_build_sah_cpu(d, m.is_double, verts.data_ptr(), m.topo, arrays_of(tree));
   } else {
     at::Tensor keys = at::empty({d.batch, d.faces}, verts.options().dtype(at::kLong));
@@ -174,7 +184,7 @@ std::vector<at::Tensor> mesh_build(const at::Tensor& verts, at::TensorList topol
 }
 
 void check_tree(const char* op, const Mesh& m, const at::Tensor& verts, at::TensorList tree) {
-  OMNIFAST_CHECK_ARG(tree.size() == kTreeFields, op, "tree",
+  OMNIFAST_CHECK_ARG(tree.size() == static_cast<size_t>(kTreeFields), op, "tree",
                      std::to_string(kTreeFields) + " tensors (from omnifast.MeshIndex.build)",
                      tree.size());
   const MeshDims& d = m.dims;
@@ -183,17 +193,11 @@ void check_tree(const char* op, const Mesh& m, const at::Tensor& verts, at::Tens
     check_same_device(op, "tree", t, "verts", verts);
     OMNIFAST_CHECK_ARG(t.is_contiguous(), op, "tree", "contiguous tensors", "a strided tensor");
   }
-  check_shape(op, "tree links", tree[kLinks], {d.batch, d.nodes(), kLinkStride});
-  check_shape(op, "tree leaves", tree[kLeaves], {d.batch, d.faces, 2});
-  check_shape(op, "tree counts", tree[kCounts], {d.batch, 2});
-  check_shape(op, "tree prim_face", tree[kPrimFace], {d.batch, d.faces});
-  check_shape(op, "tree tris", tree[kTris], {d.batch, d.faces, kTriStride});
-  check_shape(op, "tree boxes", tree[kBoxes], {d.batch, d.nodes(), 2, kBoxStride});
-  check_shape(op, "tree dipoles", tree[kDipoles], {d.batch, d.nodes(), 2, kDipoleStride});
-  check_shape(op, "tree face normals", tree[kFaceNormals], {d.batch, d.faces, 3});
-  check_shape(op, "tree vertex normals", tree[kVertexNormals], {d.batch, d.verts, 3});
-  check_shape(op, "tree edge normals", tree[kEdgeNormals], {d.batch, d.edges, 3});
-  for (size_t f : {kBoxes, kDipoles, kTris, kFaceNormals, kVertexNormals, kEdgeNormals})
+  for (int f = 0; f < kTreeFields; ++f) {
+    const std::string name = std::string("tree ") + kTreeLayout[f].name;
+    check_shape(op, name.c_str(), tree[f], field_sizes(f, d));
+  }
+  for (int f : kRefitFields)
     OMNIFAST_CHECK_ARG(tree[f].scalar_type() == verts.scalar_type(), op, "tree",
                        std::string("coordinates of the dtype of verts (") +
                            c10::toString(verts.scalar_type()) + ")",
@@ -208,8 +212,7 @@ std::vector<at::Tensor> mesh_refit(const at::Tensor& verts, at::TensorList topol
   check_tree(op, m, verts, tree);
   std::vector<at::Tensor> refitted(tree.begin(), tree.end());
   refit_into(op, m, verts, refitted);
-  return {refitted[kBoxes], refitted[kDipoles], refitted[kTris], refitted[kFaceNormals],
-          refitted[kVertexNormals], refitted[kEdgeNormals]};
+  return refit_fields(refitted);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mesh_closest_point(

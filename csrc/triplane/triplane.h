@@ -169,6 +169,14 @@ OMNIFAST_UNROLL
   for (int k = 0; k < 3; ++k) xyz[k] = load_as<acc_t>(p[k * cs.component]);
 }
 
+// What a point's features, coordinate gradient and double-backward outputs start from: 0, or
+// NaN for a point with a non-finite coordinate, which then reads nothing and writes no plane
+// gradient but shows as NaN downstream (as grid_sample's NaN does) instead of as zero features.
+template <typename acc_t>
+OMNIFAST_HD acc_t point_start(const acc_t xyz[3]) {
+  return is_finite(xyz[0]) && is_finite(xyz[1]) && is_finite(xyz[2]) ? acc_t(0) : nan_of<acc_t>();
+}
+
 // Factor applied to the plane sum: 1/3 for the mean, 1 otherwise.
 template <typename acc_t>
 OMNIFAST_HD acc_t reduce_factor(const TriplaneShape& s) {
@@ -189,13 +197,14 @@ OMNIFAST_HD void triplane_forward_point(const TriplaneShape& s, const scalar_t* 
                                         int64_t n, int64_t m, ChunkRange chunks) {
   acc_t xyz[3];
   load_point(coords, cs, n, m, xyz);
+  const acc_t start = point_start(xyz);
   const int64_t C = s.channels;
   const acc_t factor = reduce_factor<acc_t>(s);
   for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
     const int nch = C - c0 < VEC ? static_cast<int>(C - c0) : VEC;
     acc_t acc[VEC];
     OMNIFAST_UNROLL
-    for (int v = 0; v < VEC; ++v) acc[v] = acc_t(0);
+    for (int v = 0; v < VEC; ++v) acc[v] = start;
 OMNIFAST_UNROLL
     for (int p = 0; p < 3; ++p) {
       visit_corners<DIMS, 0>(s, n, p, xyz, [&](const Corner<acc_t>& k) {
@@ -206,7 +215,7 @@ OMNIFAST_UNROLL
         scalar_t* dst = out + ((n * 3 + p) * s.points + m) * C + c0;
         OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
           dst[v] = store_as<scalar_t>(acc[v]);
-          acc[v] = acc_t(0);
+          acc[v] = start;
         }
       }
     }
@@ -260,7 +269,7 @@ OMNIFAST_HD void triplane_backward_point(const TriplaneShape& s, const scalar_t*
                                          Add&& add) {
   acc_t xyz[3];
   load_point(coords, cs, n, m, xyz);
-  grad_xyz[0] = grad_xyz[1] = grad_xyz[2] = acc_t(0);
+  grad_xyz[0] = grad_xyz[1] = grad_xyz[2] = point_start(xyz);
   const int64_t C = s.channels;
   const acc_t factor = reduce_factor<acc_t>(s);
   CoordGradPartial<VEC, acc_t> partial;
@@ -311,7 +320,8 @@ OMNIFAST_HD void triplane_double_backward_point(
   load_point(coords, cs, n, m, xyz);
   acc_t a[3] = {acc_t(0), acc_t(0), acc_t(0)};
   if (gg_coords != nullptr) load_point(gg_coords, ggcs, n, m, a);
-  grad_xyz[0] = grad_xyz[1] = grad_xyz[2] = acc_t(0);
+  const acc_t start = point_start(xyz);
+  grad_xyz[0] = grad_xyz[1] = grad_xyz[2] = start;
   const int64_t C = s.channels;
   const acc_t factor = reduce_factor<acc_t>(s);
   const bool need_planes = gg_coords != nullptr;  // P enters only through the a-terms
@@ -321,7 +331,7 @@ OMNIFAST_HD void triplane_double_backward_point(
     if (want_coords) partial.zero();
     acc_t ggo[VEC];
     OMNIFAST_UNROLL
-    for (int v = 0; v < VEC; ++v) ggo[v] = acc_t(0);
+    for (int v = 0; v < VEC; ++v) ggo[v] = start;
 OMNIFAST_UNROLL
     for (int p = 0; p < 3; ++p) {  // constant bounds: unrolled, so s.axes[p] is a static read
       if (p < plane_begin || p >= plane_end) continue;
@@ -361,7 +371,7 @@ OMNIFAST_UNROLL
         scalar_t* dst = grad_grad_out + ((n * 3 + p) * s.points + m) * C + c0;
         OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
           dst[v] = store_as<scalar_t>(ggo[v]);
-          ggo[v] = acc_t(0);
+          ggo[v] = start;
         }
       }
     }

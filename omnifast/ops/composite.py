@@ -8,8 +8,8 @@ import torch
 from .. import _C_loader
 
 CompositeResult = namedtuple("CompositeResult", ["features", "depth", "opacity", "weights"])
-FIELD_TYPES = {"sdf": 0, "sdf_laplace": 1, "density": 2}
-MODES = {"midpoint": 0, "absorption": 1}
+FIELD_TYPES = _C_loader.choices(_C_loader.C.CompositeField)
+MODES = _C_loader.choices(_C_loader.C.CompositeMode)
 
 
 def as_samples(t, features):

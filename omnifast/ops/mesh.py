@@ -9,10 +9,10 @@ from .. import _C_loader
 
 ClosestPoint = namedtuple("ClosestPoint", ["distance", "face", "bary", "point"])
 Correspondence = namedtuple("Correspondence", ["canonical_points", "distance", "face", "bary"])
-SIGNS = {"none": 0, "pseudonormal": 1, "winding": 2}
-BUILDERS = {"sah": 0, "lbvh": 1}
-_FACE_NORMALS = 7  # position of the unit face normals [B, F, 3] in a tree (see csrc/ops.cpp)
-_REFIT_SLOTS = (0, 1, 5, 7, 8, 9)  # what mesh_refit renews: boxes, summaries, triangles, normals
+SIGNS = _C_loader.choices(_C_loader.C.SignMode)
+BUILDERS = _C_loader.choices(_C_loader.C.MeshBuilder)
+# A built tree's tensors by name, in the order the operators take and return them.
+MeshTree = namedtuple("MeshTree", [name for name, _, _ in _C_loader.C.TREE_LAYOUT])
 OFFSETS = ("normal", "none")
 
 
@@ -83,15 +83,15 @@ class MeshIndex:
             self._topology[key] = [a.contiguous().to(key[0]) for a in arrays]
         return self._topology[key]
 
-    def _verts(self, op, verts, batched):
+    def _verts(self, op, verts, batched, name="verts"):
         if not isinstance(verts, torch.Tensor) or verts.dim() != (3 if batched else 2) \
                 or verts.shape[-1] != 3:
             want = "[B, V, 3]" if batched else "[V, 3]"
-            raise ValueError(f"omnifast.{op}: verts must be {want}, got {_type_name(verts)}")
+            raise ValueError(f"omnifast.{op}: {name} must be {want}, got {_type_name(verts)}")
         if verts.dtype not in (torch.float32, torch.float64):
-            raise ValueError(f"omnifast.{op}: verts must be float32 or float64, got {verts.dtype}")
+            raise ValueError(f"omnifast.{op}: {name} must be float32 or float64, got {verts.dtype}")
         if verts.shape[-2] < self.min_verts:
-            raise ValueError(f"omnifast.{op}: verts must have at least {self.min_verts} vertices "
+            raise ValueError(f"omnifast.{op}: {name} must have at least {self.min_verts} vertices "
                              f"(faces refer to index {self.min_verts - 1}), got {list(verts.shape)}")
         _C_loader.require_backend(op, verts)
         return verts if batched else verts.unsqueeze(0)
@@ -114,7 +114,7 @@ class MeshIndex:
         _check_choice("MeshIndex.build", "builder", builder, BUILDERS)
         tree = torch.ops.omnifast.mesh_build(v, self.topology(v.device, v.shape[1]),
                                              BUILDERS[builder])
-        return MeshBVH(self, v, tree, batched)
+        return MeshBVH(self, v, MeshTree(*tree), batched)
 
     def closest_point(self, points, verts, *, sign="pseudonormal", builder=None):
         """Build the trees for ``verts`` and query them: see :func:`omnifast.closest_point`."""
@@ -125,11 +125,14 @@ class MeshIndex:
     def correspondence(self, points, verts, canonical_verts, *, offset="normal",
                        sign="pseudonormal", builder=None):
         """See :func:`omnifast.correspondence`."""
-        _check_choice("correspondence", "offset", offset, OFFSETS)
-        _check_choice("correspondence", "sign", sign, SIGNS)
+        op = "correspondence"
+        _check_choice(op, "offset", offset, OFFSETS)
+        _check_choice(op, "sign", sign, SIGNS)
         if offset == "normal" and sign == "none":
             raise ValueError("omnifast.correspondence: offset='normal' needs a signed distance "
                              "(sign='pseudonormal' or 'winding'), got sign='none'")
+        self._verts(op, canonical_verts, isinstance(canonical_verts, torch.Tensor) and canonical_verts.dim() == 3,
+                    "canonical_verts")
         hit = self.closest_point(points, verts, sign=sign, builder=builder)
         faces = self.faces(hit.face.device)
         canonical = barycentric_interpolate(canonical_verts, faces, hit.face, hit.bary)
@@ -140,13 +143,27 @@ class MeshIndex:
 
     def surface_normals(self, verts, face, bary):
         """Unit normals at barycentric points ``(face, bary)`` of ``verts`` (batched or shared):
-        the angle-weighted vertex normals, interpolated and renormalised; not differentiable."""
-        normals = self.vertex_normals(verts.detach())
-        n = barycentric_interpolate(normals, self.faces(face.device), face, bary)
+        the unit angle-weighted vertex normals, interpolated and renormalised; differentiable
+        with respect to ``verts`` and ``bary``."""
+        batched = verts.dim() == 3
+        v = verts if batched else verts.unsqueeze(0)
+        faces = self.faces(v.device)
+        tri = v[:, faces]  # [B, F, 3 corners, 3]
+        normal = torch.linalg.cross(tri[:, :, 1] - tri[:, :, 0], tri[:, :, 2] - tri[:, :, 0])
+        area = normal.norm(dim=-1, keepdim=True)  # twice the area; a zero-area face adds nothing
+        unit = normal / torch.where(area > 0, area, torch.ones_like(area))
+        vertex = torch.zeros_like(v)
+        for k in range(3):
+            e1, e2 = tri[:, :, (k + 1) % 3] - tri[:, :, k], tri[:, :, (k + 2) % 3] - tri[:, :, k]
+            angle = torch.atan2(area[..., 0], (e1 * e2).sum(-1))
+            vertex = vertex.index_add(1, faces[:, k], angle.unsqueeze(-1) * unit)
+        vertex = vertex / vertex.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v.dtype).tiny)
+        n = barycentric_interpolate(vertex if batched else vertex[0], faces, face, bary)
         return n / n.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(n.dtype).tiny)
 
     def vertex_normals(self, verts):
-        """Unit angle-weighted vertex normals ``[B, V, 3]`` (or ``[V, 3]``) of ``verts``."""
+        """Unit angle-weighted vertex normals ``[B, V, 3]`` (or ``[V, 3]``) of ``verts``, from the
+        kernels (not differentiable)."""
         batched = isinstance(verts, torch.Tensor) and verts.dim() == 3
         v = self._verts("MeshIndex.vertex_normals", verts, batched).detach().contiguous()
         _, normals, _ = torch.ops.omnifast.mesh_normals(v, self.topology(v.device, v.shape[1]))
@@ -169,10 +186,9 @@ class MeshBVH:
             raise ValueError(f"omnifast.MeshBVH.refit: verts must be a {self.verts.dtype} tensor of "
                              f"shape {list(self.verts.shape)} on {self.verts.device}, got "
                              f"{_type_name(v)} on {v.device}")
-        fresh = torch.ops.omnifast.mesh_refit(v, self.index.topology(v.device, v.shape[1]), self.tree)
-        tree = list(self.tree)
-        for slot, t in zip(_REFIT_SLOTS, fresh):
-            tree[slot] = t
+        fresh = torch.ops.omnifast.mesh_refit(v, self.index.topology(v.device, v.shape[1]),
+                                               list(self.tree))
+        tree = self.tree._replace(**dict(zip(_C_loader.C.REFIT_FIELDS, fresh)))
         return MeshBVH(self.index, v, tree, self._batched)
 
     def closest_point(self, points, *, sign="pseudonormal"):
@@ -196,78 +212,77 @@ class MeshBVH:
         if p.shape[0] != self.verts.shape[0]:
             raise ValueError(f"omnifast.{op}: points must be [B, N, 3] with the B of verts "
                              f"({self.verts.shape[0]}), got {list(points.shape)}")
-        v = None
+        # The op's autograd (registered below) differentiates the distance with respect to the
+        # points and the vertices it is given: the caller's vertices when they carry a gradient.
+        v = self.verts
         if verts_for_grad is not None and verts_for_grad.requires_grad:
-            v = verts_for_grad if self._batched else verts_for_grad.unsqueeze(0)
+            v = (verts_for_grad if self._batched else verts_for_grad.unsqueeze(0)).contiguous()
         topology = self.index.topology(p.device, self.verts.shape[1])
-        if p.requires_grad or v is not None:
-            hit = _DifferentiableClosestPoint.apply(p, v, self, topology, SIGNS[sign])
-        else:
-            hit = torch.ops.omnifast.mesh_closest_point(p.contiguous(), self.verts, topology,
-                                                        self.tree, SIGNS[sign])
-        hit = ClosestPoint(*hit)
+        hit = ClosestPoint(*torch.ops.omnifast.mesh_closest_point(p.contiguous(), v, topology,
+                                                                  list(self.tree), SIGNS[sign]))
         return hit if self._batched else ClosestPoint(*(t[0] for t in hit))
 
 
-class _DifferentiableClosestPoint(torch.autograd.Function):
+def _closest_point_setup(ctx, inputs, output):
+    points, verts, topology, tree, sign = inputs
+    distance, face, bary, point = output
+    ctx.mark_non_differentiable(face, bary, point)
+    ctx.save_for_backward(points, distance, face, bary, point, MeshTree(*tree).face_normals, topology[0])
+    ctx.signed, ctx.verts_shape, ctx.topology = sign != SIGNS["none"], verts.shape, topology
+
+
+def _closest_point_backward(ctx, grad_distance, _face, _bary, _point):
     """The distance's gradient: (p - c) / d for the query (d signed, so the sign is included)
     and minus the barycentric share of it for each corner of the closest face; at d = 0 the face
     normal for a signed distance, zero for an unsigned one."""
+    points, distance, face, bary, point, face_normals, faces = ctx.saved_tensors
+    found = (face >= 0).unsqueeze(-1)
+    d = distance.unsqueeze(-1)
+    on_surface = d == 0
+    direction = (points - point) / torch.where(on_surface, torch.ones_like(d), d)
+    batch = torch.arange(points.shape[0], device=points.device).view(-1, 1)
+    if ctx.signed:
+        direction = torch.where(on_surface, face_normals[batch, face.clamp_min(0)], direction)
+    else:
+        direction = torch.where(on_surface, torch.zeros_like(direction), direction)
+    grad = torch.where(found, grad_distance.unsqueeze(-1) * direction, torch.zeros_like(direction))
+    grad_verts = None
+    if ctx.needs_input_grad[1]:
+        B, N = face.shape
+        grad_verts = grad.new_zeros(ctx.verts_shape)
+        corners = faces.long()[face.clamp_min(0)]  # [B, N, 3]
+        shares = -(bary.unsqueeze(-1) * grad.unsqueeze(-2))  # [B, N, 3, 3]
+        shares = torch.where(found.unsqueeze(-1), shares, torch.zeros_like(shares))
+        grad_verts.index_put_((batch.expand(B, N * 3).reshape(-1), corners.reshape(-1)),
+                              shares.reshape(-1, 3), accumulate=True)
+    return (grad if ctx.needs_input_grad[0] else None, grad_verts, [None] * len(ctx.topology),
+            [None] * len(MeshTree._fields), None)
 
-    @staticmethod
-    def forward(ctx, points, verts, bvh, topology, sign):
-        out = torch.ops.omnifast.mesh_closest_point(points.detach().contiguous(), bvh.verts,
-                                                    topology, bvh.tree, sign)
-        distance, face, bary, point = out
-        ctx.mark_non_differentiable(face, bary, point)
-        ctx.save_for_backward(points, distance, face, bary, point)
-        ctx.bvh, ctx.signed, ctx.verts_grad = bvh, sign != SIGNS["none"], verts is not None
-        return out
 
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_distance, _face, _bary, _point):
-        points, distance, face, bary, point = ctx.saved_tensors
-        found = (face >= 0).unsqueeze(-1)
-        d = distance.unsqueeze(-1)
-        on_surface = d == 0
-        direction = (points - point) / torch.where(on_surface, torch.ones_like(d), d)
-        corners = ctx.bvh.index.faces(points.device)[face.clamp_min(0)]  # [B, N, 3]
-        if ctx.signed:  # the tree keeps each mesh's unit face normals
-            batch = torch.arange(points.shape[0], device=points.device).view(-1, 1)
-            normal = ctx.bvh.tree[_FACE_NORMALS][batch, face.clamp_min(0)]
-            direction = torch.where(on_surface, normal, direction)
-        else:
-            direction = torch.where(on_surface, torch.zeros_like(direction), direction)
-        grad = torch.where(found, grad_distance.unsqueeze(-1) * direction, torch.zeros_like(direction))
-        grad_verts = None
-        if ctx.verts_grad:
-            B, N = face.shape
-            grad_verts = torch.zeros_like(ctx.bvh.verts)
-            batch = torch.arange(B, device=points.device).view(-1, 1).expand(B, N * 3)
-            shares = -(bary.unsqueeze(-1) * grad.unsqueeze(-2))  # [B, N, 3, 3]
-            shares = torch.where(found.unsqueeze(-1), shares, torch.zeros_like(shares))
-            grad_verts.index_put_((batch.reshape(-1), corners.reshape(-1)), shares.reshape(-1, 3),
-                                  accumulate=True)
-        return grad, grad_verts, None, None, None
+torch.library.register_autograd("omnifast::mesh_closest_point", _closest_point_backward,
+                                setup_context=_closest_point_setup)
 
 
 # ---- the free functions
 
-_INDEXES = {}  # id(faces) -> (weak reference, version, MeshIndex): reuse for a repeated face list
+_INDEXES = {}  # id(faces) -> (weak reference, a copy of the faces, MeshIndex)
 
 
 def mesh_index(faces):
-    """A :class:`MeshIndex` for ``faces``, reused while the same tensor is passed unchanged."""
+    """A :class:`MeshIndex` for ``faces``, reused while the same tensor is passed with the same
+    contents. The contents are compared, not the version counter, which edits through ``.data``
+    or ``.numpy()`` do not move; a loop over one face list is cheaper with a MeshIndex of its own."""
     if not isinstance(faces, torch.Tensor):
         return MeshIndex(faces)
     entry = _INDEXES.get(id(faces))
-    if entry is not None and entry[0]() is faces and entry[1] == faces._version:
+    if entry is not None and entry[0]() is faces and entry[1].shape == faces.shape \
+            and entry[1].dtype == faces.dtype and entry[1].device == faces.device \
+            and torch.equal(entry[1], faces):
         return entry[2]
     index = MeshIndex(faces)
     if len(_INDEXES) >= 16:
         _INDEXES.clear()
-    _INDEXES[id(faces)] = (weakref.ref(faces), faces._version, index)
+    _INDEXES[id(faces)] = (weakref.ref(faces), faces.detach().clone(), index)
     return index
 
 
@@ -313,12 +328,15 @@ def barycentric_interpolate(values, faces, face, bary):
     """Per-vertex values at barycentric points: ``sum_k bary[..., k] * values[faces[face, k]]``.
 
     Args:
-        values: ``[B, V, K]`` per mesh or ``[V, K]`` shared.
+        values: ``[B, V, K]`` per mesh or ``[V, K]`` shared (integer values are interpolated in
+            the floating dtype of ``bary``).
         faces: ``[F, 3]`` int32/int64.
-        face: ``[B, N]`` (or ``[N]``) int64 face ids; bary: ``[B, N, 3]`` (or ``[N, 3]``).
+        face: ``[B, N]`` (or ``[N]``) int64 face ids, each in ``[0, F)`` or -1 (no face, as
+            :func:`closest_point` returns for a non-finite query); bary: ``[B, N, 3]`` (or
+            ``[N, 3]``) floating.
     Returns:
-        ``[B, N, K]`` (``[N, K]`` for unbatched face and shared values), differentiable with
-        respect to ``values`` and ``bary``.
+        ``[B, N, K]`` (``[N, K]`` for unbatched face and shared values) in the promoted floating
+        dtype, NaN where ``face`` is -1; differentiable with respect to ``values`` and ``bary``.
     """
     op = "barycentric_interpolate"
     for name, t in (("values", values), ("faces", faces), ("face", face), ("bary", bary)):
@@ -331,6 +349,8 @@ def barycentric_interpolate(values, faces, face, bary):
     if face.dtype not in (torch.int32, torch.int64) or bary.shape != face.shape + (3,):
         raise ValueError(f"omnifast.{op}: face must be integer [..., N] and bary [..., N, 3], got "
                          f"{_type_name(face)} and {_type_name(bary)}")
+    if not bary.is_floating_point():
+        raise ValueError(f"omnifast.{op}: bary must be floating, got {bary.dtype}")
     if values.dim() == 3 and (face.dim() != 2 or face.shape[0] != values.shape[0]):
         raise ValueError(f"omnifast.{op}: face must be [B, N] with the B of values "
                          f"({values.shape[0]}), got {list(face.shape)}")
@@ -338,43 +358,49 @@ def barycentric_interpolate(values, faces, face, bary):
         if t.device != values.device:
             raise ValueError(f"omnifast.{op}: {name} must be on the device of values "
                              f"({values.device}), got {t.device}")
-    corners = faces.long()[face.long()]  # [..., N, 3]
+    if face.numel():
+        low, high = int(face.min()), int(face.max())
+        if low < -1 or high >= faces.shape[0]:
+            raise ValueError(f"omnifast.{op}: face must hold face ids in [0, {faces.shape[0]}) or -1, "
+                             f"got ids from {low} to {high}")
+    if faces.numel() and int(faces.max()) >= values.shape[-2]:
+        raise ValueError(f"omnifast.{op}: values must have a row per vertex the faces refer to "
+                         f"({int(faces.max()) + 1}), got {list(values.shape)}")
+    dtype = torch.promote_types(values.dtype, bary.dtype) if values.is_floating_point() else bary.dtype
+    corners = faces.long()[face.long().clamp_min(0)]  # [..., N, 3]
     if values.dim() == 2:
         gathered = values[corners]
     else:
         batch = torch.arange(values.shape[0], device=values.device).view(-1, 1, 1)
         gathered = values[batch, corners]  # [B, N, 3, K]
-    return (gathered * bary.unsqueeze(-1).to(gathered.dtype)).sum(-2)
+    out = (gathered.to(dtype) * bary.unsqueeze(-1).to(dtype)).sum(-2)
+    return torch.where((face >= 0).unsqueeze(-1), out, torch.full_like(out, float("nan")))
 
 
-# ---- fake (meta) kernels
+# ---- shape functions for tracing (torch.compile, opcheck), from the layout _C exports
 
-def _tree_like(verts, topology):
-    B, V, _ = verts.shape
+def _tree_fields(verts, topology, names):
+    B, V = verts.shape[:2]
     F, E = topology[0].shape[0], topology[4].shape[0] - 1
-    nodes = max(F - 1, 1)
-    ints = dict(dtype=torch.int32)
-    return [verts.new_empty(B, nodes, 2, 6), verts.new_empty(B, nodes, 2, 8),
-            verts.new_empty(B, nodes, 3, **ints), verts.new_empty(B, F, 2, **ints),
-            verts.new_empty(B, 2, **ints), verts.new_empty(B, F, 12), verts.new_empty(B, F, **ints),
-            verts.new_empty(B, F, 3), verts.new_empty(B, V, 3), verts.new_empty(B, E, 3)]
+    sizes = {"B": B, "V": V, "F": F, "E": E, "nodes": torch.sym_max(F - 1, 1)}
+    return [verts.new_empty([sizes.get(d, d) for d in dims],
+                            dtype=torch.int32 if dtype == "int32" else verts.dtype)
+            for name, dims, dtype in _C_loader.C.TREE_LAYOUT if name in names]
 
 
 @torch.library.register_fake("omnifast::mesh_normals")
 def _mesh_normals_fake(verts, topology):
-    tree = _tree_like(verts, topology)
-    return tuple(tree[_FACE_NORMALS:_FACE_NORMALS + 3])
+    return tuple(_tree_fields(verts, topology, ("face_normals", "vertex_normals", "edge_normals")))
 
 
 @torch.library.register_fake("omnifast::mesh_build")
 def _mesh_build_fake(verts, topology, builder):
-    return _tree_like(verts, topology)
+    return _tree_fields(verts, topology, MeshTree._fields)
 
 
 @torch.library.register_fake("omnifast::mesh_refit")
 def _mesh_refit_fake(verts, topology, tree):
-    fresh = _tree_like(verts, topology)
-    return [fresh[i] for i in _REFIT_SLOTS]
+    return _tree_fields(verts, topology, _C_loader.C.REFIT_FIELDS)
 
 
 @torch.library.register_fake("omnifast::mesh_closest_point")

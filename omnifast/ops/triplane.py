@@ -16,7 +16,7 @@ AXES = {
     # OmniAvatar's tri-grid volumes: (W, H, D) read xyz, yzx, xzy.
     "omniavatar": ((0, 1, 2), (1, 2, 0), (0, 2, 1)),
 }
-REDUCE = {"none": 0, "sum": 1, "mean": 2}
+REDUCE = _C_loader.choices(_C_loader.C.TriplaneReduce)
 
 
 def plane_dims(planes, op="triplane_sample"):

@@ -1,8 +1,12 @@
 """Volume compositing in plain PyTorch: EG3D's MipRayMarcher2 chain, op for op, with
 OmniAvatar's SDF prior density in front of it. The definition of correct for
 omnifast.composite."""
+from collections import namedtuple
+
 import torch
 import torch.nn.functional as F
+
+CompositeResult = namedtuple("CompositeResult", ["features", "depth", "opacity", "weights"])
 
 
 def sdf_density(sdf, beta):
@@ -59,12 +63,11 @@ def march(colors, densities, depths, *, mode="midpoint", white_back=False,
 
 def composite(features, field, depths, *, field_type="sdf", beta=None, density_delta=None,
               mode="midpoint", white_back=False, return_weights=False):
-    """Reference of :func:`omnifast.composite` (same arguments, same named tuple)."""
-    from ..ops.composite import CompositeResult, as_samples
-
+    """Reference of :func:`omnifast.composite` (same arguments, a named tuple with the same fields)."""
     squeeze = field.dim() == features.dim() - 1
-    field, depths = as_samples(field, features), as_samples(depths, features)
-    delta = None if density_delta is None else as_samples(density_delta, features)
+    per_sample = lambda t: t.unsqueeze(-1) if t.dim() == features.dim() - 1 else t  # noqa: E731
+    field, depths = per_sample(field), per_sample(depths)
+    delta = None if density_delta is None else per_sample(density_delta)
     densities = raw_density(field, field_type, beta, delta)
     out, depth, opacity, weights = march(features, densities, depths, mode=mode,
                                          white_back=white_back)
