@@ -1,16 +1,18 @@
-"""The omnifast command: `omnifast info`, `omnifast bench [triplane|composite|correspondence|all]`,
-and stage I of the semantic SDF: `make-flame`, `train-sdf`, `eval-sdf`, `export-sdf`, `demo`."""
+"""The omnifast command line: parsing and dispatch only. Each area adds its own subcommands
+(`add_parsers(sub)` returns their handlers): `info`; `bench` (omnifast.bench.commands);
+`make-flame` (omnifast.flame.commands); `train-sdf`, `eval-sdf`, `export-sdf`
+(omnifast.sdf.commands); `demo` (omnifast.demo).
+
+An error a user can cause (a bad value, a missing or unreadable file) prints one line naming it
+and exits with status 2; OMNIFAST_TRACEBACK=1 shows the traceback instead."""
 import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 
-import torch
+USER_ERRORS = (ValueError, OSError)  # RunError is a ValueError; FileNotFoundError an OSError
 
 
-def _cmd_info(args):
+def info_command(args):
     import omnifast
 
     for key, value in omnifast.info().items():
@@ -19,214 +21,32 @@ def _cmd_info(args):
     return 0
 
 
-def _device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} cpu, {torch.get_num_threads()} threads"
+def build_parser():
+    from . import demo
+    from .bench import commands as bench_commands
+    from .flame import commands as flame_commands
+    from .sdf import commands as sdf_commands
 
-
-def _copy_bandwidth(device):
-    """Device-to-device copy rate (read + write bytes per second), the practical HBM ceiling."""
-    from .bench import time_call
-
-    src = torch.empty(256 * 2 ** 20, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    timing = time_call(lambda: dst.copy_(src), device, warmup=2, runs=10)
-    return 2 * src.numel() * 4 / timing.median_s
-
-
-def _bench_op(op, cases, runner, device, quick, passes, graph_keeper=None, peers=()):
-    """Each case and pass: omnifast, the reference and any `peers` (names the runner knows) timed
-    alternately, then peak memory; with a `graph_keeper(case, impl, device)` (a forward that keeps
-    its autograd graph), also what the forward+backward pass holds between the two."""
-    from .bench import measure_peak_bytes, measure_retained_bytes, time_calls
-
-    rows = []
-    for case in cases:
-        for pass_name in passes:
-            row = {"op": op, "case": case.name, "pass": pass_name,
-                   "sizes": {k: v for k, v in vars(case).items() if k not in ("name", "note")},
-                   "note": case.note}
-            impls = ("omnifast", "reference", *peers)
-            runs = [runner(case, impl, pass_name, device) for impl in impls]
-            timings = time_calls(runs, device, warmup=1, runs=3 if quick else 9)
-            if pass_name == "forward":  # everyone answers the same inputs: how close they agree
-                row["max_abs_diff_vs_omnifast"] = dict(zip(impls[1:], _max_abs_diffs(runs)))
-            for impl, run, timing in zip(impls, runs, timings):
-                row[f"{impl}_ms"] = timing.median_s * 1e3
-                row[f"{impl}_runs"] = timing.runs
-                row[f"{impl}_peak_bytes"] = measure_peak_bytes(run, device)
-            del runs
-            if graph_keeper is not None and pass_name == "forward+backward":
-                for impl in impls:  # held from forward to backward: the training memory
-                    row[f"{impl}_retained_bytes"] = measure_retained_bytes(
-                        graph_keeper(case, impl, device), device)
-            row["speedup"] = row["reference_ms"] / row["omnifast_ms"]
-            for peer in peers:
-                row[f"{peer}_speedup"] = row[f"{peer}_ms"] / row["omnifast_ms"]
-            if row["omnifast_peak_bytes"] and row["reference_peak_bytes"]:
-                row["memory_ratio"] = row["omnifast_peak_bytes"] / row["reference_peak_bytes"]
-            if pass_name == "forward" and hasattr(case, "bytes_floor"):
-                row["omnifast_forward_GBps"] = case.bytes_floor() / (row["omnifast_ms"] / 1e3) / 1e9
-            rows.append(row)
-            print(_format_row(row, peers), flush=True)
-    return rows
-
-
-def _max_abs_diffs(runs):
-    """Largest difference of each run's outputs from the first run's (NaN and inf where both
-    agree count as equal)."""
-    def flat(result):
-        return [t.detach().double().reshape(-1) for t in
-                (result if isinstance(result, (tuple, list)) else (result,))]
-
-    ours = flat(runs[0]())
-    diffs = []
-    for run in runs[1:]:
-        gaps = [torch.where((a == b) | (a.isnan() & b.isnan()), 0.0, (a - b).abs())
-                for a, b in zip(ours, flat(run()))]
-        diffs.append(max((float(g.max()) for g in gaps if g.numel()), default=0.0))
-    return diffs
-
-
-def _mib(value):
-    return "n/a" if value is None else f"{value / 2 ** 20:.0f}"
-
-
-def _format_row(row, peers=()):
-    extra = f"  {row['omnifast_forward_GBps']:.0f} GB/s" if "omnifast_forward_GBps" in row else ""
-    if "omnifast_retained_bytes" in row:
-        extra += (f"  kept for backward: {_mib(row['omnifast_retained_bytes'])} vs "
-                  f"{_mib(row['reference_retained_bytes'])} MiB")
-    for peer in peers:
-        kept = (f", kept {_mib(row[f'{peer}_retained_bytes'])} MiB"
-                if f"{peer}_retained_bytes" in row else "")
-        extra += (f"\n{'':<9} {'':<36} {peer:<24} {row[f'{peer}_ms']:>9.2f} ms, "
-                  f"{row[f'{peer}_speedup']:.2f}x omnifast's time, peak "
-                  f"{_mib(row[f'{peer}_peak_bytes'])} MiB{kept}")
-    return (f"{row['op'][:9]:<9} {row['case'][:36]:<36} {row['pass']:<24} {row['omnifast_ms']:>9.2f} "
-            f"{row['reference_ms']:>10.2f} {row['speedup']:>7.2f}x "
-            f"{_mib(row['omnifast_peak_bytes']):>8} {_mib(row['reference_peak_bytes']):>8}{extra}")
-
-
-def _bench_correspondence(device, quick, max_cases=None):
-    """Every contender on each case, timed in turn; a contender measured on a subset of the
-    queries (brute force, trimesh) has its time scaled to the full case and says so."""
-    from .bench import measure_peak_bytes, time_calls
-    from .bench.correspondence import MeshIndex, correspondence_cases, correspondence_contenders, make_inputs
-
-    print(f"\n{'closest point':<22} {'contender':<26} {'ms':>9} {'Mqueries/s':>10} {'omnifast is':>12}")
-    rows, missing_all = [], {}
-    for case in correspondence_cases(device, quick)[:max_cases]:
-        contenders, missing = correspondence_contenders(case, device, quick)
-        missing_all.update(missing)
-        timings = time_calls([c.run for c in contenders], device, warmup=1, runs=2 if quick else 3,
-                             max_seconds=120)
-        verts, faces, _ = make_inputs(case, device)
-        index = MeshIndex(faces)
-        build = time_calls([lambda: index.build(verts)], device, warmup=1, runs=3 if quick else 9)[0]
-        base_ms = timings[0].median_s * 1e3
-        for contender, timing in zip(contenders, timings):
-            ms = timing.median_s * 1e3 * contender.scale
-            row = {"op": "closest_point", "case": case.name, "impl": contender.name,
-                   "sizes": {"batch": case.batch, "points": case.points, "faces": int(faces.shape[0])},
-                   "ms": ms, "runs": timing.runs, "queries_per_s": case.points / (ms / 1e3),
-                   "omnifast_speedup": ms / base_ms, "measured_points": contender.measured,
-                   "scaled_from_subset": contender.scale != 1.0, "note": contender.note}
-            if contender.name.startswith("omnifast"):
-                row["peak_bytes"] = measure_peak_bytes(contender.run, device)
-                row["build_ms"] = build.median_s * 1e3
-            rows.append(row)
-            scaled = f" (from {contender.measured} queries)" if row["scaled_from_subset"] else ""
-            print(f"{case.name[:22]:<22} {contender.name[:26]:<26} {ms:>9.1f} "
-                  f"{row['queries_per_s'] / 1e6:>10.2f} {row['omnifast_speedup']:>11.1f}x{scaled}",
-                  flush=True)
-        print(f"{case.name[:22]:<22} {'omnifast tree build only':<26} {build.median_s * 1e3:>9.2f}")
-    for name, why in missing_all.items():
-        print(f"not measured: {name} ({why})")
-    return rows, missing_all
-
-
-def _cmd_bench(args):
-    import omnifast
-
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cuda" and not omnifast._C_loader.compiled_backends()["cuda"]:
-        print("omnifast bench: this build has no CUDA kernels", file=sys.stderr)
-        return 2
-    bench = omnifast.bench
-    from .bench.composite import composite_forward_with_graph, composite_peers
-
-    ops = {"triplane": ("triplane_sample", bench.triplane_cases, bench.triplane_runner,
-                        bench.TRIPLANE_PASSES, None, lambda device: ((), {})),
-           "composite": ("composite", bench.composite_cases, bench.composite_runner,
-                         bench.COMPOSITE_PASSES, composite_forward_with_graph, composite_peers)}
-    chosen = list(ops) if args.op == "all" else [args.op] if args.op in ops else []
-    known = {p for name in chosen for p in ops[name][3]}
-    passes = args.passes.split(",") if args.passes else None
-    unknown = set(passes or ()) - known
-    if unknown:
-        print(f"omnifast bench: unknown pass {sorted(unknown)}; choose from {sorted(known)}",
-              file=sys.stderr)
-        return 2
-    torch.manual_seed(0)
-    print(f"omnifast {omnifast.__version__} | torch {torch.__version__} | "
-          f"device {_device_name(device)}")
-    report = {"omnifast": omnifast.__version__, "torch": torch.__version__,
-              "device": _device_name(device), "device_type": device.type,
-              "date": datetime.date.today().isoformat(), "quick": args.quick,
-              "command": "omnifast " + " ".join(sys.argv[1:]), "results": [],
-              "not_measured": {}}
-    if device.type == "cuda" and not args.quick:
-        report["copy_bandwidth_GBps"] = _copy_bandwidth(device) / 1e9
-        print(f"device-to-device copy: {report['copy_bandwidth_GBps']:.0f} GB/s (read + write)")
-    print("times are medians in ms; speedup = reference / omnifast; peak = extra MiB during the pass")
-    if chosen:
-        print(f"{'op':<9} {'case':<36} {'pass':<24} {'omnifast':>9} {'reference':>10} "
-              f"{'speedup':>8} {'peak':>8} {'ref peak':>8}")
-    for name in chosen:
-        op, cases, runner, op_passes, graph_keeper, find_peers = ops[name]
-        selected = [p for p in op_passes if passes is None or p in passes]
-        peers, missing = find_peers(device)
-        report["results"] += _bench_op(op, cases(device, quick=args.quick)[:args.cases], runner, device,
-                                       args.quick, selected, graph_keeper, peers)
-        report["not_measured"].update(missing)
-        for peer, why in missing.items():
-            print(f"not measured: {peer} ({why})")
-    if args.op in ("all", "correspondence"):
-        rows, missing = _bench_correspondence(device, args.quick, args.cases)
-        report["results"] += rows
-        report["not_measured"].update(missing)
-    if "copy_bandwidth_GBps" in report:  # how close the forward comes to the bytes it must move
-        for row in report["results"]:
-            if "omnifast_forward_GBps" in row:
-                row["forward_fraction_of_copy_bandwidth"] = (
-                    row["omnifast_forward_GBps"] / report["copy_bandwidth_GBps"])
-    if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
-        print(f"wrote {args.json}")
-    return 0
+    parser = argparse.ArgumentParser(prog="omnifast", description="omnifast: fast kernels and the semantic SDF for geometry-guided 3D heads (EG3D / OmniAvatar)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="version, torch, compiled backends, devices")
+    handlers = {"info": info_command}
+    for area in (bench_commands, flame_commands, sdf_commands, demo):
+        handlers.update(area.add_parsers(sub))
+    return parser, handlers
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="omnifast", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("info", help="version, torch, compiled backends, devices")
-    bench = sub.add_parser("bench", help="omnifast vs the PyTorch reference, same run")
-    bench.add_argument("op", nargs="?", default="all", choices=["triplane", "composite", "correspondence", "all"])
-    bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    bench.add_argument("--quick", action="store_true", help="tiny sizes (checks the harness)")
-    bench.add_argument("--cases", type=int, metavar="N", help="only the first N (smallest) cases of each op")
-    bench.add_argument("--passes", help="comma-separated subset of: forward, forward+backward, "
-                       "forward+double-backward (tri-plane only)")
-    from .sdf.commands import add_parsers
-
-    handlers = {"info": _cmd_info, "bench": _cmd_bench, **add_parsers(sub)}
+    parser, handlers = build_parser()
     args = parser.parse_args(argv)
-    return handlers[args.command](args)
+    try:
+        return handlers[args.command](args)
+    except USER_ERRORS as error:
+        if os.environ.get("OMNIFAST_TRACEBACK"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"omnifast {args.command}: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,17 +1,22 @@
-"""Drop-ins with the exact signatures and outputs of EG3D's and OmniAvatar's renderer functions.
+"""Compatibility with EG3D's and OmniAvatar's released renderers: drop-ins with their exact
+signatures and outputs, and ``patch()``, which swaps them into an imported renderer module.
 
     import omnifast.eg3d
     from training.volumetric_rendering import renderer   # EG3D or OmniAvatar
-    omnifast.eg3d.patch(renderer)                          # the renderer now samples with omnifast
+    omnifast.eg3d.patch(renderer)                          # the renderer now runs on omnifast
 
-Unpickled EG3D generators call the module-level functions of the installed renderer module, so
-patching that module is enough for existing training and inference code.
+Unpickled EG3D generators call the module-level functions of the installed renderer module and
+the methods of its classes, so patching that module is enough for existing training and
+inference code.
 """
+import types
+
 import torch
 
 from .ops.composite import composite, importance_sample, merge_samples
 from .ops.triplane import plane_dims
 from .ops.triplane import triplane_sample
+from .reference import rendering as reference_rendering
 from .reference import triplane as reference
 
 
@@ -88,6 +93,9 @@ def sample_from_volplanes(plane_features, coordinates, mode='bilinear', padding_
         raise ValueError("sample_from_volplanes: custimized_sample_op=True is OmniAvatar's 2-D "
                          "align_corners=True sampler, which cannot sample tri-grid volumes")
     n, n_planes, cd, h, w = plane_features.shape
+    if isinstance(triplane_depth, bool) or not isinstance(triplane_depth, int) or triplane_depth < 1:
+        raise ValueError(f"sample_from_volplanes: triplane_depth must be a positive integer, got "
+                         f"{triplane_depth!r}")
     if cd % triplane_depth != 0:
         raise ValueError(f"sample_from_volplanes: {cd} channels do not split into "
                          f"triplane_depth={triplane_depth} slices")
@@ -101,18 +109,65 @@ def sample_from_volplanes(plane_features, coordinates, mode='bilinear', padding_
     return triplane_sample(volumes, coordinates, box_warp=box, reduce="none")
 
 
+def _softplus_only(rendering_options):
+    assert rendering_options['clamp_mode'] == 'softplus', \
+        "MipRayMarcher only supports `clamp_mode`=`softplus`!"
+
+
+# The marchers' methods are plain functions of (self, ...) that use nothing else of self: patch()
+# puts them on the released classes, whose instances have none of omnifast's attributes.
+
+def eg3d_run_forward(self, colors, densities, depths, rendering_options):
+    """EG3D's ``MipRayMarcher2.run_forward``: midpoint compositing of raw densities, then x2 - 1."""
+    _softplus_only(rendering_options)
+    out = composite(colors, densities, depths, field_type="density", mode="midpoint",
+                    white_back=rendering_options.get('white_back', False), return_weights=True)
+    return out.features * 2 - 1, out.depth, out.weights
+
+
+def _omniavatar_march(colors, densities, depths, rendering_options, mode):
+    _softplus_only(rendering_options)
+    white_back = rendering_options.get('white_back', False)
+    if rendering_options.get('force_background', False):
+        # It rewrites the last weight before compositing: the reference chain does that.
+        out, depth, _, weights = reference_rendering.march(colors, densities, depths, mode=mode,
+                                                           white_back=white_back, force_background=True)
+        return out, depth, weights
+    out = composite(colors, densities, depths, field_type="density", mode=mode, white_back=white_back,
+                    return_weights=True)
+    return out.features, out.depth, out.weights
+
+
+def omniavatar_run_forward(self, colors, densities, depths, rendering_options):
+    """OmniAvatar's midpoint ``run_forward``: no x2 - 1 (its generator rescales later)."""
+    return _omniavatar_march(colors, densities, depths, rendering_options, "midpoint")
+
+
+def omniavatar_run_forward_absorption(self, colors, densities, depths, rendering_options):
+    """OmniAvatar's ``run_forward_absorption`` (last interval 1e10), with x2 - 1."""
+    rgb, depth, weights = _omniavatar_march(colors, densities, depths, rendering_options, "absorption")
+    return rgb * 2 - 1, depth, weights
+
+
 class MipRayMarcher2(torch.nn.Module):
     """EG3D's ray marcher: midpoint compositing of raw densities, then ``x2 - 1``."""
 
-    def run_forward(self, colors, densities, depths, rendering_options):
-        assert rendering_options['clamp_mode'] == 'softplus', \
-            "MipRayMarcher only supports `clamp_mode`=`softplus`!"
-        out = composite(colors, densities, depths, field_type="density", mode="midpoint",
-                        white_back=rendering_options.get('white_back', False),
-                        return_weights=True)
-        return out.features * 2 - 1, out.depth, out.weights
+    run_forward = eg3d_run_forward
 
     def forward(self, colors, densities, depths, rendering_options):
+        return self.run_forward(colors, densities, depths, rendering_options)
+
+
+class OmniAvatarMipRayMarcher2(torch.nn.Module):
+    """OmniAvatar's ray marcher: the midpoint path without ``x2 - 1``, the absorption path
+    (``rendering_options['absorption']``) with it, and ``force_background``."""
+
+    run_forward = omniavatar_run_forward
+    run_forward_absorption = omniavatar_run_forward_absorption
+
+    def forward(self, colors, densities, depths, rendering_options):
+        if rendering_options.get('absorption', False):
+            return self.run_forward_absorption(colors, densities, depths, rendering_options)
         return self.run_forward(colors, densities, depths, rendering_options)
 
 
@@ -135,8 +190,12 @@ def _swap(owner, name, replacement, originals, replaced, label):
         replaced.append(label)
 
 
+RENDERER_PARTS = ("sample_from_planes", "sample_from_volplanes", "MipRayMarcher2", "ImportanceRenderer")
+
+
 def patch(module):
-    """Swap omnifast into an imported EG3D/OmniAvatar renderer module.
+    """Swap omnifast into an imported EG3D/OmniAvatar renderer module
+    (``training.volumetric_rendering.renderer``).
 
     Replaces the module's ``sample_from_planes`` / ``sample_from_volplanes``, the ray marcher's
     compositing methods on its ``MipRayMarcher2`` class (OmniAvatar's variant is recognised by
@@ -144,8 +203,13 @@ def patch(module):
     are replaced on the classes, so renderers built (or unpickled) before the call switch too.
     Returns the names replaced; the originals stay in ``module._omnifast_originals``.
     """
-    from . import omniavatar
-
+    if not isinstance(module, types.ModuleType):
+        raise TypeError("omnifast.eg3d.patch: module must be an imported renderer module "
+                        "(training.volumetric_rendering.renderer of EG3D or OmniAvatar), got "
+                        f"{type(module).__name__}")
+    if not any(hasattr(module, part) for part in RENDERER_PARTS):
+        raise ValueError(f"omnifast.eg3d.patch: module must be an EG3D or OmniAvatar renderer module "
+                         f"with any of {', '.join(RENDERER_PARTS)}, got {module.__name__!r} with none")
     replaced = []
     originals = getattr(module, "_omnifast_originals", {})
     for name, fn in (("sample_from_planes", sample_from_planes),
@@ -153,11 +217,11 @@ def patch(module):
         _swap(module, name, fn, originals, replaced, name)
     marcher = getattr(module, "MipRayMarcher2", None)
     if marcher is not None:
-        ours = omniavatar.MipRayMarcher2 if hasattr(marcher, "run_forward_absorption") else MipRayMarcher2
-        for method in ("run_forward", "run_forward_absorption"):
-            if hasattr(ours, method):
-                _swap(marcher, method, getattr(ours, method), originals, replaced,
-                      f"MipRayMarcher2.{method}")
+        methods = ({"run_forward": omniavatar_run_forward,
+                    "run_forward_absorption": omniavatar_run_forward_absorption}
+                   if hasattr(marcher, "run_forward_absorption") else {"run_forward": eg3d_run_forward})
+        for method, fn in methods.items():
+            _swap(marcher, method, fn, originals, replaced, f"MipRayMarcher2.{method}")
     renderer = getattr(module, "ImportanceRenderer", None)
     if renderer is not None:
         for name, fn in (("sample_importance", sample_importance), ("unify_samples", unify_samples)):

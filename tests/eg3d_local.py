@@ -1,7 +1,10 @@
-"""EG3D's and OmniAvatar's sampling functions, written here from the documented semantics
-(generate_planes / project_onto_planes / sample_from_planes of EG3D, sample_from_volplanes of
-OmniAvatar), to check omnifast's drop-ins against them."""
+"""EG3D's renderer module (`training/volumetric_rendering/renderer.py` with the `MipRayMarcher2`
+it imports from `ray_marcher.py` and the `math_utils` helpers it calls), written here from the
+documented semantics (../shared/reference/eg3d_semantics.md) with the released module's
+functions, classes and methods, so that `omnifast.eg3d.patch()` is tested on what it patches in
+a real checkout: a whole render through `ImportanceRenderer.forward`."""
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 
@@ -12,7 +15,7 @@ def generate_planes():
 
 
 def generate_fixed_planes():
-    # rows (x, y), (y, z), (z, x): the corrected projection
+    # rows (x, y), (y, z), (z, x): the corrected projection of the fixed_triplanes branch
     return torch.tensor([[[1, 0, 0], [0, 1, 0], [0, 0, 1]],
                          [[0, 1, 0], [0, 0, 1], [1, 0, 0]],
                          [[0, 0, 1], [1, 0, 0], [0, 1, 0]]], dtype=torch.float32)
@@ -40,32 +43,63 @@ def sample_from_planes(plane_axes, plane_features, coordinates, mode='bilinear',
     return output.permute(0, 3, 2, 1).reshape(n, n_planes, m, c)
 
 
-def sample_from_volplanes(plane_features, coordinates, mode='bilinear', padding_mode='zeros',
-                          box_warp=None, triplane_depth=1):
-    assert padding_mode == 'zeros'
-    n, n_planes, cd, h, w = plane_features.shape
-    _, m, _ = coordinates.shape
-    c = cd // triplane_depth
-    volumes = plane_features.reshape(n * n_planes, c, triplane_depth, h, w)
-    coordinates = (2 / torch.tensor(box_warp, dtype=torch.float32)).to(coordinates) * coordinates
-    x, y, z = coordinates.unbind(-1)
-    grid = torch.stack([torch.stack([x, y, z], -1), torch.stack([y, z, x], -1),
-                        torch.stack([x, z, y], -1)], dim=1).reshape(n * n_planes, 1, 1, m, 3)
-    output = F.grid_sample(volumes, grid, mode=mode, padding_mode=padding_mode,
-                           align_corners=False)
-    return output.permute(0, 4, 3, 2, 1).reshape(n, n_planes, m, c)
+def sample_from_3dgrid(grid, coordinates):
+    batch_size, n_coords, n_dims = coordinates.shape
+    sampled = F.grid_sample(grid.expand(batch_size, -1, -1, -1, -1),
+                            coordinates.reshape(batch_size, 1, 1, -1, n_dims),
+                            mode='bilinear', padding_mode='zeros', align_corners=False)
+    n, c, h, w, d = sampled.shape
+    return sampled.permute(0, 4, 3, 2, 1).reshape(n, h * w * d, c)
 
 
-class MipRayMarcher2(torch.nn.Module):
-    """EG3D's ray marcher, midpoint mode, as documented."""
+# ---- math_utils
+
+def linspace(start, stop, num):
+    """Asymmetric linspace for tensor bounds: start + arange(num) / (num - 1) * (stop - start)."""
+    steps = torch.arange(num, dtype=torch.float32, device=start.device) / (num - 1)
+    for _ in range(start.ndim):
+        steps = steps.unsqueeze(-1)
+    return start[None] + steps * (stop - start)[None]
+
+
+def get_ray_limits_box(rays_o, rays_d, box_side_length):
+    """Slab test against the centred cube of side box_side_length; invalid rays get -1, -2."""
+    o_shape = rays_o.shape
+    rays_o, rays_d = rays_o.detach().reshape(-1, 3), rays_d.detach().reshape(-1, 3)
+    bounds = torch.tensor([[-1, -1, -1], [1, 1, 1]], dtype=rays_o.dtype,
+                          device=rays_o.device) * box_side_length / 2
+    invdir = 1 / rays_d
+    sign = (invdir < 0).long()
+    tmin = (bounds.index_select(0, sign[..., 0])[..., 0] - rays_o[..., 0]) * invdir[..., 0]
+    tmax = (bounds.index_select(0, 1 - sign[..., 0])[..., 0] - rays_o[..., 0]) * invdir[..., 0]
+    tymin = (bounds.index_select(0, sign[..., 1])[..., 1] - rays_o[..., 1]) * invdir[..., 1]
+    tymax = (bounds.index_select(0, 1 - sign[..., 1])[..., 1] - rays_o[..., 1]) * invdir[..., 1]
+    is_valid = torch.ones_like(tmin, dtype=torch.bool)
+    is_valid[torch.logical_or(tmin > tymax, tymin > tmax)] = False
+    tmin, tmax = torch.max(tmin, tymin), torch.min(tmax, tymax)
+    tzmin = (bounds.index_select(0, sign[..., 2])[..., 2] - rays_o[..., 2]) * invdir[..., 2]
+    tzmax = (bounds.index_select(0, 1 - sign[..., 2])[..., 2] - rays_o[..., 2]) * invdir[..., 2]
+    is_valid[torch.logical_or(tmin > tzmax, tzmin > tmax)] = False
+    tmin, tmax = torch.max(tmin, tzmin), torch.min(tmax, tzmax)
+    tmin[~is_valid], tmax[~is_valid] = -1, -2
+    return tmin.reshape(*o_shape[:-1], 1), tmax.reshape(*o_shape[:-1], 1)
+
+
+# ---- ray_marcher.py
+
+class MipRayMarcher2(nn.Module):
+    def __init__(self):
+        super().__init__()
 
     def run_forward(self, colors, densities, depths, rendering_options):
         deltas = depths[:, :, 1:] - depths[:, :, :-1]
         colors_mid = (colors[:, :, :-1] + colors[:, :, 1:]) / 2
         densities_mid = (densities[:, :, :-1] + densities[:, :, 1:]) / 2
         depths_mid = (depths[:, :, :-1] + depths[:, :, 1:]) / 2
-        assert rendering_options['clamp_mode'] == 'softplus'
-        densities_mid = F.softplus(densities_mid - 1)
+        if rendering_options['clamp_mode'] == 'softplus':
+            densities_mid = F.softplus(densities_mid - 1)
+        else:
+            assert False, "MipRayMarcher only supports `clamp_mode`=`softplus`!"
         density_delta = densities_mid * deltas
         alpha = 1 - torch.exp(-density_delta)
         alpha_shifted = torch.cat([torch.ones_like(alpha[:, :, :1]), 1 - alpha + 1e-10], -2)
@@ -81,11 +115,107 @@ class MipRayMarcher2(torch.nn.Module):
         return composite_rgb, composite_depth, weights
 
     def forward(self, colors, densities, depths, rendering_options):
-        return self.run_forward(colors, densities, depths, rendering_options)
+        composite_rgb, composite_depth, weights = self.run_forward(colors, densities, depths,
+                                                                   rendering_options)
+        return composite_rgb, composite_depth, weights
 
 
-class ImportanceRenderer:
-    """The two sampling methods of EG3D's renderer, as documented."""
+# ---- renderer.py
+
+class ImportanceRenderer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ray_marcher = MipRayMarcher2()
+        self.plane_axes = generate_planes()
+
+    def forward(self, planes, decoder, ray_origins, ray_directions, rendering_options):
+        self.plane_axes = self.plane_axes.to(ray_origins.device)
+        if rendering_options['ray_start'] == rendering_options['ray_end'] == 'auto':
+            ray_start, ray_end = get_ray_limits_box(ray_origins, ray_directions,
+                                                    box_side_length=rendering_options['box_warp'])
+            is_ray_valid = ray_end > ray_start
+            if torch.any(is_ray_valid).item():
+                ray_start[~is_ray_valid] = ray_start[is_ray_valid].min()
+                ray_end[~is_ray_valid] = ray_start[is_ray_valid].max()
+            depths_coarse = self.sample_stratified(ray_origins, ray_start, ray_end,
+                                                   rendering_options['depth_resolution'],
+                                                   rendering_options['disparity_space_sampling'])
+        else:
+            depths_coarse = self.sample_stratified(ray_origins, rendering_options['ray_start'],
+                                                   rendering_options['ray_end'],
+                                                   rendering_options['depth_resolution'],
+                                                   rendering_options['disparity_space_sampling'])
+        batch_size, num_rays, samples_per_ray, _ = depths_coarse.shape
+
+        # Coarse pass
+        sample_coordinates = (ray_origins.unsqueeze(-2) + depths_coarse * ray_directions.unsqueeze(-2)).reshape(batch_size, -1, 3)
+        sample_directions = ray_directions.unsqueeze(-2).expand(-1, -1, samples_per_ray, -1).reshape(batch_size, -1, 3)
+        out = self.run_model(planes, decoder, sample_coordinates, sample_directions, rendering_options)
+        colors_coarse = out['rgb'].reshape(batch_size, num_rays, samples_per_ray, out['rgb'].shape[-1])
+        densities_coarse = out['sigma'].reshape(batch_size, num_rays, samples_per_ray, 1)
+
+        # Fine pass
+        N_importance = rendering_options['depth_resolution_importance']
+        if N_importance > 0:
+            _, _, weights = self.ray_marcher(colors_coarse, densities_coarse, depths_coarse, rendering_options)
+            depths_fine = self.sample_importance(depths_coarse, weights, N_importance)
+            sample_directions = ray_directions.unsqueeze(-2).expand(-1, -1, N_importance, -1).reshape(batch_size, -1, 3)
+            sample_coordinates = (ray_origins.unsqueeze(-2) + depths_fine * ray_directions.unsqueeze(-2)).reshape(batch_size, -1, 3)
+            out = self.run_model(planes, decoder, sample_coordinates, sample_directions, rendering_options)
+            colors_fine = out['rgb'].reshape(batch_size, num_rays, N_importance, out['rgb'].shape[-1])
+            densities_fine = out['sigma'].reshape(batch_size, num_rays, N_importance, 1)
+            all_depths, all_colors, all_densities = self.unify_samples(
+                depths_coarse, colors_coarse, densities_coarse, depths_fine, colors_fine, densities_fine)
+            rgb_final, depth_final, weights = self.ray_marcher(all_colors, all_densities, all_depths, rendering_options)
+        else:
+            rgb_final, depth_final, weights = self.ray_marcher(colors_coarse, densities_coarse, depths_coarse, rendering_options)
+        return rgb_final, depth_final, weights.sum(2)
+
+    def run_model(self, planes, decoder, sample_coordinates, sample_directions, options):
+        sampled_features = sample_from_planes(self.plane_axes, planes, sample_coordinates,
+                                              padding_mode='zeros', box_warp=options['box_warp'])
+        out = decoder(sampled_features, sample_directions)
+        if options.get('density_noise', 0) > 0:
+            out['sigma'] += torch.randn_like(out['sigma']) * options['density_noise']
+        return out
+
+    def sort_samples(self, all_depths, all_colors, all_densities):
+        _, indices = torch.sort(all_depths, dim=-2)
+        all_depths = torch.gather(all_depths, -2, indices)
+        all_colors = torch.gather(all_colors, -2, indices.expand(-1, -1, -1, all_colors.shape[-1]))
+        all_densities = torch.gather(all_densities, -2, indices.expand(-1, -1, -1, 1))
+        return all_depths, all_colors, all_densities
+
+    def unify_samples(self, depths1, colors1, densities1, depths2, colors2, densities2):
+        all_depths = torch.cat([depths1, depths2], dim=-2)
+        all_colors = torch.cat([colors1, colors2], dim=-2)
+        all_densities = torch.cat([densities1, densities2], dim=-2)
+        _, indices = torch.sort(all_depths, dim=-2)
+        all_depths = torch.gather(all_depths, -2, indices)
+        all_colors = torch.gather(all_colors, -2, indices.expand(-1, -1, -1, all_colors.shape[-1]))
+        all_densities = torch.gather(all_densities, -2, indices.expand(-1, -1, -1, 1))
+        return all_depths, all_colors, all_densities
+
+    def sample_stratified(self, ray_origins, ray_start, ray_end, depth_resolution,
+                          disparity_space_sampling=False):
+        N, M, _ = ray_origins.shape
+        if disparity_space_sampling:
+            depths_coarse = torch.linspace(0, 1, depth_resolution, device=ray_origins.device) \
+                .reshape(1, 1, depth_resolution, 1).repeat(N, M, 1, 1)
+            depth_delta = 1 / (depth_resolution - 1)
+            depths_coarse += torch.rand_like(depths_coarse) * depth_delta
+            depths_coarse = 1. / (1. / ray_start * (1. - depths_coarse) + 1. / ray_end * depths_coarse)
+        else:
+            if type(ray_start) == torch.Tensor:  # noqa: E721 (as released)
+                depths_coarse = linspace(ray_start, ray_end, depth_resolution).permute(1, 2, 0, 3)
+                depth_delta = (ray_end - ray_start) / (depth_resolution - 1)
+                depths_coarse += torch.rand_like(depths_coarse) * depth_delta[..., None]
+            else:
+                depths_coarse = torch.linspace(ray_start, ray_end, depth_resolution, device=ray_origins.device) \
+                    .reshape(1, 1, depth_resolution, 1).repeat(N, M, 1, 1)
+                depth_delta = (ray_end - ray_start) / (depth_resolution - 1)
+                depths_coarse += torch.rand_like(depths_coarse) * depth_delta
+        return depths_coarse
 
     def sample_importance(self, z_vals, weights, N_importance):
         with torch.no_grad():
@@ -96,16 +226,21 @@ class ImportanceRenderer:
             weights = F.avg_pool1d(weights, 2, 1).squeeze()
             weights = weights + 0.01
             z_vals_mid = 0.5 * (z_vals[:, :-1] + z_vals[:, 1:])
-            return self.sample_pdf(z_vals_mid, weights[:, 1:-1], N_importance).detach().reshape(
-                batch_size, num_rays, N_importance, 1)
+            importance_z_vals = self.sample_pdf(z_vals_mid, weights[:, 1:-1], N_importance).detach() \
+                .reshape(batch_size, num_rays, N_importance, 1)
+        return importance_z_vals
 
-    def sample_pdf(self, bins, weights, N_importance, eps=1e-5):
+    def sample_pdf(self, bins, weights, N_importance, det=False, eps=1e-5):
         N_rays, N_samples_ = weights.shape
         weights = weights + eps
         pdf = weights / torch.sum(weights, -1, keepdim=True)
         cdf = torch.cumsum(pdf, -1)
         cdf = torch.cat([torch.zeros_like(cdf[:, :1]), cdf], -1)
-        u = torch.rand(N_rays, N_importance, device=bins.device).contiguous()
+        if det:
+            u = torch.linspace(0, 1, N_importance, device=bins.device).expand(N_rays, N_importance)
+        else:
+            u = torch.rand(N_rays, N_importance, device=bins.device)
+        u = u.contiguous()
         inds = torch.searchsorted(cdf, u, right=True)
         below = torch.clamp_min(inds - 1, 0)
         above = torch.clamp_max(inds, N_samples_)
@@ -115,13 +250,3 @@ class ImportanceRenderer:
         denom = cdf_g[..., 1] - cdf_g[..., 0]
         denom[denom < eps] = 1
         return bins_g[..., 0] + (u - cdf_g[..., 0]) / denom * (bins_g[..., 1] - bins_g[..., 0])
-
-    def unify_samples(self, depths1, colors1, densities1, depths2, colors2, densities2):
-        all_depths = torch.cat([depths1, depths2], dim=-2)
-        all_colors = torch.cat([colors1, colors2], dim=-2)
-        all_densities = torch.cat([densities1, densities2], dim=-2)
-        _, indices = torch.sort(all_depths, dim=-2, stable=True)
-        all_depths = torch.gather(all_depths, -2, indices)
-        all_colors = torch.gather(all_colors, -2, indices.expand(-1, -1, -1, all_colors.shape[-1]))
-        all_densities = torch.gather(all_densities, -2, indices.expand(-1, -1, -1, 1))
-        return all_depths, all_colors, all_densities

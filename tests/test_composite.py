@@ -335,7 +335,6 @@ import types  # noqa: E402
 
 import eg3d_local  # noqa: E402
 import omnifast.eg3d  # noqa: E402
-import omnifast.omniavatar  # noqa: E402
 
 
 def marcher_inputs(device="cpu"):
@@ -364,7 +363,7 @@ def test_eg3d_ray_marcher_drop_in(device, white_back):
 def test_omniavatar_ray_marcher_drop_in(options):
     colors, densities, depths = marcher_inputs()
     options = {"clamp_mode": "softplus", **options}
-    rgb, depth, weights = omnifast.omniavatar.MipRayMarcher2()(colors, densities, depths, options)
+    rgb, depth, weights = omnifast.eg3d.OmniAvatarMipRayMarcher2()(colors, densities, depths, options)
     mode = "absorption" if options.get("absorption") else "midpoint"
     ref, ref_depth, _, ref_weights = reference.rendering.march(
         colors, densities, depths, mode=mode, white_back=options.get("white_back", False),

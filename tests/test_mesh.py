@@ -7,7 +7,7 @@ import torch
 import trimesh
 
 import omnifast
-from omnifast.bench import meshes
+from omnifast.geometry import meshes
 from omnifast.reference import mesh as ref
 
 from conftest import DEVICES, poisoned_outputs

@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("smplx", reason="the FLAME loader needs smplx (pip install -e '.[test]')")
 
 from conftest import DEVICES  # noqa: E402
+from omnifast import runs  # noqa: E402
 from omnifast.cli import main as cli_main  # noqa: E402
 from omnifast.flame import Flame  # noqa: E402
 from omnifast.reference.mesh import closest_point as closest_point_brute_force  # noqa: E402
@@ -228,17 +229,69 @@ def test_resume_continues_exactly(flame_dir, tmp_path):
 
 def test_checkpoint_write_is_atomic(flame_dir, tmp_path, monkeypatch):
     train(tiny_config(flame_dir), str(tmp_path), progress=False, log=lambda *_: None, stop_after=3)
-    before = torch.load(tmp_path / train_module.CHECKPOINT, weights_only=False)["step"]
+    before = torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)["step"]
 
     def crash(obj, f, *args, **kwargs):
         f.write(b"half a checkpoint")
         raise KeyboardInterrupt("killed while saving")
 
-    monkeypatch.setattr(train_module.torch, "save", crash)
+    monkeypatch.setattr(runs.torch, "save", crash)
     with pytest.raises(KeyboardInterrupt):
         train(None, str(tmp_path), resume=True, progress=False, log=lambda *_: None)
     monkeypatch.undo()
     assert load_run(str(tmp_path)).step == before == 3  # the old checkpoint is intact
+    assert not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+def test_stale_temporaries_are_removed_when_a_run_starts(flame_dir, tmp_path):
+    """A process killed during a save leaves checkpoint.pt.tmp<pid> behind: the next run in the
+    folder removes it (a live process's temporary is left alone)."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / f"checkpoint.pt.tmp{dead}").write_bytes(b"half")
+    (tmp_path / f"config.json.tmp{os.getppid()}").write_text("{")  # a live process (our parent)
+    train(tiny_config(flame_dir, steps=1), str(tmp_path), progress=False, log=lambda *_: None)
+    names = os.listdir(tmp_path)
+    assert f"checkpoint.pt.tmp{dead}" not in names and f"config.json.tmp{os.getppid()}" in names
+
+
+def test_checkpoints_load_without_running_code(flame_dir, tmp_path):
+    """Checkpoints hold tensors and plain data only and are read with weights_only=True: a
+    checkpoint that would run code when unpickled is refused, with the file's name."""
+    import pickle
+
+    train(tiny_config(flame_dir, steps=1), str(tmp_path), progress=False, log=lambda *_: None)
+    assert torch.load(tmp_path / runs.CHECKPOINT, weights_only=True)["step"] == 1
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    with open(tmp_path / runs.CHECKPOINT, "wb") as f:
+        pickle.dump({"config": {}, "payload": Payload()}, f)
+    with pytest.raises(runs.RunError, match=r"checkpoint.pt: not a readable checkpoint"):
+        load_run(str(tmp_path))
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("content,message", [
+    (b"", "not a readable checkpoint"), (b"garbage" * 10, "not a readable checkpoint"),
+    (None, "incomplete checkpoint, missing 'model'")])
+def test_bad_checkpoints_name_the_file(flame_dir, tmp_path, content, message):
+    train(tiny_config(flame_dir, steps=1), str(tmp_path), progress=False, log=lambda *_: None)
+    path = tmp_path / runs.CHECKPOINT
+    if content is None:
+        state = torch.load(path, weights_only=True)
+        del state["model"]
+        torch.save(state, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(runs.RunError, match=f"{path}: {message}"):
+        load_run(str(tmp_path))
 
 
 def test_parse_params(flame):
@@ -250,6 +303,11 @@ def test_parse_params(flame):
         parse_params(flame.layout, ["pose=1"])
     with pytest.raises(ValueError, match="jaw takes at most 3 values"):
         parse_params(flame.layout, ["jaw=1,2,3,4"])
+    for bad in ("jaw=nan", "jaw=0,inf"):
+        with pytest.raises(ValueError, match="jaw values must be finite numbers"):
+            parse_params(flame.layout, [bad])
+    with pytest.raises(ValueError, match="jaw takes comma-separated numbers, got 'open'"):
+        parse_params(flame.layout, ["jaw=open"])
 
 
 def test_commands_end_to_end(flame_dir, tmp_path, capsys):
@@ -293,6 +351,7 @@ def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys):
         assert (out / name).is_file(), name
     summary = json.loads((out / "demo.json").read_text())
     assert summary["steps"] == 3 and summary["metrics"]["meshes"] == 1
+    assert summary["passed"] is False and set(summary["stage_seconds"]) == {"1", "2", "3", "4", "5"}
     bench = json.loads((out / "bench.json").read_text())
     assert {row["op"] for row in bench["results"]} >= {"triplane_sample", "composite", "closest_point"}
     assert "demo finished" in capsys.readouterr().out
@@ -313,3 +372,109 @@ def test_training_evaluation_and_render_on_each_device(flame_dir, tmp_path, devi
     assert again["near_mean"] == pytest.approx(metrics["near_mean"], rel=1e-5)
     image = render_image(run.model, run.flame, parse_params(run.flame.layout, ["jaw=0.2"]), size=24, coarse=8, fine=8)
     assert image.shape == (24, 24, 3) and image.min() < 250  # the head covers part of the view
+
+
+# ---- the command line: errors a user can cause are one clear line and a non-zero exit
+
+def run_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "omnifast", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    from omnifast.flame import make_synthetic_flame
+
+    root = tmp_path_factory.mktemp("cli")
+    make_synthetic_flame(str(root / "flame"))
+    train(tiny_config(str(root / "flame"), steps=2), str(root / "run"), progress=False, log=lambda *_: None)
+    return root
+
+
+def one_line_error(result, *fragments):
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in result.stderr and lines, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[-1], (fragment, lines[-1])
+
+
+@pytest.mark.parametrize("flag,value", [("--steps", "0"), ("--steps", "-3"), ("--eval-every", "0"),
+                                        ("--checkpoint-every", "0"), ("--batch", "0"), ("--lr", "nan")])
+def test_train_sdf_rejects_bad_counts(tiny_run, tmp_path, flag, value):
+    result = run_cli("train-sdf", "--flame-dir", tiny_run / "flame", "--out", tmp_path / "run", flag, value)
+    one_line_error(result, f"argument {flag}")
+    assert not (tmp_path / "run").exists() or not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_resume_refuses_changed_settings(tiny_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run)
+    result = run_cli("train-sdf", "--out", run, "--resume", "--batch", "9", "--steps", "3", "--no-progress")
+    one_line_error(result, "config.json: the run has batch=2", "got batch=9")
+    result = run_cli("train-sdf", "--out", run, "--resume", "--lr", "0.5", "--steps", "3", "--no-progress")
+    one_line_error(result, "the run has lr=", "got lr=0.5")
+    assert load_run(str(run)).step == 2  # nothing trained
+    result = run_cli("train-sdf", "--out", run, "--resume", "--steps", "3", "--no-progress")
+    assert result.returncode == 0, result.stderr  # same settings, more steps: fine
+    assert load_run(str(run)).step == 3
+
+
+def test_eval_and_export_reject_bad_sizes_and_params(tiny_run, tmp_path):
+    one_line_error(run_cli("eval-sdf", tiny_run / "run", "--meshes", "0"), "argument --meshes")
+    one_line_error(run_cli("export-sdf", tiny_run / "run", "--out", tmp_path / "m.ply", "--resolution", "0"),
+                   "argument --resolution")
+    one_line_error(run_cli("export-sdf", tiny_run / "run", "--out", tmp_path / "m.ply", "--params", "jaw=nan"),
+                   "jaw values must be finite numbers")
+
+
+@pytest.mark.parametrize("content,message", [(b"", "not a readable checkpoint"),
+                                             (b"\x80\x02garbage", "not a readable checkpoint")])
+def test_commands_name_a_bad_checkpoint(tiny_run, tmp_path, content, message):
+    (tmp_path / "checkpoint.pt").write_bytes(content)
+    for command in (("eval-sdf", tmp_path), ("export-sdf", tmp_path, "--out", tmp_path / "m.ply")):
+        one_line_error(run_cli(*command), f"{tmp_path / 'checkpoint.pt'}: {message}")
+    one_line_error(run_cli("eval-sdf", tmp_path / "nothing"), "no checkpoint")
+
+
+@pytest.mark.parametrize("content,message", [("{not json", "not a readable JSON settings file"),
+                                             ("[1, 2]", "expected a JSON object"),
+                                             ('{"stepz": 3}', "unknown setting 'stepz'"),
+                                             ('{"batch": "four"}', "batch must be a positive integer")])
+def test_train_sdf_names_a_bad_config_file(tiny_run, tmp_path, content, message):
+    settings = tmp_path / "settings.json"
+    settings.write_text(content)
+    result = run_cli("train-sdf", "--flame-dir", tiny_run / "flame", "--out", tmp_path / "run", "--config", settings)
+    one_line_error(result, str(settings), message)
+
+
+def test_flame_file_with_a_short_template_names_it(tiny_run, tmp_path):
+    """The array that disagrees with the others is the one blamed (it was blamed on shapedirs)."""
+    import pickle
+    import shutil
+
+    folder = tmp_path / "flame"
+    shutil.copytree(tiny_run / "flame", folder)
+    with open(folder / "FLAME_NEUTRAL.pkl", "rb") as f:
+        model = pickle.load(f)
+    model["v_template"] = model["v_template"][:-7]
+    with open(folder / "FLAME_NEUTRAL.pkl", "wb") as f:
+        pickle.dump(model, f)
+    with pytest.raises(ValueError, match=r"key 'v_template' must have shape \[5039, 3\], got \[5032, 3\]"):
+        Flame(str(folder))
+    one_line_error(run_cli("train-sdf", "--flame-dir", folder, "--out", tmp_path / "run"), "'v_template'")
+
+
+def test_flame_loader_refuses_code_in_a_pickle(tiny_run, tmp_path):
+    import shutil
+
+    folder = tmp_path / "flame"
+    shutil.copytree(tiny_run / "flame", folder)
+    (folder / "FLAME_NEUTRAL.pkl").write_bytes(b"cos\nsystem\n(S'touch ran'\ntR.")
+    with pytest.raises(ValueError, match="refusing to load os.system"):
+        Flame(str(folder))

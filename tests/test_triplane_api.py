@@ -11,6 +11,7 @@ import omnifast
 import omnifast.eg3d
 from omnifast import reference
 import eg3d_local
+import omniavatar_local
 from conftest import DEVICES
 
 EG3D_AXES = [0, 1, 0, 2, 2, 0]
@@ -211,7 +212,7 @@ def test_sample_from_volplanes_matches_omniavatar(device, depth, box_warp):
     coords = ((torch.rand(2, 300, 3, device=device) - 0.5) * 1.3).requires_grad_()
     ours = omnifast.eg3d.sample_from_volplanes(planes, coords, box_warp=box_warp,
                                                triplane_depth=depth)
-    theirs = eg3d_local.sample_from_volplanes(planes, coords, box_warp=box_warp,
+    theirs = omniavatar_local.sample_from_volplanes(planes, coords, box_warp=box_warp,
                                               triplane_depth=depth)
     assert ours.shape == (2, 3, 300, 8)
     assert_same_values_and_gradients(ours, theirs, (planes, coords))

@@ -7,7 +7,7 @@ import torch
 
 from ..ops.mesh import MeshIndex
 from ..reference import mesh as reference
-from . import meshes
+from ..geometry import meshes
 from .measure import import_optional
 
 

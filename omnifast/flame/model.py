@@ -25,10 +25,20 @@ class _ChumpyValue:
 
 
 class _Unpickler(pickle.Unpickler):
+    """Builds only what FLAME files hold (numpy arrays, scipy sparse matrices, chumpy values):
+    a pickle naming any other class is refused, so a model file cannot run code."""
+
+    NUMPY = {"_reconstruct", "ndarray", "dtype", "scalar"}
+
     def find_class(self, module, name):
-        if module.split(".")[0] == "chumpy":
+        root = module.split(".")[0]
+        if root == "chumpy":
             return _ChumpyValue
-        return super().find_class(module, name)
+        if (root == "numpy" and name in self.NUMPY) or \
+                (module.startswith("scipy.sparse") and name.endswith(("_matrix", "_array"))):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a FLAME file holds only "
+                                     "numpy arrays, scipy sparse matrices and chumpy values")
 
 
 def _plain(value, path, key):
@@ -61,7 +71,10 @@ def read_model_file(path, keys):
 
 
 def _check_model(model, embedding, model_path, embedding_path):
-    V = model["v_template"].shape[0]
+    # The vertex count most arrays agree on, so that the one array that disagrees is blamed.
+    counts = [model[k].shape[0] for k in ("v_template", "shapedirs", "posedirs", "weights")
+              if model[k].ndim] + [model["J_regressor"].shape[-1]]
+    V = max(counts, key=counts.count)
     expected = {"v_template": (V, 3), "shapedirs": (V, 3, SHAPE_SPACE + EXPRESSION_SPACE),
                 "posedirs": (V, 3, 36), "J_regressor": (5, V), "weights": (V, 5), "kintree_table": (2, 5)}
     for key, shape in expected.items():

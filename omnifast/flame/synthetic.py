@@ -10,8 +10,8 @@ import pickle
 import numpy as np
 import torch
 
-from .._atomic import atomic_write
-from ..bench.meshes import head_mesh
+from ..runs import atomic_write
+from ..geometry import head_mesh
 from .model import boundary_loops
 
 RINGS, SEGMENTS = 70, 72

@@ -44,6 +44,9 @@ def _check(features, field, depths, density_delta, field_type, mode, beta):
         raise ValueError(f"omnifast.{op}: mode must be one of {tuple(MODES)}, got {mode!r}")
     if field_type != "density" and beta is None:
         raise ValueError(f"omnifast.{op}: beta must be given for field_type={field_type!r}")
+    if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (Real, torch.Tensor))):
+        raise TypeError(f"omnifast.{op}: beta must be a positive number or a one-element tensor, "
+                        f"got {type(beta).__name__} {beta!r}")
     if isinstance(beta, Real) and not (math.isfinite(beta) and beta > 0):
         raise ValueError(f"omnifast.{op}: beta must be positive, got {beta!r}")
 
@@ -91,7 +94,9 @@ def composite(features, field, depths, *, field_type="sdf", beta=None, density_d
         None if density_delta is None else flat(density_delta), FIELD_TYPES[field_type],
         MODES[mode], return_weights)
     # EG3D's depth finish, on the per-ray values: the clamp spans the whole depths tensor.
-    depth = torch.clamp(torch.nan_to_num(depth_raw, float("inf")), depths.min(), depths.max())
+    depth = torch.nan_to_num(depth_raw, float("inf"))
+    if depths.numel():
+        depth = torch.clamp(depth, depths.min(), depths.max())
     out = out.reshape(*lead, channels)
     opacity = opacity.reshape(*lead, 1)
     if white_back:
@@ -123,6 +128,8 @@ def importance_sample(depths, weights, n, *, deterministic=False, generator=None
         ``[..., n, 1]`` (or ``[..., n]``, like ``depths``) sorted depths, detached (EG3D samples
         under ``no_grad``).
     """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"omnifast.importance_sample: n must be a positive integer, got {n!r}")
     with_one = depths.dim() >= 2 and depths.shape[-1] == 1
     z = _strip_trailing_one(depths, depths.dim()) if with_one else depths
     w = _strip_trailing_one(weights, depths.dim()) if with_one else weights
@@ -165,11 +172,16 @@ def merge_samples(depths_coarse, depths_fine, values_coarse=(), values_fine=()):
     if len(values_coarse) != len(values_fine):
         raise ValueError("omnifast.merge_samples: values_coarse and values_fine must pair up, got "
                          f"{len(values_coarse)} and {len(values_fine)}")
+    for i, (c, f) in enumerate(zip(values_coarse, values_fine)):
+        if c.shape[:-1] != zc.shape or f.shape[:-1] != zf.shape or c.shape[-1] != f.shape[-1]:
+            raise ValueError(f"omnifast.merge_samples: values {i} must be [..., S, K] and [..., n, K] "
+                             f"along depths {list(zc.shape)} and {list(zf.shape)}, got "
+                             f"{list(c.shape)} and {list(f.shape)}")
     _C_loader.require_backend("merge_samples", depths_coarse)
-    lead = zc.shape[:-1]
+    lead, s, n = zc.shape[:-1], zc.shape[-1], zf.shape[-1]
     rays = math.prod(lead)
-    order = torch.ops.omnifast.merge_order(zc.reshape(rays, -1).detach(),
-                                           zf.reshape(rays, -1).detach()).reshape(*lead, -1)
+    order = torch.ops.omnifast.merge_order(zc.reshape(rays, s).detach(),
+                                           zf.reshape(rays, n).detach()).reshape(*lead, s + n)
     depths = torch.gather(torch.cat([zc, zf], -1), -1, order)
     merged = [torch.gather(torch.cat([c, f], -2), -2,
                            order.unsqueeze(-1).expand(*order.shape, c.shape[-1]))

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..bench.meshes import jitter, surface_samples
+from ..geometry import jitter, surface_samples
 from ..ops.mesh import MeshIndex, barycentric_interpolate
 
 SDFBatch = namedtuple("SDFBatch", [

@@ -1,7 +1,7 @@
 """Evaluating a semantic SDF on held-out FLAME parameters against the exact ground truth."""
 import torch
 
-from ..bench.meshes import jitter
+from ..geometry import jitter
 
 HELD_OUT_SEED = 1_000_003  # offset from the training seed: held-out draws never repeat the stream
 NEAR_SCALE = 0.01          # near-surface queries: surface samples + N(0, (1% of the diagonal)^2)

@@ -6,7 +6,9 @@ import math
 import numpy as np
 import torch
 
+from ..geometry import look_at_rays, ray_box_intersection
 from ..ops.composite import composite, importance_sample
+from ..runs import atomic_write
 
 
 def parse_params(layout, items):
@@ -19,7 +21,12 @@ def parse_params(layout, items):
         if not sep or name not in layout.slices:
             raise ValueError(f"--params: expected NAME=v1,v2,... with NAME one of {list(layout.slices)}, "
                              f"got {item!r}")
-        numbers = [float(v) for v in values.split(",") if v.strip()]
+        try:
+            numbers = [float(v) for v in values.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"--params: {name} takes comma-separated numbers, got {values!r}") from None
+        if not all(math.isfinite(v) for v in numbers):
+            raise ValueError(f"--params: {name} values must be finite numbers, got {values!r}")
         width = layout.slices[name].stop - layout.slices[name].start
         if len(numbers) > width:
             raise ValueError(f"--params: {name} takes at most {width} values, got {len(numbers)}")
@@ -69,12 +76,9 @@ def write_ply(path, verts, faces):
     header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {len(verts)}\n"
               "property float x\nproperty float y\nproperty float z\n"
               f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n")
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(verts.astype("<f4").tobytes())
-        rows = np.empty(len(faces), dtype=[("n", "u1"), ("i", "<i4", (3,))])
-        rows["n"], rows["i"] = 3, faces
-        f.write(rows.tobytes())
+    rows = np.empty(len(faces), dtype=[("n", "u1"), ("i", "<i4", (3,))])
+    rows["n"], rows["i"] = 3, faces
+    atomic_write(path, lambda f: f.write(header.encode("ascii") + verts.astype("<f4").tobytes() + rows.tobytes()))
 
 
 def read_ply(path):
@@ -115,22 +119,6 @@ def slice_image(model, flame, params, size=256, axis=0):
     return (image.clamp(0, 1) * 255).byte().numpy()
 
 
-def _look_at_rays(size, distance, yaw, pitch, fov_degrees, centre):
-    """Pinhole camera rays ``(origins [R, 3], directions [R, 3])`` looking at ``centre``."""
-    cy, sy, cp, sp = math.cos(yaw), math.sin(yaw), math.cos(pitch), math.sin(pitch)
-    forward = -torch.tensor([sy * cp, sp, cy * cp])
-    origin = centre - forward * distance
-    right = torch.linalg.cross(forward, torch.tensor([0.0, 1.0, 0.0]))
-    right = right / right.norm()
-    up = torch.linalg.cross(right, forward)
-    half = math.tan(math.radians(fov_degrees) / 2)
-    t = (torch.arange(size) + 0.5) / size * 2 - 1
-    v, u = torch.meshgrid(-t * half, t * half, indexing="ij")
-    directions = forward + u.reshape(-1, 1) * right + v.reshape(-1, 1) * up
-    directions = directions / directions.norm(dim=-1, keepdim=True)
-    return origin.expand_as(directions), directions
-
-
 def render_image(model, flame, params, size=128, coarse=32, fine=32, yaw=0.5, pitch=0.15, beta=0.0015):
     """A shaded render ``uint8 [size, size, 3]``: rays through the model's box, a coarse pass of
     the SDF composited by :func:`omnifast.composite` (``field_type="sdf"``), fine depths from
@@ -139,14 +127,10 @@ def render_image(model, flame, params, size=128, coarse=32, fine=32, yaw=0.5, pi
     device = model.centre.device
     params = params.to(device)
     frames = flame.head_frame(params)
-    centre = model.centre.cpu()
-    origins, directions = _look_at_rays(size, 0.75, yaw, pitch, 30, centre)
-    origins, directions = origins.to(device), directions.to(device)
-    lo, hi = (model.centre - model.scale), (model.centre + model.scale)
-    with torch.no_grad():  # slab test: where each ray is inside the box
-        t0, t1 = (lo - origins) / directions, (hi - origins) / directions
-        near = torch.minimum(t0, t1).amax(-1).clamp_min(0)
-        far = torch.maximum(t0, t1).amin(-1)
+    origins, directions = look_at_rays(size, 0.75, yaw, pitch, 30, model.centre.detach())
+    with torch.no_grad():
+        near, far = ray_box_intersection(origins, directions, model.centre - model.scale,
+                                         model.centre + model.scale)
     hit = far > near
     image = torch.ones(size * size, 3, device=device)
     if hit.any():
@@ -204,5 +188,5 @@ def write_previews(model, flame, path, poses=PREVIEW_POSES, size=128):
     sheet = Image.new("RGB", (size * len(columns), 2 * size + 14), "white")
     for i, column in enumerate(columns):
         sheet.paste(column, (i * size, 0))
-    sheet.save(path)
+    atomic_write(path, lambda f: sheet.save(f, format="PNG"))
     return path

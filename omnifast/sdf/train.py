@@ -1,24 +1,23 @@
 """Training the semantic SDF: configuration, the loop (progress bar, periodic evaluation, CSV
-logs), atomic checkpoints and resuming."""
-import csv
+logs), atomic checkpoints and resuming, in a run folder (:mod:`omnifast.runs`)."""
 import dataclasses
-import json
 import math
-import os
 import time
 
 import torch
 
-from .._atomic import atomic_write
+from ..runs import RunError, RunFolder
 from .data import ParamDistribution, SDFSampler
 from .evaluate import evaluate, held_out_params
 from .losses import LossWeights, semantic_sdf_losses
 from .network import NetworkConfig, SemanticSDF
 
-CHECKPOINT = "checkpoint.pt"
-CONFIG = "config.json"
 TRAIN_LOG = "train_log.csv"
 EVAL_LOG = "eval_log.csv"
+CHECKPOINT_KEYS = ("config", "step", "model", "optimizer", "scheduler", "generator")
+# Settings a resumed run keeps (a change would silently train a different run).
+RUN_DEFINING = ("flame_dir", "n_shape", "n_expr", "batch", "surface_points", "space_points", "lr", "warmup",
+                "network", "weights", "distribution", "seed", "eval_meshes", "eval_points")
 
 
 @dataclasses.dataclass
@@ -43,17 +42,43 @@ class TrainConfig:
     eval_meshes: int = 4
     eval_points: int = 2048        # per mesh
 
+    def __post_init__(self):
+        for name in ("steps", "batch", "surface_points", "space_points", "eval_every", "checkpoint_every",
+                     "eval_meshes", "eval_points", "n_shape"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if isinstance(self.n_expr, bool) or not isinstance(self.n_expr, int) or self.n_expr < 0:
+            raise ValueError(f"n_expr must be a non-negative integer, got {self.n_expr!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+        if not (isinstance(self.warmup, (int, float)) and 0 <= self.warmup < 1):
+            raise ValueError(f"warmup must be a fraction in [0, 1), got {self.warmup!r}")
+
     def to_dict(self):
         return dataclasses.asdict(self)
 
     @staticmethod
-    def from_dict(data):
+    def from_dict(data, source="settings"):
+        """A config from a dict (a run's config.json, a --config file); ``source`` names it in
+        errors."""
         data = dict(data)
         nested = {"network": NetworkConfig, "weights": LossWeights, "distribution": ParamDistribution}
-        for key, cls in nested.items():
-            if key in data:
-                data[key] = cls(**data[key])
-        return TrainConfig(**data)
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RunError(f"{source}: unknown setting {unknown[0]!r} (settings are {', '.join(sorted(known))})")
+        try:
+            for key, cls in nested.items():
+                if key in data:
+                    fields = {f.name for f in dataclasses.fields(cls)}
+                    if not isinstance(data[key], dict) or set(data[key]) - fields:
+                        raise ValueError(f"{key} must be an object with keys among {', '.join(sorted(fields))}, "
+                                         f"got {data[key]!r}")
+                    data[key] = cls(**data[key])
+            return TrainConfig(**data)
+        except (TypeError, ValueError) as error:
+            raise RunError(f"{source}: {error}") from None
 
 
 class Run:
@@ -110,48 +135,23 @@ class Run:
 
 def load_run(run_dir, device=None):
     """A :class:`Run` restored from ``run_dir/checkpoint.pt`` (on ``device`` if given)."""
-    path = os.path.join(run_dir, CHECKPOINT)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no checkpoint in {run_dir} (expected {path})")
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    config = TrainConfig.from_dict(state["config"])
+    folder = RunFolder(run_dir)
+    state = folder.load_checkpoint(CHECKPOINT_KEYS)
+    config = TrainConfig.from_dict(state["config"], source=folder.file("checkpoint.pt"))
     if device is not None:
         config.device = str(device)
     run = Run(config)
-    run.load_state(state)
+    try:
+        run.load_state(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as error:
+        raise RunError(f"{folder.file('checkpoint.pt')}: does not fit its own settings ({error})") from None
     return run
 
 
-def _truncate_log(path, last_step):
-    """Drop log rows written after the checkpoint a resumed run restarts from."""
-    if not os.path.isfile(path):
-        return
-    with open(path) as f:
-        rows = list(csv.reader(f))
-    if not rows:
-        return
-    kept = [rows[0]] + [r for r in rows[1:] if int(r[0]) <= last_step]
-    with open(path, "w", newline="") as f:
-        csv.writer(f).writerows(kept)
-
-
-class _CsvLog:
-    def __init__(self, path):
-        self.path, self.fields = path, None
-
-    def write(self, row):
-        new = not os.path.isfile(self.path) or os.path.getsize(self.path) == 0
-        if self.fields is None:
-            if new:
-                self.fields = list(row)
-            else:
-                with open(self.path) as f:
-                    self.fields = next(csv.reader(f))
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
+def changed_settings(run_config, asked):
+    """The run-defining settings of ``asked`` (a TrainConfig) that differ from the run's."""
+    ours, theirs = run_config.to_dict(), asked.to_dict()
+    return {key: (ours[key], theirs[key]) for key in RUN_DEFINING if ours[key] != theirs[key]}
 
 
 def train(config, run_dir, *, resume=False, steps=None, progress=True, log=print, stop_after=None):
@@ -160,29 +160,36 @@ def train(config, run_dir, *, resume=False, steps=None, progress=True, log=print
     Writes ``config.json``, ``checkpoint.pt`` (every ``checkpoint_every`` steps and at the end),
     ``train_log.csv`` (every step) and ``eval_log.csv`` (every ``eval_every`` steps and at the
     end). With ``resume``, ``config`` may be None (the run's own is used) and ``steps`` extends or
-    shortens the run. ``stop_after`` ends this call (with a checkpoint) at that step, to be resumed later;
-    a resumed run continues exactly as if it had not stopped. Returns the last evaluation's
-    metrics.
+    shortens the run; a given ``config`` must agree with the run on every setting that defines
+    it (RUN_DEFINING), else the run is refused rather than silently continued as it was.
+    ``stop_after`` ends this call (with a checkpoint) at that step, to be resumed later; a resumed
+    run continues exactly as if it had not stopped. Returns the last evaluation's metrics.
     """
-    os.makedirs(run_dir, exist_ok=True)
+    folder = RunFolder(run_dir)
+    train_log, eval_log = folder.log(TRAIN_LOG), folder.log(EVAL_LOG)
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
     if resume:
         run = load_run(run_dir, None if config is None else config.device)
+        if config is not None:
+            changed = changed_settings(run.config, config)
+            if changed:
+                key, (kept, asked) = next(iter(changed.items()))
+                raise RunError(f"{folder.file('config.json')}: the run has {key}={kept!r}; resuming keeps a "
+                               f"run's settings, got {key}={asked!r} (start a new run to change it)")
         config = run.config
         config.steps = steps or config.steps
-        for name in (TRAIN_LOG, EVAL_LOG):
-            _truncate_log(os.path.join(run_dir, name), run.step)
+        for log_file in (train_log, eval_log):
+            log_file.truncate(run.step)
         log(f"resuming {run_dir} at step {run.step} of {config.steps}")
     else:
-        if os.path.isfile(os.path.join(run_dir, CHECKPOINT)):
+        if folder.has_checkpoint():
             raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) to "
                                   "continue it or choose another folder")
-        for name in (TRAIN_LOG, EVAL_LOG):
-            if os.path.isfile(os.path.join(run_dir, name)):
-                os.remove(os.path.join(run_dir, name))
+        for log_file in (train_log, eval_log):
+            log_file.remove()
         run = Run(config)
-    text = json.dumps(config.to_dict(), indent=2)
-    atomic_write(os.path.join(run_dir, CONFIG), lambda f: f.write(text), binary=False)
-    train_log, eval_log = _CsvLog(os.path.join(run_dir, TRAIN_LOG)), _CsvLog(os.path.join(run_dir, EVAL_LOG))
+    folder.write_config(config.to_dict())
     held_out = held_out_params(run, config.eval_meshes)
     bar = _progress(config.steps, run.step, progress)
     start, metrics, running = time.perf_counter(), None, {}
@@ -203,10 +210,11 @@ def train(config, run_dir, *, resume=False, steps=None, progress=True, log=print
                        f"diagonal, correspondence {metrics['correspondence_mean_pct']:.3f}%")
             (bar.write if bar is not None else log)(message)
         if run.step % config.checkpoint_every == 0 or run.step == until:
-            state = run.state()
-            atomic_write(os.path.join(run_dir, CHECKPOINT), lambda f: torch.save(state, f))
+            folder.save_checkpoint(run.state())
     if bar is not None:
         bar.close()
+    if not folder.has_checkpoint():  # nothing was trained (the run was already at its end)
+        folder.save_checkpoint(run.state())
     if metrics is None:  # nothing left to train: evaluate what is there
         metrics = evaluate(run, held_out, config.eval_points)
     return metrics

@@ -1,5 +1,5 @@
-"""Procedural test meshes of FLAME's scale, and query points drawn the way semantic-SDF training
-draws them. Used by the correspondence benchmarks and tests."""
+"""Meshes and points on them: a procedural head-sized mesh, posed copies, area-weighted surface
+samples, Gaussian jitter, and query points drawn the way semantic-SDF training draws them."""
 import math
 
 import torch
