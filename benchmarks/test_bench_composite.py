@@ -8,8 +8,14 @@ import pytest
 import torch
 
 import omnifast
-from omnifast.bench import (COMPOSITE_PASSES, composite_cases, composite_runner,
-                            measure_peak_bytes, measure_retained_bytes, time_calls)
+from omnifast.bench import (
+    COMPOSITE_PASSES,
+    composite_cases,
+    composite_runner,
+    measure_peak_bytes,
+    measure_retained_bytes,
+    time_calls,
+)
 from omnifast.bench.composite import composite_forward_with_graph, composite_peers
 
 DEVICE = "cuda" if torch.cuda.is_available() and omnifast._C_loader.compiled_backends()["cuda"] else "cpu"

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 import omnifast
-from omnifast.bench import (TRIPLANE_PASSES, measure_peak_bytes, time_calls, triplane_cases,
-                            triplane_runner)
+from omnifast.bench import TRIPLANE_PASSES, measure_peak_bytes, time_calls, triplane_cases, triplane_runner
 
 DEVICE = "cuda" if torch.cuda.is_available() and omnifast._C_loader.compiled_backends()["cuda"] else "cpu"
 # Minimum forward+backward speedups over the reference (EG3D planes; tri-grid cases are reported).

@@ -64,12 +64,23 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     py::tuple sizes(field.rank);
     for (int i = 0; i < field.rank; ++i) {
       switch (field.sizes[i]) {
-        case kSizeBatch: sizes[i] = "B"; break;
-        case kSizeNodes: sizes[i] = "nodes"; break;
-        case kSizeFaces: sizes[i] = "F"; break;
-        case kSizeVerts: sizes[i] = "V"; break;
-        case kSizeEdges: sizes[i] = "E"; break;
-        default: sizes[i] = field.sizes[i];
+        case kSizeBatch:
+          sizes[i] = "B";
+          break;
+        case kSizeNodes:
+          sizes[i] = "nodes";
+          break;
+        case kSizeFaces:
+          sizes[i] = "F";
+          break;
+        case kSizeVerts:
+          sizes[i] = "V";
+          break;
+        case kSizeEdges:
+          sizes[i] = "E";
+          break;
+        default:
+          sizes[i] = field.sizes[i];
       }
     }
     layout[f] = py::make_tuple(field.name, sizes, field.is_int ? "int32" : "coords");

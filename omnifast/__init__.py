@@ -1,9 +1,23 @@
 """omnifast: fast kernels for geometry-guided 3D head synthesis (EG3D / OmniAvatar)."""
-from . import _C_loader  # noqa: F401  (loads the operator library first)
-from . import eg3d, reference  # noqa: F401
-from .ops import (ClosestPoint, CompositeResult, Correspondence, MeshBVH, MeshIndex,
-                  barycentric_interpolate, closest_point, composite, correspondence,
-                  importance_sample, merge_samples, triplane_sample)
+from . import (  # noqa: F401
+    _C_loader,  # noqa: F401  (loads the operator library first)
+    eg3d,
+    reference,
+)
+from .ops import (
+    ClosestPoint,
+    CompositeResult,
+    Correspondence,
+    MeshBVH,
+    MeshIndex,
+    barycentric_interpolate,
+    closest_point,
+    composite,
+    correspondence,
+    importance_sample,
+    merge_samples,
+    triplane_sample,
+)
 
 __version__ = "0.1.0"
 __all__ = ["ClosestPoint", "CompositeResult", "Correspondence", "MeshBVH", "MeshIndex",

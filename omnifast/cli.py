@@ -27,7 +27,8 @@ def build_parser():
     from .flame import commands as flame_commands
     from .sdf import commands as sdf_commands
 
-    parser = argparse.ArgumentParser(prog="omnifast", description="omnifast: fast kernels and the semantic SDF for geometry-guided 3D heads (EG3D / OmniAvatar)")
+    parser = argparse.ArgumentParser(prog="omnifast", description="omnifast: fast kernels and the semantic "
+                                     "SDF for geometry-guided 3D heads (EG3D / OmniAvatar)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, torch, compiled backends, devices")
     handlers = {"info": info_command}

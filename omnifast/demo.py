@@ -9,8 +9,10 @@ import shutil
 import time
 
 # Training steps by device type, with the device's preset network and batch (omnifast.sdf.commands
-# PRESETS). On the CPU: about 0.15 s a step on a quick 2-core machine, 0.45 s on a slow one.
-DEMO_STEPS = {"cpu": 900, "cuda": 6000}
+# PRESETS). On the CPU: 0.13 to 0.5 s a step on 2 cores, so 2 to 7 minutes of training.
+DEMO_STEPS = {"cpu": 800, "cuda": 6000}
+# Mesh and preview sizes by device type (the previews' normals take a backward pass per pixel).
+DEMO_SIZES = {"cpu": 96, "cuda": 192}
 
 
 def add_parsers(sub):
@@ -24,6 +26,7 @@ def add_parsers(sub):
                            "op (default), every case, the harness-check sizes, or none")
     demo.add_argument("--eval-meshes", type=at_least(1), default=16, help="held-out parameter vectors")
     add_export_arguments(demo)
+    demo.set_defaults(resolution=None, preview_size=None)  # the demo's own sizes (DEMO_SIZES)
     add_train_arguments(demo)
     return {"demo": demo_command}
 
@@ -60,6 +63,7 @@ def run_demo(args):
         make_synthetic_flame(args.flame_dir)
     config = config_from(args, device)
     config.steps = args.steps or DEMO_STEPS[kind]
+    resolution, preview_size = args.resolution or DEMO_SIZES[kind], args.preview_size or DEMO_SIZES[kind]
     config.eval_every = max(config.eval_every, config.steps // 4)
     config.checkpoint_every = max(config.checkpoint_every, config.steps // 8)
     stage(2, f"train the semantic SDF for {config.steps} steps -> {run_dir} ({config.network.hidden} x "
@@ -75,17 +79,18 @@ def run_demo(args):
     run, metrics = evaluate_run(run_dir, device, args.eval_meshes, 4096)
     stage(4, "export the zero level set and previews")
     mesh_path, preview_path = os.path.join(args.out, "head.ply"), os.path.join(args.out, "previews.png")
-    verts, faces = extract_mesh(run.model, run.flame, parse_params(run.flame.layout, []), args.resolution)
+    verts, faces = extract_mesh(run.model, run.flame, parse_params(run.flame.layout, []), resolution)
     write_ply(mesh_path, verts, faces)
-    write_previews(run.model, run.flame, preview_path, size=args.preview_size)
+    write_previews(run.model, run.flame, preview_path, size=preview_size)
     print(f"   wrote {mesh_path} ({verts.shape[0]} vertices) and {preview_path}")
     bench_report = None
     if args.bench != "none":
         from .bench.commands import run_benchmarks
 
         stage(5, f"kernel benchmarks ({args.bench} cases)")
-        bench_report = run_benchmarks("all", kind, quick=args.bench == "quick",
-                                      cases=1 if args.bench == "first" else None,
+        first = args.bench == "first"  # the smallest real case of each op, timed 3 times
+        bench_report = run_benchmarks("all", kind, quick=args.bench == "quick", cases=1 if first else None,
+                                      runs=3 if first else None, subset=500 if first else 2000,
                                       json_path=os.path.join(args.out, "bench.json"))
     total = time.perf_counter() - start
     passed = metrics["near_mean_pct"] < 1.0 and metrics["correspondence_mean_pct"] < 2.0

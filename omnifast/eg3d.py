@@ -14,8 +14,7 @@ import types
 import torch
 
 from .ops.composite import composite, importance_sample, merge_samples
-from .ops.triplane import plane_dims
-from .ops.triplane import triplane_sample
+from .ops.triplane import plane_dims, triplane_sample
 from .reference import rendering as reference_rendering
 from .reference import triplane as reference
 

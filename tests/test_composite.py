@@ -1,11 +1,12 @@
 """omnifast.composite against the MipRayMarcher2 reference: values and every gradient."""
 import pytest
 import torch
+from test_triplane import assert_close
 
 import omnifast
 from omnifast import reference
+
 from conftest import CUDA_READY, CUDA_SKIP_REASON, DEVICES, poisoned_outputs
-from test_triplane import assert_close
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 FIELDS = ["sdf", "sdf_laplace", "density"]
@@ -333,8 +334,9 @@ def test_sampling_opcheck():
 
 import types  # noqa: E402
 
-import eg3d_local  # noqa: E402
 import omnifast.eg3d  # noqa: E402
+
+import eg3d_local  # noqa: E402
 
 
 def marcher_inputs(device="cpu"):

@@ -9,16 +9,26 @@ import torch
 
 pytest.importorskip("smplx", reason="the FLAME loader needs smplx (pip install -e '.[test]')")
 
-from conftest import DEVICES  # noqa: E402
 from omnifast import runs  # noqa: E402
 from omnifast.cli import main as cli_main  # noqa: E402
 from omnifast.flame import Flame  # noqa: E402
 from omnifast.reference.mesh import closest_point as closest_point_brute_force  # noqa: E402
-from omnifast.sdf import (LossWeights, NetworkConfig, ParamDistribution, SDFSampler,  # noqa: E402
-                          SemanticSDF, eikonal_loss, iso_loss, semantic_loss, semantic_sdf_losses)
+from omnifast.sdf import (  # noqa: E402
+    LossWeights,
+    NetworkConfig,
+    ParamDistribution,
+    SDFSampler,
+    SemanticSDF,
+    eikonal_loss,
+    iso_loss,
+    semantic_loss,
+    semantic_sdf_losses,
+)
 from omnifast.sdf import train as train_module  # noqa: E402
 from omnifast.sdf.export import parse_params, read_ply  # noqa: E402
 from omnifast.sdf.train import TrainConfig, load_run, train  # noqa: E402
+
+from conftest import DEVICES  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Converting a tensor with requires_grad")
 TINY = NetworkConfig(hidden=32, layers=3, skip=2, frequencies=2, condition=16)

@@ -4,6 +4,7 @@ import torch
 
 import omnifast
 from omnifast import reference
+
 from conftest import CUDA_READY, CUDA_SKIP_REASON, DEVICES, poisoned_outputs
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}

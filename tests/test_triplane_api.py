@@ -9,7 +9,7 @@ import torch
 
 import omnifast
 import omnifast.eg3d
-from omnifast import reference
+
 import eg3d_local
 import omniavatar_local
 from conftest import DEVICES

@@ -15,10 +15,14 @@ inline bool is_16bit(at::ScalarType t) { return t == at::kHalf || t == at::kBFlo
 
 inline StorageType storage_type_of(at::ScalarType t) {
   switch (t) {
-    case at::kFloat: return StorageType::kFloat32;
-    case at::kDouble: return StorageType::kFloat64;
-    case at::kHalf: return StorageType::kFloat16;
-    default: return StorageType::kBFloat16;
+    case at::kFloat:
+      return StorageType::kFloat32;
+    case at::kDouble:
+      return StorageType::kFloat64;
+    case at::kHalf:
+      return StorageType::kFloat16;
+    default:
+      return StorageType::kBFloat16;
   }
 }
 
@@ -28,7 +32,7 @@ inline std::string shape_of(const at::Tensor& t) {
   return os.str();
 }
 
-#define OMNIFAST_CHECK_ARG(cond, op, arg, expected, actual)                              \
+#define OMNIFAST_CHECK_ARG(cond, op, arg, expected, actual) \
   TORCH_CHECK((cond), "omnifast.", op, ": ", arg, " must be ", expected, ", got ", actual)
 
 inline void check_defined(const char* op, const char* arg, const at::Tensor& t) {

@@ -39,8 +39,8 @@ __device__ acc_t group_sum(acc_t v, int lanes) {
 
 // Grid-stride loop over a thread count rounded up to whole warps: every lane of a warp runs the
 // same number of iterations, which the shuffles in group_sum need.
-#define OMNIFAST_THREAD_LOOP(i, total)                                               \
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (total);     \
+#define OMNIFAST_THREAD_LOOP(i, total)                                          \
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < (total); \
        i += int64_t(gridDim.x) * blockDim.x)
 
 int64_t whole_warps(int64_t threads) { return (threads + 31) / 32 * 32; }

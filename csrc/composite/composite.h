@@ -64,7 +64,7 @@ OMNIFAST_HD Density<acc_t> raw_density(int field, acc_t value, acc_t beta, acc_t
     const acc_t u = value / beta;
     const acc_t e = Math::exp(u < acc_t(0) ? u : -u);
     const acc_t small = e / (acc_t(1) + e), large = acc_t(1) / (acc_t(1) + e);
-    const acc_t sig = u > acc_t(0) ? small : large;  // sigmoid(-u)
+    const acc_t sig = u > acc_t(0) ? small : large;   // sigmoid(-u)
     const acc_t rest = u > acc_t(0) ? large : small;  // 1 - sigmoid(-u)
     d.sigma = sig / beta + delta;
     d.d_field = -sig * rest / (beta * beta);
@@ -130,8 +130,8 @@ OMNIFAST_HD Density<acc_t> sample_density(const CompositeShape& s,
 // Interval k from samples k and k + 1 (depths z0, z1; raw densities sigma_k, sigma_next). The
 // absorption layout uses only sample k, and its last interval (`last`) is 1e10 long.
 template <typename acc_t>
-OMNIFAST_HD Interval<acc_t> interval_between(int mode, int64_t k, acc_t z0, acc_t z1,
-                                             acc_t sigma_k, acc_t sigma_next, bool last) {
+OMNIFAST_HD Interval<acc_t> interval_between(int mode, int64_t k, acc_t z0, acc_t z1, acc_t sigma_k,
+                                             acc_t sigma_next, bool last) {
   Interval<acc_t> iv;
   if (mode == kModeMidpoint) {
     iv.sigma = (sigma_k + sigma_next) / acc_t(2);
@@ -158,8 +158,8 @@ OMNIFAST_HD Interval<acc_t> make_interval(const CompositeShape& s, const acc_t* 
 
 // Feature c of interval iv: the midpoint average (a + b) / 2, or the sample's own value.
 template <typename scalar_t, typename acc_t>
-OMNIFAST_HD acc_t interval_feature(const CompositeShape& s, const scalar_t* features,
-                                   int64_t base, const Interval<acc_t>& iv, int64_t c) {
+OMNIFAST_HD acc_t interval_feature(const CompositeShape& s, const scalar_t* features, int64_t base,
+                                   const Interval<acc_t>& iv, int64_t c) {
   const acc_t a = load_as<acc_t>(features[(base + iv.first) * s.channels + c]);
   if (s.mode != kModeMidpoint) return a;
   const acc_t b = load_as<acc_t>(features[(base + iv.second) * s.channels + c]);
@@ -173,8 +173,11 @@ struct Opacity {
   acc_t softplus, softplus_grad, survival, alpha, factor;  // factor t_k = 1 - alpha + 1e-10
 
   OMNIFAST_HD Opacity(acc_t softplus_, acc_t softplus_grad_, acc_t survival_)
-      : softplus(softplus_), softplus_grad(softplus_grad_), survival(survival_),
-        alpha(acc_t(1) - survival_), factor(acc_t(1) - alpha + acc_t(1e-10)) {}
+      : softplus(softplus_),
+        softplus_grad(softplus_grad_),
+        survival(survival_),
+        alpha(acc_t(1) - survival_),
+        factor(acc_t(1) - alpha + acc_t(1e-10)) {}
 };
 
 template <typename Math = StandardMath, typename acc_t>
@@ -194,7 +197,9 @@ struct LiveTerms {
 
   OMNIFAST_HD LiveTerms(const CompositeShape& shape, const CompositeInputs<scalar_t, acc_t>& inputs,
                         int64_t ray, const double* log_transmittance)
-      : s(shape), in(inputs), base(ray * shape.samples),
+      : s(shape),
+        in(inputs),
+        base(ray * shape.samples),
         log_t(log_transmittance != nullptr ? log_transmittance[ray] : 0.0) {}
 
   OMNIFAST_HD Density<acc_t> density(int64_t j) const { return sample_density(s, in, base + j); }
@@ -215,7 +220,7 @@ struct LiveTerms {
     for (int64_t c0 = chunks.first * VEC; c0 < s.channels; c0 += chunks.step * VEC) {
       const int nch = s.channels - c0 < VEC ? static_cast<int>(s.channels - c0) : VEC;
       OMNIFAST_CHANNEL_LOOP(v, nch, VEC)
-        dot += g[c0 + v] * interval_feature<scalar_t, acc_t>(s, in.features, base, iv, c0 + v);
+      dot += g[c0 + v] * interval_feature<scalar_t, acc_t>(s, in.features, base, iv, c0 + v);
     }
     return reduce(dot);
   }
@@ -226,12 +231,15 @@ template <typename acc_t, typename Terms>
 struct RayWalk {
   const CompositeShape& s;
   Terms& terms;
-  const acc_t* z;        // the ray's depths
-  acc_t transmittance;   // T_k before interval k
-  acc_t sigma;           // raw density of the interval's first sample
+  const acc_t* z;       // the ray's depths
+  acc_t transmittance;  // T_k before interval k
+  acc_t sigma;          // raw density of the interval's first sample
 
   OMNIFAST_HD RayWalk(const CompositeShape& shape, Terms& ray_terms, const acc_t* depths)
-      : s(shape), terms(ray_terms), z(depths), transmittance(acc_t(1)),
+      : s(shape),
+        terms(ray_terms),
+        z(depths),
+        transmittance(acc_t(1)),
         sigma(ray_terms.density(0).sigma) {}
 
   OMNIFAST_HD Interval<acc_t> interval(int64_t k) {
@@ -258,7 +266,7 @@ OMNIFAST_HD void composite_forward_ray(const CompositeShape& s,
        c0 += chunks.step * VEC) {
     const int nch = c0 >= C ? 0 : (C - c0 < VEC ? static_cast<int>(C - c0) : VEC);
     acc_t acc[VEC];
-OMNIFAST_UNROLL
+    OMNIFAST_UNROLL
     for (int v = 0; v < VEC; ++v) acc[v] = acc_t(0);
     acc_t total = acc_t(0), depth_sum = acc_t(0);
     // log of the product of the factors, for the backward: a double product, folded into a
@@ -280,7 +288,7 @@ OMNIFAST_UNROLL
       depth_sum += weight * iv.depth;
       if (ray_outputs && first_chunk && weights != nullptr) weights[r * L + k] = weight;
       OMNIFAST_CHANNEL_LOOP(v, nch, VEC)
-        acc[v] += weight * interval_feature<scalar_t, acc_t>(s, in.features, base, iv, c0 + v);
+      acc[v] += weight * interval_feature<scalar_t, acc_t>(s, in.features, base, iv, c0 + v);
     }
     OMNIFAST_CHANNEL_LOOP(v, nch, VEC) features_out[r * C + c0 + v] = acc[v];
     if (ray_outputs && first_chunk) {
@@ -352,7 +360,7 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
     beta_partial += sum.sigma * d.d_beta;
   };
 
-  acc_t suffix = acc_t(0);              // R_{k+1}
+  acc_t suffix = acc_t(0);                         // R_{k+1}
   Share lower_next{acc_t(0), acc_t(0), acc_t(0)};  // lower share of interval k + 1
   // Densities of samples k and k + 1: each is taken once and used by both of its intervals
   // and by its own gradient.
@@ -377,13 +385,13 @@ OMNIFAST_HD void composite_backward_ray(const CompositeShape& s,
 
     // The length z_{k+1} - z_k takes from sample k and gives to sample k + 1.
     const Share lower{share * weight, share * g_sigma_mid, share * g_depth_mid - g_length};
-    const Share upper = midpoint ? Share{share * weight, share * g_sigma_mid,
-                                         share * g_depth_mid + g_length}
-                                 : Share{acc_t(0), acc_t(0), g_length};
+    const Share upper =
+        midpoint ? Share{share * weight, share * g_sigma_mid, share * g_depth_mid + g_length}
+                 : Share{acc_t(0), acc_t(0), g_length};
     if (k + 1 < S)
-      finish_sample(k + 1, after, Share{upper.weight + lower_next.weight,
-                                        upper.sigma + lower_next.sigma,
-                                        upper.depth + lower_next.depth});
+      finish_sample(k + 1, after,
+                    Share{upper.weight + lower_next.weight, upper.sigma + lower_next.sigma,
+                          upper.depth + lower_next.depth});
     lower_next = lower;
     after = here;
   }
@@ -427,7 +435,7 @@ OMNIFAST_HD void importance_sample_ray(const SamplingShape& s, const acc_t* dept
   auto mid_depth = [&](int64_t k) { return acc_t(0.5) * (z[k] + z[k + 1]); };
   acc_t total = acc_t(0);
   for (int64_t k = 0; k < bins; ++k) total += pdf_weight(k);
-  int64_t i = 0;                            // first CDF index whose value exceeds u
+  int64_t i = 0;                                // first CDF index whose value exceeds u
   acc_t cdf_i = acc_t(0), cdf_prev = acc_t(0);  // cdf[i] (while i <= bins) and cdf[i - 1]
   for (int64_t j = 0; j < s.draws; ++j) {
     const acc_t uj = u[r * s.draws + j];

@@ -31,9 +31,12 @@ void with_constants(const CompositeShape& s, F&& f) {
       f(field, std::integral_constant<int, kModeAbsorption>{});
   };
   switch (s.field) {
-    case kFieldSdf: return with_mode(std::integral_constant<int, kFieldSdf>{});
-    case kFieldSdfLaplace: return with_mode(std::integral_constant<int, kFieldSdfLaplace>{});
-    default: return with_mode(std::integral_constant<int, kFieldDensity>{});
+    case kFieldSdf:
+      return with_mode(std::integral_constant<int, kFieldSdf>{});
+    case kFieldSdfLaplace:
+      return with_mode(std::integral_constant<int, kFieldSdfLaplace>{});
+    default:
+      return with_mode(std::integral_constant<int, kFieldDensity>{});
   }
 }
 
@@ -99,8 +102,8 @@ class RayTables {
       densities<FIELD, DERIVATIVES, true>(S, in_.field + base, in_.delta + base, in_.beta, sigma_,
                                           d_field_, d_beta_);
     else
-      densities<FIELD, DERIVATIVES, false>(S, in_.field + base, nullptr, in_.beta, sigma_,
-                                           d_field_, d_beta_);
+      densities<FIELD, DERIVATIVES, false>(S, in_.field + base, nullptr, in_.beta, sigma_, d_field_,
+                                           d_beta_);
     opacities<MODE>(S, in_.depths + base, sigma_, softplus_, softplus_grad_, survival_);
     if (L_ == S) {  // absorption's last interval, 1e10 long
       const T* z = in_.depths + base;
@@ -115,9 +118,9 @@ class RayTables {
   // The table loops take restrict pointers and values, so that the compiler knows that no
   // store changes an input, and vectorises them.
   template <int FIELD, bool DERIVATIVES, bool DELTA>
-  static OMNIFAST_HD void densities(int64_t n, const T* __restrict field,
-                                    const T* __restrict delta, T beta, T* __restrict sigma,
-                                    T* __restrict d_field, T* __restrict d_beta) {
+  static OMNIFAST_HD void densities(int64_t n, const T* __restrict field, const T* __restrict delta,
+                                    T beta, T* __restrict sigma, T* __restrict d_field,
+                                    T* __restrict d_beta) {
     for (int64_t j = 0; j < n; ++j) {
       const Density<T> d = raw_density<VectorMath>(FIELD, field[j], beta, DELTA ? delta[j] : T(0));
       sigma[j] = d.sigma;
@@ -154,8 +157,8 @@ class RayTables {
       for (; c + kSums <= C; c += kSums)
         for (int l = 0; l < kSums; ++l) sums[l] += f[c + l] * g[c + l];
       for (; c < C; ++c) sums[0] += f[c] * g[c];
-      dots_[j] = ((sums[0] + sums[4]) + (sums[1] + sums[5])) +
-                 ((sums[2] + sums[6]) + (sums[3] + sums[7]));
+      dots_[j] =
+          ((sums[0] + sums[4]) + (sums[1] + sums[5])) + ((sums[2] + sums[6]) + (sums[3] + sums[7]));
     }
   }
 
@@ -163,8 +166,8 @@ class RayTables {
   const CompositeInputs<T, T>& in_;
   int64_t L_;
   std::vector<T> storage_;
-  T *sigma_, *d_field_, *d_beta_, *dots_;                           // [S]
-  T *softplus_, *softplus_grad_, *survival_, *transmittance_;      // [L]
+  T *sigma_, *d_field_, *d_beta_, *dots_;                      // [S]
+  T *softplus_, *softplus_grad_, *survival_, *transmittance_;  // [L]
 };
 
 // float64's terms: CUDA's LiveTerms, moved from ray to ray.
@@ -219,9 +222,9 @@ OMNIFAST_VECTOR_CLONES void backward_rays(const CompositeShape& s, const Composi
   CpuTerms<T> terms = cpu_terms<T>(s, in, t);
   for (int64_t r = begin; r < end; ++r) {
     terms.start_ray(r, true, grads.features + r * s.channels);
-    composite_backward_ray<kCpuVec, T, T>(
-        s, in, terms, static_cast<const T*>(t.opacity), static_cast<const T*>(t.depth_raw),
-        grads, out, r, kAllChunks, true, [](T partial) { return partial; });
+    composite_backward_ray<kCpuVec, T, T>(s, in, terms, static_cast<const T*>(t.opacity),
+                                          static_cast<const T*>(t.depth_raw), grads, out, r,
+                                          kAllChunks, true, [](T partial) { return partial; });
   }
 }
 

@@ -43,8 +43,7 @@ __global__ void backward_kernel(CompositeShape s, CompositeTensors t, int lanes,
     LiveTerms<scalar_t, acc_t> terms(s, in, ray, static_cast<const double*>(t.log_transmittance));
     composite_backward_ray<kVec, scalar_t, acc_t>(
         s, in, terms, static_cast<const acc_t*>(t.opacity), static_cast<const acc_t*>(t.depth_raw),
-        grads, out, ray, chunks,
-        active && (i & (lanes - 1)) == 0,
+        grads, out, ray, chunks, active && (i & (lanes - 1)) == 0,
         [lanes](acc_t partial) { return group_sum(partial, lanes); });
   }
 }
@@ -69,11 +68,11 @@ const char* launch_typed(const CompositeShape& s, const CompositeTensors& t, cud
   const int lanes = lanes_for(s.channels);
   const int64_t total = whole_warps(s.rays * lanes);
   if constexpr (PASS == Pass::kForward)
-    forward_kernel<scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
-        s, t, lanes, log2_of(lanes), s.rays * lanes);
+    forward_kernel<scalar_t, acc_t>
+        <<<grid_for(total), kThreads, 0, stream>>>(s, t, lanes, log2_of(lanes), s.rays * lanes);
   else
-    backward_kernel<scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
-        s, t, lanes, log2_of(lanes), total);
+    backward_kernel<scalar_t, acc_t>
+        <<<grid_for(total), kThreads, 0, stream>>>(s, t, lanes, log2_of(lanes), total);
   return last_error();
 }
 
@@ -82,9 +81,12 @@ const char* launch(const CompositeShape& s, StorageType type, const CompositeTen
                    void* stream) {
   auto cuda_stream = static_cast<cudaStream_t>(stream);
   switch (type) {
-    case StorageType::kFloat32: return launch_typed<PASS, float, float>(s, t, cuda_stream);
-    case StorageType::kFloat64: return launch_typed<PASS, double, double>(s, t, cuda_stream);
-    case StorageType::kFloat16: return launch_typed<PASS, __half, float>(s, t, cuda_stream);
+    case StorageType::kFloat32:
+      return launch_typed<PASS, float, float>(s, t, cuda_stream);
+    case StorageType::kFloat64:
+      return launch_typed<PASS, double, double>(s, t, cuda_stream);
+    case StorageType::kFloat16:
+      return launch_typed<PASS, __half, float>(s, t, cuda_stream);
     case StorageType::kBFloat16:
       return launch_typed<PASS, __nv_bfloat16, float>(s, t, cuda_stream);
   }

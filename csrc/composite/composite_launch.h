@@ -15,10 +15,10 @@ struct CompositeTensors {
   const void* delta = nullptr;     // [R, S], optional
   const void* beta = nullptr;      // one value, optional (density fields)
   // forward outputs
-  void* features_out = nullptr;    // [R, C]
-  void* opacity = nullptr;         // [R]
-  void* depth_raw = nullptr;       // [R]
-  void* weights = nullptr;         // [R, L], optional
+  void* features_out = nullptr;       // [R, C]
+  void* opacity = nullptr;            // [R]
+  void* depth_raw = nullptr;          // [R]
+  void* weights = nullptr;            // [R, L], optional
   void* log_transmittance = nullptr;  // [R] double: sum of log(1 - alpha + 1e-10), for the backward
   // backward: upstream gradients, then the gradients written
   const void* grad_features_out = nullptr;  // [R, C]

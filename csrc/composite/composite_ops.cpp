@@ -29,10 +29,10 @@ struct Prepared {
 at::Tensor per_sample(const char* arg, const at::Tensor& t, const at::Tensor& field) {
   check_same_device(kOp, arg, t, "features", field);
   check_shape(kOp, arg, t, field.sizes());
-  OMNIFAST_CHECK_ARG(t.scalar_type() == field.scalar_type(), kOp, arg,
-                     std::string("of the dtype of field (") + c10::toString(field.scalar_type()) +
-                         ")",
-                     t.scalar_type());
+  OMNIFAST_CHECK_ARG(
+      t.scalar_type() == field.scalar_type(), kOp, arg,
+      std::string("of the dtype of field (") + c10::toString(field.scalar_type()) + ")",
+      t.scalar_type());
   return t.contiguous();
 }
 
@@ -72,8 +72,7 @@ Prepared prepare(const at::Tensor& features, const at::Tensor& field, const at::
   p.features = features.contiguous();
   p.field = field.contiguous();
   p.depths = per_sample("depths", depths, p.field);
-  if (delta.has_value() && delta->defined())
-    p.delta = per_sample("density_delta", *delta, p.field);
+  if (delta.has_value() && delta->defined()) p.delta = per_sample("density_delta", *delta, p.field);
   const bool needs_beta = field_type != kFieldDensity;
   const bool has_beta = beta.has_value() && beta->defined();
   OMNIFAST_CHECK_ARG(has_beta || !needs_beta, kOp, "beta", "a tensor for SDF fields", "None");
@@ -107,8 +106,7 @@ CompositeTensors inputs_of(const Prepared& p) {
   return t;
 }
 
-at::Tensor per_ray(const Prepared& p, const char* arg, const at::Tensor& t,
-                   at::IntArrayRef shape) {
+at::Tensor per_ray(const Prepared& p, const char* arg, const at::Tensor& t, at::IntArrayRef shape) {
   check_defined(kOp, arg, t);
   check_same_device(kOp, arg, t, "features", p.features);
   check_shape(kOp, arg, t, shape);
@@ -125,8 +123,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite
   at::Tensor out = at::empty({s.rays, s.channels}, acc);
   at::Tensor opacity = at::empty({s.rays}, acc);
   at::Tensor depth_raw = at::empty({s.rays}, acc);
-  at::Tensor weights = want_weights ? at::empty({s.rays, interval_count(s)}, acc)
-                                    : at::empty({0}, acc);
+  at::Tensor weights =
+      want_weights ? at::empty({s.rays, interval_count(s)}, acc) : at::empty({0}, acc);
   at::Tensor log_transmittance = at::empty({s.rays}, acc.dtype(at::kDouble));
   CompositeTensors t = inputs_of(p);
   t.log_transmittance = log_transmittance.data_ptr();
@@ -165,8 +163,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite
   at::Tensor grad_features = empty_output({s.rays, s.samples, s.channels}, acc);
   at::Tensor grad_field = at::empty({s.rays, s.samples}, acc);
   at::Tensor grad_depths = at::empty({s.rays, s.samples}, acc);
-  at::Tensor grad_delta = p.delta.defined() ? at::empty({s.rays, s.samples}, acc)
-                                            : at::empty({0}, acc);
+  at::Tensor grad_delta =
+      p.delta.defined() ? at::empty({s.rays, s.samples}, acc) : at::empty({0}, acc);
   at::Tensor beta_partials = at::empty({s.rays}, acc);
   CompositeTensors t = inputs_of(p);
   t.opacity = saved_opacity.data_ptr();
@@ -185,10 +183,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite
       kOp, features, [&] { composite_backward_cpu(s, p.type, t); },
       [&](void* stream) { return composite_backward_cuda(s, p.type, t, stream); });
   // beta is one value shared by every sample: the per-ray partials sum in a fixed order.
-  at::Tensor grad_beta = p.beta.defined() ? beta_partials.sum().reshape(p.beta.sizes())
-                                          : at::empty({0}, acc);
-  return {grad_features.to(features.scalar_type()), grad_field, grad_depths, grad_delta,
-          grad_beta};
+  at::Tensor grad_beta =
+      p.beta.defined() ? beta_partials.sum().reshape(p.beta.sizes()) : at::empty({0}, acc);
+  return {grad_features.to(features.scalar_type()), grad_field, grad_depths, grad_delta, grad_beta};
 }
 
 // Two-dimensional [rays, k] float tensor on the device and of the dtype of `like`.
@@ -198,18 +195,18 @@ at::Tensor per_ray_rows(const char* op, const char* arg, const at::Tensor& t,
   OMNIFAST_CHECK_ARG(t.dim() == 2 && t.size(0) == like.size(0), op, arg,
                      "[rays, k] with rays = " + std::to_string(like.size(0)), shape_of(t));
   check_same_device(op, arg, t, "depths", like);
-  OMNIFAST_CHECK_ARG(t.scalar_type() == like.scalar_type(), op, arg,
-                     std::string("of the dtype of depths (") + c10::toString(like.scalar_type()) +
-                         ")",
-                     t.scalar_type());
+  OMNIFAST_CHECK_ARG(
+      t.scalar_type() == like.scalar_type(), op, arg,
+      std::string("of the dtype of depths (") + c10::toString(like.scalar_type()) + ")",
+      t.scalar_type());
   return t.contiguous();
 }
 
 void check_depths(const char* op, const at::Tensor& depths) {
   check_defined(op, "depths", depths);
   OMNIFAST_CHECK_ARG(depths.dim() == 2, op, "depths", "[rays, samples]", shape_of(depths));
-  OMNIFAST_CHECK_ARG(depths.scalar_type() == at::kFloat || depths.scalar_type() == at::kDouble,
-                     op, "depths", "float32 or float64", depths.scalar_type());
+  OMNIFAST_CHECK_ARG(depths.scalar_type() == at::kFloat || depths.scalar_type() == at::kDouble, op,
+                     "depths", "float32 or float64", depths.scalar_type());
   OMNIFAST_CHECK_ARG(depths.is_cpu() || depths.is_cuda(), op, "depths", "on a CPU or CUDA device",
                      depths.device().str());
 }
@@ -222,20 +219,22 @@ at::Tensor importance_sample(const at::Tensor& depths, const at::Tensor& weights
   const at::Tensor w = per_ray_rows(op, "weights", weights, z);
   const at::Tensor draws = per_ray_rows(op, "u", u, z);
   const int64_t S = z.size(1), L = w.size(1);
-  OMNIFAST_CHECK_ARG((L == S - 1 || L == S) && L >= 3, op, "weights",
-                     "[rays, S - 1] or [rays, S] with at least 3 weights (S = " +
-                         std::to_string(S) + ")",
-                     shape_of(w));
+  OMNIFAST_CHECK_ARG(
+      (L == S - 1 || L == S) && L >= 3, op, "weights",
+      "[rays, S - 1] or [rays, S] with at least 3 weights (S = " + std::to_string(S) + ")",
+      shape_of(w));
   const SamplingShape s{z.size(0), S, L, draws.size(1)};
   at::Tensor out = at::empty({s.rays, s.draws}, z.options());
   const bool is_double = z.scalar_type() == at::kDouble;
   run_on(
       op, z,
-      [&] { importance_sample_cpu(s, is_double, z.data_ptr(), w.data_ptr(), draws.data_ptr(),
-                                  out.data_ptr()); },
+      [&] {
+        importance_sample_cpu(s, is_double, z.data_ptr(), w.data_ptr(), draws.data_ptr(),
+                              out.data_ptr());
+      },
       [&](void* stream) {
-        return importance_sample_cuda(s, is_double, z.data_ptr(), w.data_ptr(),
-                                      draws.data_ptr(), out.data_ptr(), stream);
+        return importance_sample_cuda(s, is_double, z.data_ptr(), w.data_ptr(), draws.data_ptr(),
+                                      out.data_ptr(), stream);
       });
   return out;
 }
@@ -250,8 +249,10 @@ at::Tensor merge_order(const at::Tensor& coarse, const at::Tensor& fine) {
   const bool is_double = c.scalar_type() == at::kDouble;
   run_on(
       op, c,
-      [&] { merge_order_cpu(c.size(0), c.size(1), f.size(1), is_double, c.data_ptr(),
-                            f.data_ptr(), out); },
+      [&] {
+        merge_order_cpu(c.size(0), c.size(1), f.size(1), is_double, c.data_ptr(), f.data_ptr(),
+                        out);
+      },
       [&](void* stream) {
         return merge_order_cuda(c.size(0), c.size(1), f.size(1), is_double, c.data_ptr(),
                                 f.data_ptr(), out, stream);

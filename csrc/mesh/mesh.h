@@ -152,7 +152,8 @@ OMNIFAST_HD int longest_edge(const Vec3<T> c[3]) {
 // tiny and huge areas neither underflow nor overflow.
 template <typename T>
 OMNIFAST_HD Vec3<T> unit_normal(const Vec3<T>& ab, const Vec3<T>& ac) {
-  const Vec3<T> n{diff_of_products(ab.y, ac.z, ab.z, ac.y), diff_of_products(ab.z, ac.x, ab.x, ac.z),
+  const Vec3<T> n{diff_of_products(ab.y, ac.z, ab.z, ac.y),
+                  diff_of_products(ab.z, ac.x, ab.x, ac.z),
                   diff_of_products(ab.x, ac.y, ab.y, ac.x)};
   const T m = max_of(max_of(abs_of(n.x), abs_of(n.y)), abs_of(n.z));
   if (!(m > T(0) && m < infinity_of<T>())) return {T(0), T(0), T(0)};
@@ -181,8 +182,9 @@ OMNIFAST_HD void write_triangle(const Vec3<T>& a0, const Vec3<T>& b0, const Vec3
   const Vec3<T> a = corner[r], ab = corner[(r + 1) % 3] - a, ac = corner[(r + 2) % 3] - a;
   const Vec3<T> n = unit_normal(ab, ac);
   const T length_ab = scaled_length(ab);
-  const Vec3<T> e1 = length_ab > T(0) ? Vec3<T>{ab.x / length_ab, ab.y / length_ab, ab.z / length_ab}
-                                      : Vec3<T>{T(0), T(0), T(0)};
+  const Vec3<T> e1 = length_ab > T(0)
+                         ? Vec3<T>{ab.x / length_ab, ab.y / length_ab, ab.z / length_ab}
+                         : Vec3<T>{T(0), T(0), T(0)};
   const Vec3<T> e2 = cross(n, e1);
   store3(out, a);
   store3(out + 3, e1);
@@ -217,8 +219,10 @@ OMNIFAST_HD TriangleHit<T> to_face_corners(const TriangleHit<T>& h, int rot) {
   T face[3];
   for (int j = 0; j < 3; ++j) face[turn(j)] = frame[j];
   int region = h.region;
-  if (region >= kRegionEdgeAB) region = kRegionEdgeAB + turn(region - kRegionEdgeAB);
-  else if (region >= kRegionVertexA) region = kRegionVertexA + turn(region - kRegionVertexA);
+  if (region >= kRegionEdgeAB)
+    region = kRegionEdgeAB + turn(region - kRegionEdgeAB);
+  else if (region >= kRegionVertexA)
+    region = kRegionVertexA + turn(region - kRegionVertexA);
   return {h.sq, face[0], face[1], face[2], region};
 }
 
@@ -245,7 +249,9 @@ OMNIFAST_HD TriangleHit<T> closest_on_triangle(const T* tri, const Vec3<T>& ap, 
     const T sum = wa + wb + wc;
     hit = {h * h, wa / sum, wb / sum, wc / sum, kRegionFace};
   } else {
-    hit = out_ab ? edge_hit(q, b, 0) : out_bc ? edge_hit(q - b, c - b, 1) : edge_hit(q - c, T(-1) * c, 2);
+    hit = out_ab   ? edge_hit(q, b, 0)
+          : out_bc ? edge_hit(q - b, c - b, 1)
+                   : edge_hit(q - c, T(-1) * c, 2);
     if (out_ab && out_bc) hit = nearer(hit, edge_hit(q - b, c - b, 1));
     if ((out_ab || out_bc) && out_ca) hit = nearer(hit, edge_hit(q - c, T(-1) * c, 2));
   }
@@ -259,7 +265,8 @@ template <typename T>
 OMNIFAST_HD Vec3<T> hit_point(const T* tri, const Vec3<T>& p, const TriangleHit<T>& h, T s) {
   const Vec3<T> n = load3(tri + 9), a = s * load3(tri);
   if (h.region == kRegionFace) return p - dot(p - a, n) * n;
-  return a + (s * (h.v * tri[12] + h.w * tri[13])) * load3(tri + 3) + (s * h.w * tri[14]) * load3(tri + 6);
+  return a + (s * (h.v * tri[12] + h.w * tri[13])) * load3(tri + 3) +
+         (s * h.w * tri[14]) * load3(tri + 6);
 }
 
 // A coordinate the tree builders can order: non-finite ones become 0 (a mesh with such a
@@ -271,11 +278,11 @@ OMNIFAST_HD T finite_or_zero(T x) {
 
 // ---------------------------------------------------------------- the BVH
 
-constexpr int kBvhStack = 64;       // traversal stack; builders keep trees shallower
-constexpr int kBoxStride = 6;       // lo xyz, hi xyz per slot
-constexpr int kDipoleStride = 8;    // area vector xyz, centroid xyz, area, radius per slot
-constexpr int kLinkStride = 3;      // child 0, child 1, parent slot (-1 at the root)
-constexpr int kLbvhLeafSize = 4;    // triangles per leaf of the linear builder
+constexpr int kBvhStack = 64;     // traversal stack; builders keep trees shallower
+constexpr int kBoxStride = 6;     // lo xyz, hi xyz per slot
+constexpr int kDipoleStride = 8;  // area vector xyz, centroid xyz, area, radius per slot
+constexpr int kLinkStride = 3;    // child 0, child 1, parent slot (-1 at the root)
+constexpr int kLbvhLeafSize = 4;  // triangles per leaf of the linear builder
 
 OMNIFAST_HD int32_t leaf_ref(int64_t first, int count) {
   return ~static_cast<int32_t>((first << 4) | count);
@@ -354,7 +361,8 @@ OMNIFAST_HD void summarise_leaf(const T* tris, int32_t ref, T* box, T* dipole) {
   const Vec3<T> centroid = area > T(0) ? (T(1) / area) * moment : T(0.5) * (lo + hi);
   T radius = T(0);
   for (int k = 0; k < 3 * count; ++k)
-    radius = max_of(radius, length(corner_of(tris + (first + k / 3) * kTriStride, k % 3) - centroid));
+    radius =
+        max_of(radius, length(corner_of(tris + (first + k / 3) * kTriStride, k % 3) - centroid));
   store3(box, lo);
   store3(box + 3, hi);
   store3(dipole, area_vector);
@@ -393,9 +401,8 @@ OMNIFAST_HD void merge_slots(const T* boxes, const T* dipoles, T* box, T* dipole
 // to reach a node (`second_arrival(node)` counts arrivals), merging that node's slots into its
 // parent's. Every builder and every refit runs it; CUDA runs one thread per leaf.
 template <typename T, typename SecondArrival>
-OMNIFAST_HD void bounds_from_leaf(T* boxes, T* dipoles, const int32_t* links,
-                                  const int32_t* leaves, const T* tris, int64_t leaf,
-                                  SecondArrival second_arrival) {
+OMNIFAST_HD void bounds_from_leaf(T* boxes, T* dipoles, const int32_t* links, const int32_t* leaves,
+                                  const T* tris, int64_t leaf, SecondArrival second_arrival) {
   if (leaf == 0 && links[1] < 0 && leaf_count(links[1]) == 0)  // a one-leaf tree's other slot
     write_empty_slot(boxes + kBoxStride, dipoles + kDipoleStride);
   int32_t slot = leaves[2 * leaf + 1];
@@ -517,15 +524,16 @@ OMNIFAST_HD void lbvh_node(const LeafKeys& k, int64_t i, int64_t triangles, int3
 
 template <typename T>
 struct NearestHit {
-  int32_t face;         // -1: nothing found (a non-finite query)
-  int64_t position;     // in leaf order
-  TriangleHit<T> hit;   // in the triangle's frame corners
+  int32_t face;        // -1: nothing found (a non-finite query)
+  int64_t position;    // in leaf order
+  TriangleHit<T> hit;  // in the triangle's frame corners
 };
 
 // Whether every vertex of the mesh's faces is finite (the root's areas are not NaN).
 template <typename T>
 OMNIFAST_HD bool mesh_is_finite(const BvhView<T>& m) {
-  return m.dipoles[6] == m.dipoles[6] && m.dipoles[kDipoleStride + 6] == m.dipoles[kDipoleStride + 6];
+  return m.dipoles[6] == m.dipoles[6] &&
+         m.dipoles[kDipoleStride + 6] == m.dipoles[kDipoleStride + 6];
 }
 
 // The power of two a query and its mesh are scaled by so that no squared distance overflows:
@@ -536,7 +544,8 @@ OMNIFAST_HD T query_scale(const BvhView<T>& m, const Vec3<T>& p) {
   T largest = max_of(max_of(abs_of(p.x), abs_of(p.y)), abs_of(p.z));
   for (int i = 0; i < 2 * kBoxStride; ++i)
     if (is_finite(m.boxes[i])) largest = max_of(largest, abs_of(m.boxes[i]));
-  return largest < T(0.25) * sqrt_of(largest_finite<T>()) ? T(1) : T(4) * inverse_power_of_two(largest);
+  return largest < T(0.25) * sqrt_of(largest_finite<T>()) ? T(1)
+                                                          : T(4) * inverse_power_of_two(largest);
 }
 
 // The leaf's triangles against the best hit so far (see nearest_triangle).
@@ -617,8 +626,7 @@ OMNIFAST_HD NearestHit<T> nearest_triangle(const BvhView<T>& m, const Vec3<T>& q
 // Solid angle of triangle (a, b, c) seen from p (Van Oosterom and Strackee 1983); positive when p
 // is on the side the normal (b - a) x (c - a) points away from.
 template <typename T>
-OMNIFAST_HD T solid_angle(const Vec3<T>& p, const Vec3<T>& a, const Vec3<T>& b,
-                          const Vec3<T>& c) {
+OMNIFAST_HD T solid_angle(const Vec3<T>& p, const Vec3<T>& a, const Vec3<T>& b, const Vec3<T>& c) {
   const Vec3<T> x = a - p, y = b - p, z = c - p;
   const T lx = length(x), ly = length(y), lz = length(z);
   const T num = dot(x, cross(y, z));
@@ -680,7 +688,8 @@ struct MeshTopology {
 template <typename T>
 OMNIFAST_HD void write_face_normal(const T* verts, const MeshTopology& topo, int64_t f, T* out) {
   const int32_t* c = topo.faces + 3 * f;
-  const Vec3<T> corner[3] = {load3(verts + 3 * c[0]), load3(verts + 3 * c[1]), load3(verts + 3 * c[2])};
+  const Vec3<T> corner[3] = {load3(verts + 3 * c[0]), load3(verts + 3 * c[1]),
+                             load3(verts + 3 * c[2])};
   store3(out, face_unit_normal(corner));
 }
 
@@ -720,8 +729,8 @@ struct MeshNormals {
 
 // The pseudonormal of the feature holding the closest point.
 template <typename T>
-OMNIFAST_HD Vec3<T> feature_normal(const MeshNormals<T>& n, const MeshTopology& topo,
-                                   int32_t face, int region) {
+OMNIFAST_HD Vec3<T> feature_normal(const MeshNormals<T>& n, const MeshTopology& topo, int32_t face,
+                                   int region) {
   if (region == kRegionFace) return load3(n.face + 3 * face);
   if (region <= kRegionVertexC) return load3(n.vertex + 3 * topo.faces[3 * face + region - 1]);
   return load3(n.edge + 3 * topo.face_edges[3 * face + region - kRegionEdgeAB]);
@@ -763,7 +772,8 @@ OMNIFAST_HD void closest_point_query(const BvhView<T>& m, const MeshNormals<T>& 
     if (side.face >= 0) {
       const T* st = m.tris + side.position * kTriStride;
       const int region = to_face_corners(side.hit, rotation_of(st)).region;
-      inside = dot(ps - hit_point(st, ps, side.hit, s), feature_normal(normals, topo, side.face, region)) < T(0);
+      inside = dot(ps - hit_point(st, ps, side.hit, s),
+                   feature_normal(normals, topo, side.face, region)) < T(0);
     }
   } else if (sign_mode == kSignWinding) {
     inside = winding_number(m, p) > T(0.5);

@@ -195,8 +195,7 @@ class SahBuilder {
       for (int64_t i = t.begin; i < t.end; ++i) centroid_box.grow(centroids_[order_[i]]);
       int axis = 0;
       for (int a = 1; a < 3; ++a)
-        if (centroid_box.hi[a] - centroid_box.lo[a] >
-            centroid_box.hi[axis] - centroid_box.lo[axis])
+        if (centroid_box.hi[a] - centroid_box.lo[a] > centroid_box.hi[axis] - centroid_box.lo[axis])
           axis = a;
       mid = (t.begin + t.end) / 2;
       std::nth_element(order_ + t.begin, order_ + mid, order_ + t.end, [&](int32_t a, int32_t b) {
@@ -226,8 +225,7 @@ void build_sah(const MeshDims& d, const T* verts, const MeshTopology& topo, cons
         Box box;
         for (int c = 0; c < 3; ++c) {
           const T* p = v + 3 * topo.faces[3 * f + c];
-          box.grow(std::array<double, 3>{double(finite_or_zero(p[0])),
-                                         double(finite_or_zero(p[1])),
+          box.grow(std::array<double, 3>{double(finite_or_zero(p[0])), double(finite_or_zero(p[1])),
                                          double(finite_or_zero(p[2]))});
         }
         boxes[f] = box;
@@ -247,7 +245,7 @@ template <typename T>
 void morton_keys(const MeshDims& d, const T* verts, const MeshTopology& topo, int64_t* keys) {
   at::parallel_for(0, d.batch, 1, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
-      T bounds[6] = {infinity_of<T>(), infinity_of<T>(), infinity_of<T>(),
+      T bounds[6] = {infinity_of<T>(),  infinity_of<T>(),  infinity_of<T>(),
                      -infinity_of<T>(), -infinity_of<T>(), -infinity_of<T>()};
       for (int64_t f = 0; f < d.faces; ++f) {
         const Vec3<T> c = triangle_centroid(d, verts, topo, b, f);
@@ -280,7 +278,8 @@ OMNIFAST_VECTOR_CLONES void closest_point_range(const MeshDims& d, const MeshTop
                                                 const BvhArrays& bvh, const NormalArrays& normals,
                                                 int sign_mode, const QueryArrays& q, int64_t begin,
                                                 int64_t end) {
-  for (int64_t i = begin; i < end; ++i) closest_point_item<T>(d, topo, bvh, normals, sign_mode, q, i);
+  for (int64_t i = begin; i < end; ++i)
+    closest_point_item<T>(d, topo, bvh, normals, sign_mode, q, i);
 }
 
 template <typename T>
@@ -295,20 +294,26 @@ void closest_points(const MeshDims& d, const MeshTopology& topo, const BvhArrays
 
 void mesh_normals_cpu(const MeshDims& d, bool is_double, const void* verts,
                       const MeshTopology& topo, const NormalArrays& out) {
-  if (is_double) normals(d, static_cast<const double*>(verts), topo, out);
-  else normals(d, static_cast<const float*>(verts), topo, out);
+  if (is_double)
+    normals(d, static_cast<const double*>(verts), topo, out);
+  else
+    normals(d, static_cast<const float*>(verts), topo, out);
 }
 
 void mesh_build_sah_cpu(const MeshDims& d, bool is_double, const void* verts,
                         const MeshTopology& topo, const BvhArrays& bvh) {
-  if (is_double) build_sah(d, static_cast<const double*>(verts), topo, bvh);
-  else build_sah(d, static_cast<const float*>(verts), topo, bvh);
+  if (is_double)
+    build_sah(d, static_cast<const double*>(verts), topo, bvh);
+  else
+    build_sah(d, static_cast<const float*>(verts), topo, bvh);
 }
 
 void mesh_morton_keys_cpu(const MeshDims& d, bool is_double, const void* verts,
                           const MeshTopology& topo, int64_t* keys) {
-  if (is_double) morton_keys(d, static_cast<const double*>(verts), topo, keys);
-  else morton_keys(d, static_cast<const float*>(verts), topo, keys);
+  if (is_double)
+    morton_keys(d, static_cast<const double*>(verts), topo, keys);
+  else
+    morton_keys(d, static_cast<const float*>(verts), topo, keys);
 }
 
 void mesh_lbvh_links_cpu(const MeshDims& d, const int64_t* sorted_keys, const BvhArrays& bvh) {
@@ -318,17 +323,21 @@ void mesh_lbvh_links_cpu(const MeshDims& d, const int64_t* sorted_keys, const Bv
   });
 }
 
-void mesh_refit_cpu(const MeshDims& d, bool is_double, const void* verts,
-                    const MeshTopology& topo, const BvhArrays& bvh, int32_t* counters) {
-  if (is_double) refit(d, static_cast<const double*>(verts), topo, bvh, counters);
-  else refit(d, static_cast<const float*>(verts), topo, bvh, counters);
+void mesh_refit_cpu(const MeshDims& d, bool is_double, const void* verts, const MeshTopology& topo,
+                    const BvhArrays& bvh, int32_t* counters) {
+  if (is_double)
+    refit(d, static_cast<const double*>(verts), topo, bvh, counters);
+  else
+    refit(d, static_cast<const float*>(verts), topo, bvh, counters);
 }
 
 void mesh_closest_point_cpu(const MeshDims& d, bool is_double, const MeshTopology& topo,
                             const BvhArrays& bvh, const NormalArrays& normals, int sign_mode,
                             const QueryArrays& q) {
-  if (is_double) closest_points<double>(d, topo, bvh, normals, sign_mode, q);
-  else closest_points<float>(d, topo, bvh, normals, sign_mode, q);
+  if (is_double)
+    closest_points<double>(d, topo, bvh, normals, sign_mode, q);
+  else
+    closest_points<float>(d, topo, bvh, normals, sign_mode, q);
 }
 
 }  // namespace omnifast

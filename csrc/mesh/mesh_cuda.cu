@@ -17,8 +17,8 @@ __global__ void face_normals_kernel(MeshDims d, const T* verts, MeshTopology top
 }
 
 template <typename T>
-__global__ void vertex_normals_kernel(MeshDims d, const T* verts, MeshTopology topo,
-                                      const T* face, T* vertex) {
+__global__ void vertex_normals_kernel(MeshDims d, const T* verts, MeshTopology topo, const T* face,
+                                      T* vertex) {
   OMNIFAST_THREAD_LOOP(i, d.batch * d.verts) vertex_normal_item(d, verts, topo, face, vertex, i);
 }
 
@@ -97,7 +97,7 @@ template <typename T>
 __global__ void closest_point_kernel(MeshDims d, MeshTopology topo, BvhArrays bvh,
                                      NormalArrays normals, int sign_mode, QueryArrays q) {
   OMNIFAST_THREAD_LOOP(i, d.batch * q.per_mesh)
-    closest_point_item<T>(d, topo, bvh, normals, sign_mode, q, i);
+  closest_point_item<T>(d, topo, bvh, normals, sign_mode, q, i);
 }
 
 template <typename T>
@@ -105,8 +105,8 @@ const char* normals_typed(const MeshDims& d, const T* verts, const MeshTopology&
                           const NormalArrays& out, cudaStream_t stream) {
   T* face = static_cast<T*>(out.face);
   if (d.batch * d.faces > 0)
-    face_normals_kernel<T><<<grid_for(d.batch * d.faces), kThreads, 0, stream>>>(d, verts, topo,
-                                                                                 face);
+    face_normals_kernel<T>
+        <<<grid_for(d.batch * d.faces), kThreads, 0, stream>>>(d, verts, topo, face);
   if (d.batch * d.verts > 0)
     vertex_normals_kernel<T><<<grid_for(d.batch * d.verts), kThreads, 0, stream>>>(
         d, verts, topo, face, static_cast<T*>(out.vertex));
@@ -132,10 +132,9 @@ cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream);
 
 const char* mesh_normals_cuda(const MeshDims& d, bool is_double, const void* verts,
                               const MeshTopology& topo, const NormalArrays& out, void* stream) {
-  return is_double ? normals_typed(d, static_cast<const double*>(verts), topo, out,
-                                   as_stream(stream))
-                   : normals_typed(d, static_cast<const float*>(verts), topo, out,
-                                   as_stream(stream));
+  return is_double
+             ? normals_typed(d, static_cast<const double*>(verts), topo, out, as_stream(stream))
+             : normals_typed(d, static_cast<const float*>(verts), topo, out, as_stream(stream));
 }
 
 const char* mesh_morton_keys_cuda(const MeshDims& d, bool is_double, const void* verts,
@@ -174,11 +173,11 @@ const char* mesh_closest_point_cuda(const MeshDims& d, bool is_double, const Mes
   const int64_t total = d.batch * q.per_mesh;
   if (total == 0) return nullptr;
   if (is_double)
-    closest_point_kernel<double><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
-        d, topo, bvh, normals, sign_mode, q);
+    closest_point_kernel<double>
+        <<<grid_for(total), kThreads, 0, as_stream(stream)>>>(d, topo, bvh, normals, sign_mode, q);
   else
-    closest_point_kernel<float><<<grid_for(total), kThreads, 0, as_stream(stream)>>>(
-        d, topo, bvh, normals, sign_mode, q);
+    closest_point_kernel<float>
+        <<<grid_for(total), kThreads, 0, as_stream(stream)>>>(d, topo, bvh, normals, sign_mode, q);
   return last_error();
 }
 

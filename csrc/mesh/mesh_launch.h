@@ -15,12 +15,27 @@ enum MeshBuilder : int { kBuilderSah = 0, kBuilderLinear = 1 };
 // functions, so neither mirrors the other. A refit renews the coordinate fields
 // (kRefitFields) and keeps the rest.
 enum TreeField : int {
-  kBoxes, kDipoles, kLinks, kLeaves, kCounts, kTris, kPrimFace,
-  kFaceNormals, kVertexNormals, kEdgeNormals, kTreeFields
+  kBoxes,
+  kDipoles,
+  kLinks,
+  kLeaves,
+  kCounts,
+  kTris,
+  kPrimFace,
+  kFaceNormals,
+  kVertexNormals,
+  kEdgeNormals,
+  kTreeFields
 };
 // Sizes named by negative entries (positive ones are themselves): B meshes, internal node
 // capacity max(F - 1, 1), F faces, V vertices, E edges.
-enum TreeSize : int { kSizeBatch = -1, kSizeNodes = -2, kSizeFaces = -3, kSizeVerts = -4, kSizeEdges = -5 };
+enum TreeSize : int {
+  kSizeBatch = -1,
+  kSizeNodes = -2,
+  kSizeFaces = -3,
+  kSizeVerts = -4,
+  kSizeEdges = -5
+};
 struct TreeFieldLayout {
   const char* name;
   int rank;
@@ -40,7 +55,8 @@ constexpr TreeFieldLayout kTreeLayout[kTreeFields] = {
     {"vertex_normals", 3, {kSizeBatch, kSizeVerts, 3, 0}, false, false},
     {"edge_normals", 3, {kSizeBatch, kSizeEdges, 3, 0}, false, false},
 };
-constexpr int kRefitFields[] = {kBoxes, kDipoles, kTris, kFaceNormals, kVertexNormals, kEdgeNormals};
+constexpr int kRefitFields[] = {kBoxes,       kDipoles,       kTris,
+                                kFaceNormals, kVertexNormals, kEdgeNormals};
 
 // The shared topology is a list of int32 tensors in this order (see MeshTopology).
 constexpr int kTopologyFields = 6;
@@ -55,12 +71,18 @@ struct MeshDims {
   // One entry of a TreeFieldLayout's sizes.
   int64_t size(int entry) const {
     switch (entry) {
-      case kSizeBatch: return batch;
-      case kSizeNodes: return nodes();
-      case kSizeFaces: return faces;
-      case kSizeVerts: return verts;
-      case kSizeEdges: return edges;
-      default: return entry;
+      case kSizeBatch:
+        return batch;
+      case kSizeNodes:
+        return nodes();
+      case kSizeFaces:
+        return faces;
+      case kSizeVerts:
+        return verts;
+      case kSizeEdges:
+        return edges;
+      default:
+        return entry;
     }
   }
 };
@@ -68,13 +90,13 @@ struct MeshDims {
 // Per-batch arrays, all contiguous with the mesh index outermost. Coordinates (boxes, dipoles,
 // tris) are in the dtype of the vertices.
 struct BvhArrays {
-  void* boxes;          // [B][nodes][2][6]
-  void* dipoles;        // [B][nodes][2][8]
-  int32_t* links;       // [B][nodes][3]
-  int32_t* leaves;      // [B][F][2]: leaf code, parent slot
-  int32_t* counts;      // [B][2]: internal nodes, leaves
-  void* tris;           // [B][F][kTriStride] in leaf order
-  int32_t* prim_face;   // [B][F]
+  void* boxes;         // [B][nodes][2][6]
+  void* dipoles;       // [B][nodes][2][8]
+  int32_t* links;      // [B][nodes][3]
+  int32_t* leaves;     // [B][F][2]: leaf code, parent slot
+  int32_t* counts;     // [B][2]: internal nodes, leaves
+  void* tris;          // [B][F][kTriStride] in leaf order
+  int32_t* prim_face;  // [B][F]
 };
 
 struct NormalArrays {
@@ -101,8 +123,8 @@ void mesh_build_sah_cpu(const MeshDims& d, bool is_double, const void* verts,
 void mesh_morton_keys_cpu(const MeshDims& d, bool is_double, const void* verts,
                           const MeshTopology& topo, int64_t* keys);
 void mesh_lbvh_links_cpu(const MeshDims& d, const int64_t* sorted_keys, const BvhArrays& bvh);
-void mesh_refit_cpu(const MeshDims& d, bool is_double, const void* verts,
-                    const MeshTopology& topo, const BvhArrays& bvh, int32_t* counters);
+void mesh_refit_cpu(const MeshDims& d, bool is_double, const void* verts, const MeshTopology& topo,
+                    const BvhArrays& bvh, int32_t* counters);
 void mesh_closest_point_cpu(const MeshDims& d, bool is_double, const MeshTopology& topo,
                             const BvhArrays& bvh, const NormalArrays& normals, int sign_mode,
                             const QueryArrays& q);
@@ -222,12 +244,12 @@ OMNIFAST_HD void gather_triangle(const MeshDims& d, const T* verts, const MeshTo
 
 // Centroid of triangle f of mesh b, with non-finite components 0 (see finite_or_zero).
 template <typename T>
-OMNIFAST_HD Vec3<T> triangle_centroid(const MeshDims& d, const T* verts,
-                                      const MeshTopology& topo, int64_t b, int64_t f) {
+OMNIFAST_HD Vec3<T> triangle_centroid(const MeshDims& d, const T* verts, const MeshTopology& topo,
+                                      int64_t b, int64_t f) {
   const int32_t* corner = topo.faces + 3 * f;
   const T* v = verts + b * d.verts * 3;
   const Vec3<T> c = (T(1) / T(3)) * (load3(v + 3 * corner[0]) + load3(v + 3 * corner[1]) +
-                                      load3(v + 3 * corner[2]));
+                                     load3(v + 3 * corner[2]));
   return {finite_or_zero(c.x), finite_or_zero(c.y), finite_or_zero(c.z)};
 }
 

@@ -123,9 +123,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mesh_normals(const at::Tensor& ve
 }
 
 BvhArrays arrays_of(const std::vector<at::Tensor>& t) {
-  return {t[kBoxes].data_ptr(),           t[kDipoles].data_ptr(),
-          t[kLinks].data_ptr<int32_t>(),  t[kLeaves].data_ptr<int32_t>(),
-          t[kCounts].data_ptr<int32_t>(), t[kTris].data_ptr(),
+  return {t[kBoxes].data_ptr(),
+          t[kDipoles].data_ptr(),
+          t[kLinks].data_ptr<int32_t>(),
+          t[kLeaves].data_ptr<int32_t>(),
+          t[kCounts].data_ptr<int32_t>(),
+          t[kTris].data_ptr(),
           t[kPrimFace].data_ptr<int32_t>()};
 }
 
@@ -140,7 +143,9 @@ void refit_into(const char* op, const Mesh& m, const at::Tensor& verts,
   const BvhArrays a = arrays_of(tree);
   run_on(
       op, verts,
-      [&] { mesh_refit_cpu(d, m.is_double, verts.data_ptr(), m.topo, a, counters.data_ptr<int32_t>()); },
+      [&] {
+        mesh_refit_cpu(d, m.is_double, verts.data_ptr(), m.topo, a, counters.data_ptr<int32_t>());
+      },
       [&](void* stream) {
         return mesh_refit_cuda(d, m.is_double, verts.data_ptr(), m.topo, a,
                                counters.data_ptr<int32_t>(), stream);
@@ -163,7 +168,9 @@ std::vector<at::Tensor> mesh_build(const at::Tensor& verts, at::TensorList topol
     at::Tensor keys = at::empty({d.batch, d.faces}, verts.options().dtype(at::kLong));
     run_on(
         op, verts,
-        [&] { mesh_morton_keys_cpu(d, m.is_double, verts.data_ptr(), m.topo, keys.data_ptr<int64_t>()); },
+        [&] {
+          mesh_morton_keys_cpu(d, m.is_double, verts.data_ptr(), m.topo, keys.data_ptr<int64_t>());
+        },
         [&](void* stream) {
           return mesh_morton_keys_cuda(d, m.is_double, verts.data_ptr(), m.topo,
                                        keys.data_ptr<int64_t>(), stream);
@@ -216,21 +223,20 @@ std::vector<at::Tensor> mesh_refit(const at::Tensor& verts, at::TensorList topol
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mesh_closest_point(
-    const at::Tensor& points, const at::Tensor& verts, at::TensorList topology,
-    at::TensorList tree, int64_t sign_mode) {
+    const at::Tensor& points, const at::Tensor& verts, at::TensorList topology, at::TensorList tree,
+    int64_t sign_mode) {
   const char* op = "closest_point";
   const Mesh m = mesh_of(op, verts, topology);
   check_tree(op, m, verts, tree);
   check_defined(op, "points", points);
   check_same_device(op, "points", points, "verts", verts);
-  OMNIFAST_CHECK_ARG(points.dim() == 3 && points.size(2) == 3 && points.size(0) == m.dims.batch,
-                     op, "points",
-                     "[B, N, 3] with the B of verts (" + std::to_string(m.dims.batch) + ")",
-                     shape_of(points));
-  OMNIFAST_CHECK_ARG(points.scalar_type() == verts.scalar_type(), op, "points",
-                     std::string("of the dtype of verts (") + c10::toString(verts.scalar_type()) +
-                         ")",
-                     points.scalar_type());
+  OMNIFAST_CHECK_ARG(
+      points.dim() == 3 && points.size(2) == 3 && points.size(0) == m.dims.batch, op, "points",
+      "[B, N, 3] with the B of verts (" + std::to_string(m.dims.batch) + ")", shape_of(points));
+  OMNIFAST_CHECK_ARG(
+      points.scalar_type() == verts.scalar_type(), op, "points",
+      std::string("of the dtype of verts (") + c10::toString(verts.scalar_type()) + ")",
+      points.scalar_type());
   OMNIFAST_CHECK_ARG(sign_mode >= kSignNone && sign_mode <= kSignWinding, op, "sign",
                      "0 (none), 1 (pseudonormal) or 2 (winding)", sign_mode);
   const at::Tensor p = points.contiguous();
@@ -242,14 +248,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mesh_closest_point(
   at::Tensor point = at::empty({m.dims.batch, n, 3}, opts);
   std::vector<at::Tensor> t(tree.begin(), tree.end());
   const BvhArrays a = arrays_of(t);
-  const NormalArrays normals =
-      normal_arrays(t[kFaceNormals], t[kVertexNormals], t[kEdgeNormals]);
-  const QueryArrays q{p.data_ptr(), n, distance.data_ptr(), face.data_ptr<int64_t>(),
-                      bary.data_ptr(), point.data_ptr()};
+  const NormalArrays normals = normal_arrays(t[kFaceNormals], t[kVertexNormals], t[kEdgeNormals]);
+  const QueryArrays q{p.data_ptr(),        n,
+                      distance.data_ptr(), face.data_ptr<int64_t>(),
+                      bary.data_ptr(),     point.data_ptr()};
   const int sign = static_cast<int>(sign_mode);
   run_on(
-      op, p,
-      [&] { mesh_closest_point_cpu(m.dims, m.is_double, m.topo, a, normals, sign, q); },
+      op, p, [&] { mesh_closest_point_cpu(m.dims, m.is_double, m.topo, a, normals, sign, q); },
       [&](void* stream) {
         return mesh_closest_point_cuda(m.dims, m.is_double, m.topo, a, normals, sign, q, stream);
       });

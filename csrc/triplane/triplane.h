@@ -66,7 +66,7 @@ OMNIFAST_HD PlanePosition<DIMS, acc_t> locate(const TriplaneShape& s, int plane,
                                               const acc_t xyz[3]) {
   PlanePosition<DIMS, acc_t> pos;
   pos.inside = true;
-OMNIFAST_UNROLL
+  OMNIFAST_UNROLL
   for (int a = 0; a < DIMS; ++a) {
     pos.comp[a] = s.axes[plane][a];
     acc_t coord = xyz[0], scale = static_cast<acc_t>(s.scale[0]);
@@ -100,13 +100,13 @@ OMNIFAST_HD void visit_corners(const TriplaneShape& s, int64_t n, int plane, con
   const acc_t* frac = pos.frac;
   const acc_t* jac = pos.jac;
   const int64_t plane_texel0 = (n * 3 + plane) * s.size[2] * s.size[1] * s.size[0];
-OMNIFAST_UNROLL
+  OMNIFAST_UNROLL
   for (int k = 0; k < (1 << DIMS); ++k) {
     bool inside = true;
     int64_t idx[3] = {0, 0, 0};
     acc_t w1[DIMS];
     acc_t dw1[DIMS];
-OMNIFAST_UNROLL
+    OMNIFAST_UNROLL
     for (int a = 0; a < DIMS; ++a) {
       const int bit = (k >> a) & 1;
       idx[a] = base[a] + bit;
@@ -118,43 +118,40 @@ OMNIFAST_UNROLL
     Corner<acc_t> c;
     c.texel = plane_texel0 + (idx[2] * s.size[1] + idx[1]) * s.size[0] + idx[0];
     c.w = acc_t(1);
-OMNIFAST_UNROLL
+    OMNIFAST_UNROLL
     for (int a = 0; a < DIMS; ++a) c.w *= w1[a];
     // Indices into dw/d2w stay compile-time constants (comp[] is compared, never used as an
     // index) so that nvcc keeps them in registers.
     if (ORDER >= 1) {
-OMNIFAST_UNROLL
+      OMNIFAST_UNROLL
       for (int j = 0; j < 3; ++j) c.dw[j] = acc_t(0);
-OMNIFAST_UNROLL
+      OMNIFAST_UNROLL
       for (int a = 0; a < DIMS; ++a) {
         acc_t d = dw1[a];
-OMNIFAST_UNROLL
+        OMNIFAST_UNROLL
         for (int b = 0; b < DIMS; ++b)
           if (b != a) d *= w1[b];
-OMNIFAST_UNROLL
+        OMNIFAST_UNROLL
         for (int j = 0; j < 3; ++j)
           if (comp[a] == j) c.dw[j] = d;
       }
     }
     if (ORDER >= 2) {
-OMNIFAST_UNROLL
-      for (int i = 0; i < 3; ++i)
-OMNIFAST_UNROLL
-        for (int j = 0; j < 3; ++j) c.d2w[i][j] = acc_t(0);
-OMNIFAST_UNROLL
-      for (int a = 0; a < DIMS; ++a)
-OMNIFAST_UNROLL
-        for (int b = a + 1; b < DIMS; ++b) {
-          acc_t d = dw1[a] * dw1[b];
-OMNIFAST_UNROLL
-          for (int e = 0; e < DIMS; ++e)
-            if (e != a && e != b) d *= w1[e];
-OMNIFAST_UNROLL
-          for (int i = 0; i < 3; ++i)
-OMNIFAST_UNROLL
-            for (int j = 0; j < 3; ++j)
-              if ((comp[a] == i && comp[b] == j) || (comp[a] == j && comp[b] == i)) c.d2w[i][j] = d;
-        }
+      OMNIFAST_UNROLL
+      for (int i = 0; i < 3; ++i) OMNIFAST_UNROLL
+      for (int j = 0; j < 3; ++j) c.d2w[i][j] = acc_t(0);
+      OMNIFAST_UNROLL
+      for (int a = 0; a < DIMS; ++a) OMNIFAST_UNROLL
+      for (int b = a + 1; b < DIMS; ++b) {
+        acc_t d = dw1[a] * dw1[b];
+        OMNIFAST_UNROLL
+        for (int e = 0; e < DIMS; ++e)
+          if (e != a && e != b) d *= w1[e];
+        OMNIFAST_UNROLL
+        for (int i = 0; i < 3; ++i) OMNIFAST_UNROLL
+        for (int j = 0; j < 3; ++j)
+          if ((comp[a] == i && comp[b] == j) || (comp[a] == j && comp[b] == i)) c.d2w[i][j] = d;
+      }
     }
     visit(c);
   }
@@ -164,8 +161,8 @@ template <typename acc_t, typename coord_t>
 OMNIFAST_HD void load_point(const coord_t* coords, CoordStrides cs, int64_t n, int64_t m,
                             acc_t xyz[3]) {
   const coord_t* p = coords + n * cs.batch + m * cs.point;
-OMNIFAST_UNROLL
-OMNIFAST_UNROLL
+  OMNIFAST_UNROLL
+  OMNIFAST_UNROLL
   for (int k = 0; k < 3; ++k) xyz[k] = load_as<acc_t>(p[k * cs.component]);
 }
 
@@ -205,7 +202,7 @@ OMNIFAST_HD void triplane_forward_point(const TriplaneShape& s, const scalar_t* 
     acc_t acc[VEC];
     OMNIFAST_UNROLL
     for (int v = 0; v < VEC; ++v) acc[v] = start;
-OMNIFAST_UNROLL
+    OMNIFAST_UNROLL
     for (int p = 0; p < 3; ++p) {
       visit_corners<DIMS, 0>(s, n, p, xyz, [&](const Corner<acc_t>& k) {
         const scalar_t* src = planes + k.texel * C + c0;
@@ -228,8 +225,8 @@ OMNIFAST_UNROLL
 
 // Loads the upstream gradient of one plane's chunk, with the reduction factor folded in.
 template <int VEC, typename scalar_t, typename acc_t>
-OMNIFAST_HD void load_grad_chunk(const scalar_t* grad, PointStrides gs, int64_t n, int p,
-                                 int64_t m, int64_t c0, int nch, acc_t factor, acc_t g[VEC]) {
+OMNIFAST_HD void load_grad_chunk(const scalar_t* grad, PointStrides gs, int64_t n, int p, int64_t m,
+                                 int64_t c0, int nch, acc_t factor, acc_t g[VEC]) {
   const scalar_t* src = grad + n * gs.batch + p * gs.plane + m * gs.point + c0;
   OMNIFAST_CHANNEL_LOOP(v, nch, VEC) g[v] = factor * load_as<acc_t>(src[v]);
 }
@@ -242,16 +239,14 @@ struct CoordGradPartial {
 
   OMNIFAST_HD void zero() {
     OMNIFAST_UNROLL
-    for (int j = 0; j < 3; ++j)
-      OMNIFAST_UNROLL
-      for (int v = 0; v < VEC; ++v) sum[j][v] = acc_t(0);
+    for (int j = 0; j < 3; ++j) OMNIFAST_UNROLL
+    for (int v = 0; v < VEC; ++v) sum[j][v] = acc_t(0);
   }
 
   OMNIFAST_HD void add_to(acc_t grad_xyz[3]) const {
     OMNIFAST_UNROLL
-    for (int j = 0; j < 3; ++j)
-      OMNIFAST_UNROLL
-      for (int v = 0; v < VEC; ++v) grad_xyz[j] += sum[j][v];
+    for (int j = 0; j < 3; ++j) OMNIFAST_UNROLL
+    for (int v = 0; v < VEC; ++v) grad_xyz[j] += sum[j][v];
   }
 };
 
@@ -276,7 +271,7 @@ OMNIFAST_HD void triplane_backward_point(const TriplaneShape& s, const scalar_t*
   for (int64_t c0 = chunks.first * VEC; c0 < C; c0 += chunks.step * VEC) {
     const int nch = C - c0 < VEC ? static_cast<int>(C - c0) : VEC;
     if (want_coords) partial.zero();
-OMNIFAST_UNROLL
+    OMNIFAST_UNROLL
     for (int p = 0; p < 3; ++p) {  // constant bounds: unrolled, so s.axes[p] is a static read
       if (p < plane_begin || p >= plane_end) continue;
       acc_t g[VEC];
@@ -311,11 +306,11 @@ OMNIFAST_UNROLL
 //   d/dx : factor * sum <g,Q> dw + <g,P> (d2w a)       -> grad_xyz (partial, as above)
 template <int DIMS, int VEC, typename scalar_t, typename acc_t, typename Add>
 OMNIFAST_HD void triplane_double_backward_point(
-    const TriplaneShape& s, const scalar_t* grad_out, PointStrides gs,
-    const scalar_t* planes, const acc_t* coords, CoordStrides cs, const scalar_t* gg_planes,
-    const acc_t* gg_coords, CoordStrides ggcs, scalar_t* grad_grad_out, acc_t* grad_planes,
-    bool want_coords, acc_t grad_xyz[3], int64_t n, int64_t m, int plane_begin, int plane_end,
-    ChunkRange chunks, Add&& add) {
+    const TriplaneShape& s, const scalar_t* grad_out, PointStrides gs, const scalar_t* planes,
+    const acc_t* coords, CoordStrides cs, const scalar_t* gg_planes, const acc_t* gg_coords,
+    CoordStrides ggcs, scalar_t* grad_grad_out, acc_t* grad_planes, bool want_coords,
+    acc_t grad_xyz[3], int64_t n, int64_t m, int plane_begin, int plane_end, ChunkRange chunks,
+    Add&& add) {
   acc_t xyz[3];
   load_point(coords, cs, n, m, xyz);
   acc_t a[3] = {acc_t(0), acc_t(0), acc_t(0)};
@@ -332,7 +327,7 @@ OMNIFAST_HD void triplane_double_backward_point(
     acc_t ggo[VEC];
     OMNIFAST_UNROLL
     for (int v = 0; v < VEC; ++v) ggo[v] = start;
-OMNIFAST_UNROLL
+    OMNIFAST_UNROLL
     for (int p = 0; p < 3; ++p) {  // constant bounds: unrolled, so s.axes[p] is a static read
       if (p < plane_begin || p >= plane_end) continue;
       acc_t g[VEC];
@@ -343,8 +338,7 @@ OMNIFAST_UNROLL
         acc_t qv[VEC];
         OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
           pv[v] = need_planes ? load_as<acc_t>(planes[k.texel * C + c0 + v]) : acc_t(0);
-          qv[v] = gg_planes != nullptr ? load_as<acc_t>(gg_planes[k.texel * C + c0 + v])
-                                       : acc_t(0);
+          qv[v] = gg_planes != nullptr ? load_as<acc_t>(gg_planes[k.texel * C + c0 + v]) : acc_t(0);
         }
         if (grad_grad_out != nullptr)
           OMNIFAST_CHANNEL_LOOP(v, nch, VEC) ggo[v] += k.w * qv[v] + a_dw * pv[v];
@@ -355,7 +349,7 @@ OMNIFAST_UNROLL
         }
         if (want_coords) {
           acc_t d2w_a[3];
-OMNIFAST_UNROLL
+          OMNIFAST_UNROLL
           for (int j = 0; j < 3; ++j)
             d2w_a[j] = k.d2w[j][0] * a[0] + k.d2w[j][1] * a[1] + k.d2w[j][2] * a[2];
           OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
@@ -438,16 +432,15 @@ OMNIFAST_HD void walk_row(const TriplaneShape& s, int64_t row, const int64_t* or
   acc_t* row_begin = grad_planes + row * row_elements;
   const RowAdd<VEC, acc_t> row_add{row_begin, row_begin + row_elements};
   const int64_t plane_key0 = np * row_keys_per_plane(s);
-OMNIFAST_UNROLL
-  for (int dd = 0; dd < (DIMS == 3 ? 2 : 1); ++dd)
-OMNIFAST_UNROLL
-    for (int dy = 0; dy < 2; ++dy) {
-      // Lowest-corner rows (d - dd, y - dy) reach row (d, y); keys shift both by one.
-      const int64_t depth_row = DIMS == 3 ? d - dd + 1 : 0;
-      const int64_t key = plane_key0 + depth_row * (H + 1) + (y - dy + 1);
-      for (int64_t i = key_start[key]; i < key_start[key + 1]; ++i)
-        add_point(np / 3, static_cast<int>(np % 3), order[i] % s.points, row_add);
-    }
+  OMNIFAST_UNROLL
+  for (int dd = 0; dd < (DIMS == 3 ? 2 : 1); ++dd) OMNIFAST_UNROLL
+  for (int dy = 0; dy < 2; ++dy) {
+    // Lowest-corner rows (d - dd, y - dy) reach row (d, y); keys shift both by one.
+    const int64_t depth_row = DIMS == 3 ? d - dd + 1 : 0;
+    const int64_t key = plane_key0 + depth_row * (H + 1) + (y - dy + 1);
+    for (int64_t i = key_start[key]; i < key_start[key + 1]; ++i)
+      add_point(np / 3, static_cast<int>(np % 3), order[i] % s.points, row_add);
+  }
 }
 
 }  // namespace omnifast

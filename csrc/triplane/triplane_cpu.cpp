@@ -58,7 +58,7 @@ void forward(const TriplaneShape& s, const TriplaneTensors& t) {
   auto out = static_cast<T*>(t.out);
   for_each_point(s, [&](int64_t n, int64_t m) {
     triplane_forward_point<DIMS, kCpuVec, T, T>(s, planes, coords, t.coord_strides, out, n, m,
-                                                 kAllChunks);
+                                                kAllChunks);
   });
 }
 
@@ -73,8 +73,8 @@ void backward(const TriplaneShape& s, const TriplaneTensors& t) {
     for_each_point(s, [&](int64_t n, int64_t m) {
       T* dst = grad_coords + (n * s.points + m) * 3;
       triplane_backward_point<DIMS, kCpuVec, T, T>(s, grad_out, t.grad_strides, planes, coords,
-                                                    t.coord_strides, nullptr, true, dst, n, m, 0,
-                                                    3, kAllChunks, PlainAdd<T>());
+                                                   t.coord_strides, nullptr, true, dst, n, m, 0, 3,
+                                                   kAllChunks, PlainAdd<T>());
     });
     return;
   }
@@ -87,10 +87,9 @@ void backward(const TriplaneShape& s, const TriplaneTensors& t) {
     T unused[3];
     const int64_t slice = p * chunk.step + chunk.first;
     T* dst = grad_coords != nullptr ? &partial[slice * per_slice + (n * s.points + m) * 3] : unused;
-    triplane_backward_point<DIMS, kCpuVec, T, T>(s, grad_out, t.grad_strides, planes, coords,
-                                                  t.coord_strides, grad_planes,
-                                                  grad_coords != nullptr, dst, n, m, p, p + 1,
-                                                  chunk, PlainAdd<T>());
+    triplane_backward_point<DIMS, kCpuVec, T, T>(
+        s, grad_out, t.grad_strides, planes, coords, t.coord_strides, grad_planes,
+        grad_coords != nullptr, dst, n, m, p, p + 1, chunk, PlainAdd<T>());
   });
   if (grad_coords == nullptr) return;
   at::parallel_for(0, per_slice, 3 * kPointGrain, [&](int64_t begin, int64_t end) {
@@ -123,13 +122,14 @@ void double_backward(const TriplaneShape& s, const TriplaneTensors& t) {
     });
   }
   if (grad_planes != nullptr && gg_coords != nullptr) {
-    for_each_plane_in_point_order(s, grad_planes, [&](int64_t n, int p, int64_t m, ChunkRange chunk) {
-      T unused[3];
-      triplane_double_backward_point<DIMS, kCpuVec, T, T>(
-          s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr, gg_coords,
-          t.gg_coord_strides, nullptr, grad_planes, false, unused, n, m, p, p + 1, chunk,
-          PlainAdd<T>());
-    });
+    for_each_plane_in_point_order(
+        s, grad_planes, [&](int64_t n, int p, int64_t m, ChunkRange chunk) {
+          T unused[3];
+          triplane_double_backward_point<DIMS, kCpuVec, T, T>(
+              s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr, gg_coords,
+              t.gg_coord_strides, nullptr, grad_planes, false, unused, n, m, p, p + 1, chunk,
+              PlainAdd<T>());
+        });
   }
 }
 
@@ -154,16 +154,16 @@ void plane_grad_rows(const TriplaneShape& s, const TriplaneTensors& t) {
 }
 
 // float32 and float64 on the CPU; 16-bit storage is CUDA-only (checked by the glue first).
-#define OMNIFAST_CPU_DISPATCH(FN, s, type, ...)                                       \
-  do {                                                                                \
-    TORCH_CHECK(type == StorageType::kFloat32 || type == StorageType::kFloat64,        \
-                "omnifast: the CPU tri-plane kernels take float32 or float64");        \
-    const bool is_double = type == StorageType::kFloat64;                              \
-    if (s.dims == 2) {                                                                 \
-      is_double ? FN<2, double>(s, __VA_ARGS__) : FN<2, float>(s, __VA_ARGS__);        \
-    } else {                                                                           \
-      is_double ? FN<3, double>(s, __VA_ARGS__) : FN<3, float>(s, __VA_ARGS__);        \
-    }                                                                                  \
+#define OMNIFAST_CPU_DISPATCH(FN, s, type, ...)                                 \
+  do {                                                                          \
+    TORCH_CHECK(type == StorageType::kFloat32 || type == StorageType::kFloat64, \
+                "omnifast: the CPU tri-plane kernels take float32 or float64"); \
+    const bool is_double = type == StorageType::kFloat64;                       \
+    if (s.dims == 2) {                                                          \
+      is_double ? FN<2, double>(s, __VA_ARGS__) : FN<2, float>(s, __VA_ARGS__); \
+    } else {                                                                    \
+      is_double ? FN<3, double>(s, __VA_ARGS__) : FN<3, float>(s, __VA_ARGS__); \
+    }                                                                           \
   } while (0)
 
 }  // namespace

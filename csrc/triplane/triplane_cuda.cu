@@ -55,11 +55,11 @@ __device__ ThreadPoint thread_point(const TriplaneShape& s, int64_t i, int lanes
 template <typename acc_t>
 __device__ void write_point_grad(const TriplaneShape& s, const ThreadPoint& tp, int lanes,
                                  acc_t g[3], acc_t* grad_coords) {
-OMNIFAST_UNROLL
+  OMNIFAST_UNROLL
   for (int j = 0; j < 3; ++j) g[j] = group_sum(g[j], lanes);
   if (tp.active && tp.chunks.first == 0) {
     acc_t* dst = grad_coords + (tp.n * s.points + tp.m) * 3;
-OMNIFAST_UNROLL
+    OMNIFAST_UNROLL
     for (int j = 0; j < 3; ++j) dst[j] = g[j];
   }
 }
@@ -105,9 +105,9 @@ __global__ void double_backward_kernel(TriplaneShape s, TriplaneTensors t, int l
           s, static_cast<const scalar_t*>(t.grad_out), t.grad_strides,
           static_cast<const scalar_t*>(t.planes), static_cast<const acc_t*>(t.coords),
           t.coord_strides, static_cast<const scalar_t*>(t.gg_planes),
-          static_cast<const acc_t*>(t.gg_coords), t.gg_coord_strides,
-          static_cast<scalar_t*>(t.out), static_cast<acc_t*>(t.grad_planes),
-          grad_coords != nullptr, g, tp.n, tp.m, 0, 3, tp.chunks, AtomicAdd<acc_t>());
+          static_cast<const acc_t*>(t.gg_coords), t.gg_coord_strides, static_cast<scalar_t*>(t.out),
+          static_cast<acc_t*>(t.grad_planes), grad_coords != nullptr, g, tp.n, tp.m, 0, 3,
+          tp.chunks, AtomicAdd<acc_t>());
     if (grad_coords != nullptr) write_point_grad(s, tp, lanes, g, grad_coords);
   }
 }
@@ -140,8 +140,8 @@ const char* launch_typed(const TriplaneShape& s, const TriplaneTensors& t, cudaS
   if constexpr (PASS == Pass::kPlaneGradRows) {
     const int64_t total = s.batch * 3 * s.size[2] * s.size[1] * lanes;
     if (total == 0 || s.channels == 0) return nullptr;
-    plane_grad_rows_kernel<DIMS, scalar_t, acc_t><<<grid_for(total), kThreads, 0, stream>>>(
-        s, t, lanes, log2_of(lanes), total);
+    plane_grad_rows_kernel<DIMS, scalar_t, acc_t>
+        <<<grid_for(total), kThreads, 0, stream>>>(s, t, lanes, log2_of(lanes), total);
     return last_error();
   }
   const int64_t threads = s.batch * s.points * lanes;
@@ -150,14 +150,14 @@ const char* launch_typed(const TriplaneShape& s, const TriplaneTensors& t, cudaS
   const int log2_lanes = log2_of(lanes);
   const dim3 grid = grid_for(total);
   if constexpr (PASS == Pass::kForward)
-    forward_kernel<DIMS, scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(s, t, lanes, log2_lanes,
-                                                                         total);
+    forward_kernel<DIMS, scalar_t, acc_t>
+        <<<grid, kThreads, 0, stream>>>(s, t, lanes, log2_lanes, total);
   else if constexpr (PASS == Pass::kBackward)
-    backward_kernel<DIMS, scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(s, t, lanes,
-                                                                          log2_lanes, total);
+    backward_kernel<DIMS, scalar_t, acc_t>
+        <<<grid, kThreads, 0, stream>>>(s, t, lanes, log2_lanes, total);
   else
-    double_backward_kernel<DIMS, scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        s, t, lanes, log2_lanes, total);
+    double_backward_kernel<DIMS, scalar_t, acc_t>
+        <<<grid, kThreads, 0, stream>>>(s, t, lanes, log2_lanes, total);
   return last_error();
 }
 
@@ -215,11 +215,13 @@ const char* triplane_row_keys_cuda(const TriplaneShape& s, StorageType type,
   // Keys read only the coordinates, stored as double for float64 and as float otherwise.
   const bool is_double = type == StorageType::kFloat64;
   if (s.dims == 2)
-    is_double ? row_keys_kernel<2, double><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys)
-              : row_keys_kernel<2, float><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys);
+    is_double
+        ? row_keys_kernel<2, double><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys)
+        : row_keys_kernel<2, float><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys);
   else
-    is_double ? row_keys_kernel<3, double><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys)
-              : row_keys_kernel<3, float><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys);
+    is_double
+        ? row_keys_kernel<3, double><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys)
+        : row_keys_kernel<3, float><<<grid_for(total), kThreads, 0, cuda_stream>>>(s, t, keys);
   return last_error();
 }
 

@@ -10,17 +10,17 @@ namespace omnifast {
 // Pointers of one call. Plane-shaped tensors are feature-last and contiguous; "acc" tensors use
 // the accumulation type (float for float32/16-bit storage, double for float64).
 struct TriplaneTensors {
-  const void* planes = nullptr;       // storage type
-  const void* coords = nullptr;       // acc type, strided
+  const void* planes = nullptr;  // storage type
+  const void* coords = nullptr;  // acc type, strided
   CoordStrides coord_strides{};
-  const void* grad_out = nullptr;     // storage type, unit channel stride (backward passes)
+  const void* grad_out = nullptr;  // storage type, unit channel stride (backward passes)
   PointStrides grad_strides{};
-  const void* gg_planes = nullptr;    // storage type, optional (double backward)
-  const void* gg_coords = nullptr;    // acc type, strided, optional (double backward)
+  const void* gg_planes = nullptr;  // storage type, optional (double backward)
+  const void* gg_coords = nullptr;  // acc type, strided, optional (double backward)
   CoordStrides gg_coord_strides{};
-  void* out = nullptr;                // storage type, contiguous: forward output or grad of grad_out
-  void* grad_planes = nullptr;        // acc type, zero-filled, optional
-  void* grad_coords = nullptr;        // acc type, contiguous [N, M, 3], optional
+  void* out = nullptr;          // storage type, contiguous: forward output or grad of grad_out
+  void* grad_planes = nullptr;  // acc type, zero-filled, optional
+  void* grad_coords = nullptr;  // acc type, contiguous [N, M, 3], optional
   // The row walk (plane gradients in a fixed order): flat (n * 3 + p) * M + m indices sorted
   // stably by row_sort_key, and the first position of each key (one more entry than keys).
   const int64_t* row_order = nullptr;
@@ -40,16 +40,17 @@ OMNIFAST_HD void plane_grad_row(const TriplaneShape& s, const TriplaneTensors& t
   const auto grad_planes = static_cast<acc_t*>(t.grad_planes);
   walk_row<DIMS, VEC>(s, row, t.row_order, t.row_key_start, grad_planes,
                       [&](int64_t n, int p, int64_t m, const RowAdd<VEC, acc_t>& add) {
-    acc_t unused[3];
-    if (gg_coords == nullptr)
-      triplane_backward_point<DIMS, VEC, scalar_t, acc_t>(
-          s, grad_out, t.grad_strides, planes, coords, t.coord_strides, grad_planes, false,
-          unused, n, m, p, p + 1, chunks, add);
-    else
-      triplane_double_backward_point<DIMS, VEC, scalar_t, acc_t>(
-          s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr, gg_coords,
-          t.gg_coord_strides, nullptr, grad_planes, false, unused, n, m, p, p + 1, chunks, add);
-  });
+                        acc_t unused[3];
+                        if (gg_coords == nullptr)
+                          triplane_backward_point<DIMS, VEC, scalar_t, acc_t>(
+                              s, grad_out, t.grad_strides, planes, coords, t.coord_strides,
+                              grad_planes, false, unused, n, m, p, p + 1, chunks, add);
+                        else
+                          triplane_double_backward_point<DIMS, VEC, scalar_t, acc_t>(
+                              s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr,
+                              gg_coords, t.gg_coord_strides, nullptr, grad_planes, false, unused, n,
+                              m, p, p + 1, chunks, add);
+                      });
 }
 
 // CPU twins (triplane_cpu.cpp). Deterministic: plane gradients are accumulated by one worker

@@ -36,16 +36,16 @@ Prepared prepare(const at::Tensor& planes, const at::Tensor& coords, at::IntArra
                      "three planes in dim 1 ([N, 3, H, W, C] or [N, 3, D, H, W, C])",
                      shape_of(planes));
   const auto dtype = planes.scalar_type();
-  OMNIFAST_CHECK_ARG(dtype == at::kFloat || dtype == at::kDouble || is_16bit(dtype), kOp,
-                     "planes", "float32, float64, float16 or bfloat16", dtype);
+  OMNIFAST_CHECK_ARG(dtype == at::kFloat || dtype == at::kDouble || is_16bit(dtype), kOp, "planes",
+                     "float32, float64, float16 or bfloat16", dtype);
   OMNIFAST_CHECK_ARG(!is_16bit(dtype) || planes.is_cuda(), kOp, "planes",
                      "float32 or float64 on the CPU (16-bit planes are CUDA-only)", dtype);
   OMNIFAST_CHECK_ARG(planes.is_cpu() || planes.is_cuda(), kOp, "planes", "on a CPU or CUDA device",
                      planes.device().str());
   check_same_device(kOp, "coords", coords, "planes", planes);
   const int64_t N = planes.size(0);
-  OMNIFAST_CHECK_ARG(coords.dim() == 3 && coords.size(0) == N && coords.size(2) == 3, kOp,
-                     "coords", "[N, M, 3] with N = " + std::to_string(N) + " (from planes)",
+  OMNIFAST_CHECK_ARG(coords.dim() == 3 && coords.size(0) == N && coords.size(2) == 3, kOp, "coords",
+                     "[N, M, 3] with N = " + std::to_string(N) + " (from planes)",
                      shape_of(coords));
   const at::ScalarType acc_type = dtype == at::kDouble ? at::kDouble : at::kFloat;
   if (is_16bit(dtype)) {
@@ -198,8 +198,8 @@ bool use_row_walk(const at::Tensor& planes) {
   return planes.is_cuda() && at::globalContext().deterministicAlgorithms();
 }
 
-at::Tensor triplane_sample(const at::Tensor& planes, const at::Tensor& coords,
-                           at::IntArrayRef axes, at::ArrayRef<double> scale, int64_t reduce) {
+at::Tensor triplane_sample(const at::Tensor& planes, const at::Tensor& coords, at::IntArrayRef axes,
+                           at::ArrayRef<double> scale, int64_t reduce) {
   const Prepared p = prepare(planes, coords, axes, scale, reduce);
   at::Tensor out = empty_output(output_shape(p.shape), planes.options());
   TriplaneTensors t = inputs_of(p);

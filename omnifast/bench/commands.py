@@ -27,7 +27,7 @@ def _copy_bandwidth(device):
     return 2 * src.numel() * 4 / timing.median_s
 
 
-def _bench_op(op, cases, runner, device, quick, passes, graph_keeper=None, peers=()):
+def _bench_op(op, cases, runner, device, runs_each, passes, graph_keeper=None, peers=()):
     """Each case and pass: omnifast, the reference and any `peers` (names the runner knows) timed
     alternately, then peak memory; with a `graph_keeper(case, impl, device)` (a forward that keeps
     its autograd graph), also what the forward+backward pass holds between the two."""
@@ -41,7 +41,7 @@ def _bench_op(op, cases, runner, device, quick, passes, graph_keeper=None, peers
                    "note": case.note}
             impls = ("omnifast", "reference", *peers)
             runs = [runner(case, impl, pass_name, device) for impl in impls]
-            timings = time_calls(runs, device, warmup=1, runs=3 if quick else 9)
+            timings = time_calls(runs, device, warmup=1, runs=runs_each)
             if pass_name == "forward":  # everyone answers the same inputs: how close they agree
                 row["max_abs_diff_vs_omnifast"] = dict(zip(impls[1:], _max_abs_diffs(runs)))
             for impl, run, timing in zip(impls, runs, timings):
@@ -101,7 +101,7 @@ def _format_row(row, peers=()):
             f"{_mib(row['omnifast_peak_bytes']):>8} {_mib(row['reference_peak_bytes']):>8}{extra}")
 
 
-def _bench_correspondence(device, quick, max_cases=None):
+def _bench_correspondence(device, quick, runs_each, max_cases=None, subset=2000):
     """Every contender on each case, timed in turn; a contender measured on a subset of the
     queries (brute force, trimesh) has its time scaled to the full case and says so."""
     from .correspondence import MeshIndex, correspondence_cases, correspondence_contenders, make_inputs
@@ -110,13 +110,14 @@ def _bench_correspondence(device, quick, max_cases=None):
     print(f"\n{'closest point':<22} {'contender':<26} {'ms':>9} {'Mqueries/s':>10} {'omnifast is':>12}")
     rows, missing_all = [], {}
     for case in correspondence_cases(device, quick)[:max_cases]:
-        contenders, missing = correspondence_contenders(case, device, quick)
+        contenders, missing = correspondence_contenders(case, device, quick, subset)
         missing_all.update(missing)
-        timings = time_calls([c.run for c in contenders], device, warmup=1, runs=2 if quick else 3,
+        timings = time_calls([c.run for c in contenders], device, warmup=1, runs=min(3, runs_each),
                              max_seconds=120)
         verts, faces, _ = make_inputs(case, device)
         index = MeshIndex(faces)
-        build = time_calls([lambda: index.build(verts)], device, warmup=1, runs=3 if quick else 9)[0]
+        build = time_calls([lambda index=index, verts=verts: index.build(verts)], device, warmup=1,
+                           runs=runs_each)[0]
         base_ms = timings[0].median_s * 1e3
         for contender, timing in zip(contenders, timings):
             ms = timing.median_s * 1e3 * contender.scale
@@ -142,14 +143,23 @@ def _bench_correspondence(device, quick, max_cases=None):
 OPS = ("triplane", "composite", "correspondence")
 
 
-def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=None, json_path=None):
+def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=None, json_path=None, runs=None,
+                   subset=2000):
     """Time omnifast against the PyTorch references (and any peers installed) and return the
     report; ``op``: one of OPS or "all"; ``cases``: only the first N (smallest) cases of each op;
-    ``passes``: a subset of the ops' passes; ``json_path``: also write the report there."""
+    ``passes``: a subset of the ops' passes; ``runs``: timed calls per contender (default 9, 3
+    with ``quick``); ``subset``: queries the slow closest-point peers answer (times scaled);
+    ``json_path``: also write the report there."""
+    runs = runs or (3 if quick else 9)
     import omnifast
 
-    from .composite import COMPOSITE_PASSES, composite_cases, composite_forward_with_graph, composite_peers, \
-        composite_runner
+    from .composite import (
+        COMPOSITE_PASSES,
+        composite_cases,
+        composite_forward_with_graph,
+        composite_peers,
+        composite_runner,
+    )
     from .triplane import TRIPLANE_PASSES, triplane_cases, triplane_runner
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -173,7 +183,7 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
           f"device {_device_name(device)}")
     report = {"omnifast": omnifast.__version__, "torch": torch.__version__,
               "device": _device_name(device), "device_type": device.type,
-              "date": datetime.date.today().isoformat(), "quick": quick,
+              "date": datetime.date.today().isoformat(), "quick": quick, "runs": runs,
               "command": "omnifast " + " ".join(sys.argv[1:]), "results": [],
               "not_measured": {}}
     if device.type == "cuda" and not quick:
@@ -188,12 +198,12 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
         selected = [p for p in op_passes if passes is None or p in passes]
         peers, missing = find_peers(device)
         report["results"] += _bench_op(op_name, op_cases(device, quick=quick)[:cases], runner, device,
-                                       quick, selected, graph_keeper, peers)
+                                       runs, selected, graph_keeper, peers)
         report["not_measured"].update(missing)
         for peer, why in missing.items():
             print(f"not measured: {peer} ({why})")
     if op in ("all", "correspondence"):
-        rows, missing = _bench_correspondence(device, quick, cases)
+        rows, missing = _bench_correspondence(device, quick, runs, cases, subset)
         report["results"] += rows
         report["not_measured"].update(missing)
     if "copy_bandwidth_GBps" in report:  # how close the forward comes to the bytes it must move

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from .. import reference
-from ..reference import rendering
 from ..ops.composite import composite
+from ..reference import rendering
 from .measure import import_optional
 
 COMPOSITE_PASSES = ("forward", "forward+backward")

@@ -63,7 +63,8 @@ def ray_samples(batch, rays, samples, generator, dtype=torch.float32):
                            -torch.cos(yaw) * torch.cos(pitch)], dim=-1)
     pivot = torch.tensor([0.0, 0.0, 0.2], dtype=dtype)
     origin = pivot - 2.7 * forward
-    right = torch.nn.functional.normalize(torch.cross(forward, torch.tensor([[0.0, 1.0, 0.0]], dtype=dtype).expand_as(forward), dim=-1), dim=-1)
+    world_up = torch.tensor([[0.0, 1.0, 0.0]], dtype=dtype).expand_as(forward)
+    right = torch.nn.functional.normalize(torch.cross(forward, world_up, dim=-1), dim=-1)
     up = torch.cross(right, forward, dim=-1)
     focal = 1 / (2 * torch.tan(torch.deg2rad(torch.tensor(18.837, dtype=dtype)) / 2))
     pixel = (torch.arange(rays, dtype=dtype) + 0.5) / rays - 0.5

@@ -10,8 +10,8 @@ import pickle
 import numpy as np
 import torch
 
-from ..runs import atomic_write
 from ..geometry import head_mesh
+from ..runs import atomic_write
 from .model import boundary_loops
 
 RINGS, SEGMENTS = 70, 72
@@ -249,6 +249,6 @@ def make_synthetic_flame(out_dir, seed=0):
     paths = []
     for name, content in (("FLAME_NEUTRAL.pkl", model), ("flame_static_embedding.pkl", embedding)):
         path = os.path.join(out_dir, name)
-        atomic_write(path, lambda f: pickle.dump(content, f, protocol=4))
+        atomic_write(path, lambda f, content=content: pickle.dump(content, f, protocol=4))
         paths.append(path)
     return paths

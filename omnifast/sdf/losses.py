@@ -2,8 +2,6 @@
 weights do not depend on the head's size in metres."""
 from dataclasses import dataclass
 
-import torch
-
 
 @dataclass
 class LossWeights:
