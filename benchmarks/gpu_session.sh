@@ -51,9 +51,10 @@ stage_suite() {
   tail -5 "$out/bench-suite.log"
 }
 
-# Stage I on the GPU: the full-size network for SDF_MINUTES (default 4) minutes, no benchmark table.
+# Stage I on the GPU: the full-size network for the demo's CUDA step count (SDF_STEPS to change it), no
+# benchmark table.
 stage_demo() {
-  python3 -m omnifast demo --out "$out/demo" --minutes "${SDF_MINUTES:-4}" --bench none --no-progress \
+  python3 -m omnifast demo --out "$out/demo" ${SDF_STEPS:+--steps "$SDF_STEPS"} --bench none --no-progress \
     > "$out/demo.log" 2>&1
   tail -12 "$out/demo.log"
 }

@@ -223,6 +223,8 @@ def rays(**overrides):
     (dict(features=torch.rand(2, 3, 1, 4), field=torch.rand(2, 3, 1, 1), depths=torch.rand(2, 3, 1, 1)), ValueError, r"at least 2 samples per ray"),
     (dict(field_type="occupancy"), ValueError, r"field_type must be one of \('sdf', 'sdf_laplace', 'density'\)"),
     (dict(mode="emission"), ValueError, r"mode must be one of \('midpoint', 'absorption'\)"),
+    (dict(beta="0.1"), TypeError, r"beta must be a positive number or a one-element tensor, got str '0.1'"),
+    (dict(beta=True), TypeError, r"beta must be a positive number or a one-element tensor, got bool True"),
 ])
 def test_bad_input(overrides, error, pattern):
     args = rays(**overrides)
@@ -302,6 +304,34 @@ def test_importance_sample_layouts_and_errors():
         omnifast.importance_sample(depths, torch.rand(4, 9), 4)
     with pytest.raises(RuntimeError, match=r"depths must be float32 or float64, got Long"):
         omnifast.importance_sample(depths.long(), torch.rand(5, 9).long(), 4)
+    for n in (0, -2, 2.5, "4", True):
+        with pytest.raises(ValueError, match=f"n must be a positive integer, got {n!r}"):
+            omnifast.importance_sample(depths, torch.rand(5, 9), n)
+    assert omnifast.importance_sample(torch.zeros(0, 10, 1), torch.zeros(0, 9, 1), 4).shape == (0, 4, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", MODES)
+def test_zero_rays_give_empty_outputs(device, mode):
+    """No rays (an empty batch, a fully masked image) is not an error: every output is empty."""
+    features, field, depths = (torch.zeros(0, 3, 8, c, device=device) for c in (4, 1, 1))
+    out = omnifast.composite(features, field, depths, beta=0.1, mode=mode, return_weights=True)
+    intervals = 7 if mode == "midpoint" else 8
+    assert [tuple(t.shape) for t in out] == [(0, 3, 4), (0, 3, 1), (0, 3, 1), (0, 3, intervals, 1)]
+    depths_out, (values,) = omnifast.merge_samples(torch.zeros(0, 5, 1, device=device),
+                                                   torch.zeros(0, 3, 1, device=device),
+                                                   (torch.zeros(0, 5, 2, device=device),),
+                                                   (torch.zeros(0, 3, 2, device=device),))
+    assert depths_out.shape == (0, 8, 1) and values.shape == (0, 8, 2)
+
+
+def test_merge_samples_checks_the_values_follow_the_depths():
+    coarse, fine = torch.sort(torch.rand(2, 4, 1), 1).values, torch.sort(torch.rand(2, 3, 1), 1).values
+    with pytest.raises(ValueError, match=r"values 0 must be \[..., S, K\] and \[..., n, K\] along depths "
+                                         r"\[2, 4\] and \[2, 3\], got \[2, 4, 2\] and \[2, 5, 2\]"):
+        omnifast.merge_samples(coarse, fine, (torch.zeros(2, 4, 2),), (torch.zeros(2, 5, 2),))
+    with pytest.raises(ValueError, match=r"got \[2, 4, 2\] and \[2, 3, 3\]"):
+        omnifast.merge_samples(coarse, fine, (torch.zeros(2, 4, 2),), (torch.zeros(2, 3, 3),))
 
 
 @pytest.mark.parametrize("device", DEVICES)

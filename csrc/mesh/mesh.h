@@ -228,10 +228,9 @@ OMNIFAST_HD TriangleHit<T> to_face_corners(const TriangleHit<T>& h, int rot) {
 
 // The closest point of stored triangle `tri`, with its lengths scaled by s (a power of two),
 // to a query at ap = p - a with height h = ap . n over its plane, both in scaled units, with
-// weights and region in frame corners (to_face_corners renames them). Inside
-// all three edges the distance is the height; outside one or two, the nearest of those edges
-// holds the closest point (a point is outside both edges that meet at the vertex it is nearest
-// to).
+// weights and region in frame corners (to_face_corners renames them). Inside all three edges
+// the distance is the height; outside one or two, the nearest of those edges holds the closest
+// point (a point is outside both edges that meet at the vertex it is nearest to).
 template <typename T>
 OMNIFAST_HD TriangleHit<T> closest_on_triangle(const T* tri, const Vec3<T>& ap, T h, T s) {
   const Vec3<T> e1 = load3(tri + 3), n = load3(tri + 9);

@@ -102,7 +102,8 @@ def composite(features, field, depths, *, field_type="sdf", beta=None, density_d
     if white_back:
         out = out + (1 - opacity)
     if return_weights:
-        weights = weights.reshape(*lead, -1, *((1,) if field.dim() == features.dim() else ()))
+        intervals = samples - 1 if mode == "midpoint" else samples
+        weights = weights.reshape(*lead, intervals, *((1,) if field.dim() == features.dim() else ()))
     return CompositeResult(out, depth.reshape(*lead, 1), opacity, weights if return_weights else None)
 
 

@@ -227,14 +227,3 @@ def _progress(total, initial, enabled):
 
     return tqdm(total=total, initial=initial, desc="train-sdf", unit="step", dynamic_ncols=True,
                 mininterval=1.0)
-
-
-def seconds_per_step(config, probe_steps=6):
-    """Measured time of one training step for ``config`` (after one warm-up step), so that a
-    time budget can be turned into a fixed, reproducible number of steps."""
-    probe = Run(dataclasses.replace(config, steps=probe_steps + 1))
-    probe.train_step()
-    start = time.perf_counter()
-    for _ in range(probe_steps):
-        probe.train_step()
-    return (time.perf_counter() - start) / probe_steps
