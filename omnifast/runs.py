@@ -64,12 +64,15 @@ def read_json(path, what="settings"):
 
 
 class RunFolder:
-    """One run's folder (created if missing)."""
+    """One run's folder; ``create`` makes it if missing (a run that writes), else reading a
+    folder that is not there leaves nothing behind."""
 
-    def __init__(self, path):
+    def __init__(self, path, create=False):
         self.path = str(path)
-        os.makedirs(self.path, exist_ok=True)
-        self.remove_stale_temporaries()
+        if create:
+            os.makedirs(self.path, exist_ok=True)
+        if os.path.isdir(self.path):
+            self.remove_stale_temporaries()
 
     def file(self, name):
         return os.path.join(self.path, name)

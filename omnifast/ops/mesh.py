@@ -228,7 +228,7 @@ def _closest_point_setup(ctx, inputs, output):
     distance, face, bary, point = output
     ctx.mark_non_differentiable(face, bary, point)
     ctx.save_for_backward(points, distance, face, bary, point, MeshTree(*tree).face_normals, topology[0])
-    ctx.signed, ctx.verts_shape, ctx.topology = sign != SIGNS["none"], verts.shape, topology
+    ctx.signed, ctx.verts_shape, ctx.topology_count = sign != SIGNS["none"], verts.shape, len(topology)
 
 
 def _closest_point_backward(ctx, grad_distance, _face, _bary, _point):
@@ -255,7 +255,7 @@ def _closest_point_backward(ctx, grad_distance, _face, _bary, _point):
         shares = torch.where(found.unsqueeze(-1), shares, torch.zeros_like(shares))
         grad_verts.index_put_((batch.expand(B, N * 3).reshape(-1), corners.reshape(-1)),
                               shares.reshape(-1, 3), accumulate=True)
-    return (grad if ctx.needs_input_grad[0] else None, grad_verts, [None] * len(ctx.topology),
+    return (grad if ctx.needs_input_grad[0] else None, grad_verts, [None] * ctx.topology_count,
             [None] * len(MeshTree._fields), None)
 
 

@@ -165,7 +165,7 @@ def train(config, run_dir, *, resume=False, steps=None, progress=True, log=print
     ``stop_after`` ends this call (with a checkpoint) at that step, to be resumed later; a resumed
     run continues exactly as if it had not stopped. Returns the last evaluation's metrics.
     """
-    folder = RunFolder(run_dir)
+    folder = RunFolder(run_dir, create=True)
     train_log, eval_log = folder.log(TRAIN_LOG), folder.log(EVAL_LOG)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
