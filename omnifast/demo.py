@@ -89,7 +89,7 @@ def run_demo(args):
 
         stage(5, f"kernel benchmarks ({args.bench} cases)")
         first = args.bench == "first"  # the smallest real case of each op, timed 3 times
-        bench_report = run_benchmarks("all", kind, quick=args.bench == "quick", cases=1 if first else None,
+        bench_report = run_benchmarks("kernels", kind, quick=args.bench == "quick", cases=1 if first else None,
                                       runs=3 if first else None, subset=500 if first else 2000,
                                       json_path=os.path.join(args.out, "bench.json"))
     total = time.perf_counter() - start

@@ -2,7 +2,10 @@
 it imports from `ray_marcher.py` and the `math_utils` helpers it calls), written here from the
 documented semantics (../shared/reference/eg3d_semantics.md) with the released module's
 functions, classes and methods, so that `omnifast.eg3d.patch()` is tested on what it patches in
-a real checkout: a whole render through `ImportanceRenderer.forward`."""
+a real checkout: a whole render through `ImportanceRenderer.forward`; and its `RaySampler` and camera helpers
+(`camera_utils.py`) for the renderer of stage II."""
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -250,3 +253,72 @@ class ImportanceRenderer(nn.Module):
         denom = cdf_g[..., 1] - cdf_g[..., 0]
         denom[denom < eps] = 1
         return bins_g[..., 0] + (u - cdf_g[..., 0]) / denom * (bins_g[..., 1] - bins_g[..., 0])
+
+
+# ---- ray_sampler.py and camera_utils.py
+
+class RaySampler(nn.Module):
+    def __init__(self):
+        super().__init__()
+
+    def forward(self, cam2world_matrix, intrinsics, resolution):
+        N, M = cam2world_matrix.shape[0], resolution ** 2
+        cam_locs_world = cam2world_matrix[:, :3, 3]
+        fx, fy = intrinsics[:, 0, 0], intrinsics[:, 1, 1]
+        cx, cy, sk = intrinsics[:, 0, 2], intrinsics[:, 1, 2], intrinsics[:, 0, 1]
+        uv = torch.stack(torch.meshgrid(torch.arange(resolution, dtype=torch.float32, device=cam2world_matrix.device),
+                                        torch.arange(resolution, dtype=torch.float32, device=cam2world_matrix.device),
+                                        indexing='ij')) * (1. / resolution) + (0.5 / resolution)
+        uv = uv.flip(0).reshape(2, -1).transpose(1, 0)
+        uv = uv.unsqueeze(0).repeat(cam2world_matrix.shape[0], 1, 1)
+        x_cam = uv[:, :, 0].view(N, -1)
+        y_cam = uv[:, :, 1].view(N, -1)
+        z_cam = torch.ones((N, M), device=cam2world_matrix.device)
+        x_lift = (x_cam - cx.unsqueeze(-1) + cy.unsqueeze(-1) * sk.unsqueeze(-1) / fy.unsqueeze(-1)
+                  - sk.unsqueeze(-1) * y_cam / fy.unsqueeze(-1)) / fx.unsqueeze(-1) * z_cam
+        y_lift = (y_cam - cy.unsqueeze(-1)) / fy.unsqueeze(-1) * z_cam
+        cam_rel_points = torch.stack((x_lift, y_lift, z_cam, torch.ones_like(z_cam)), dim=-1)
+        world_rel_points = torch.bmm(cam2world_matrix, cam_rel_points.permute(0, 2, 1)).permute(0, 2, 1)[:, :, :3]
+        ray_dirs = world_rel_points - cam_locs_world[:, None, :]
+        ray_dirs = torch.nn.functional.normalize(ray_dirs, dim=2)
+        ray_origins = cam_locs_world.unsqueeze(1).repeat(1, ray_dirs.shape[1], 1)
+        return ray_origins, ray_dirs
+
+
+def normalize_vecs(vectors):
+    return vectors / (torch.norm(vectors, dim=-1, keepdim=True))
+
+
+def create_cam2world_matrix(forward_vector, origin):
+    forward_vector = normalize_vecs(forward_vector)
+    up_vector = torch.tensor([0, 1, 0], dtype=torch.float, device=origin.device).expand_as(forward_vector)
+    right_vector = -normalize_vecs(torch.cross(up_vector, forward_vector, dim=-1))
+    up_vector = normalize_vecs(torch.cross(forward_vector, right_vector, dim=-1))
+    rotation_matrix = torch.eye(4, device=origin.device).unsqueeze(0).repeat(forward_vector.shape[0], 1, 1)
+    rotation_matrix[:, :3, :3] = torch.stack((right_vector, up_vector, forward_vector), axis=-1)
+    translation_matrix = torch.eye(4, device=origin.device).unsqueeze(0).repeat(forward_vector.shape[0], 1, 1)
+    translation_matrix[:, :3, 3] = origin
+    return (translation_matrix @ rotation_matrix)[:, :, :]
+
+
+class LookAtPoseSampler:
+    @staticmethod
+    def sample(horizontal_mean, vertical_mean, lookat_position, horizontal_stddev=0, vertical_stddev=0, radius=1,
+               batch_size=1, device='cpu'):
+        h = torch.randn((batch_size, 1), device=device) * horizontal_stddev + horizontal_mean
+        v = torch.randn((batch_size, 1), device=device) * vertical_stddev + vertical_mean
+        v = torch.clamp(v, 1e-5, math.pi - 1e-5)
+        theta = h
+        v = v / math.pi
+        phi = torch.arccos(1 - 2 * v)
+        camera_origins = torch.zeros((batch_size, 3), device=device)
+        camera_origins[:, 0:1] = radius * torch.sin(phi) * torch.cos(math.pi - theta)
+        camera_origins[:, 2:3] = radius * torch.sin(phi) * torch.sin(math.pi - theta)
+        camera_origins[:, 1:2] = radius * torch.cos(phi)
+        forward_vectors = normalize_vecs(lookat_position - camera_origins)
+        return create_cam2world_matrix(forward_vectors, camera_origins)
+
+
+def FOV_to_intrinsics(fov_degrees, device='cpu'):
+    focal_length = float(1 / (math.tan(fov_degrees * 3.14159 / 360) * 1.414))
+    return torch.tensor([[focal_length, 0, 0.5], [0, focal_length, 0.5], [0, 0, 1]], device=device)

@@ -8,6 +8,8 @@ tested on what it patches in a real checkout: whole renders through
 One liberty: the released renderer loads its frozen semantic SDF (`IGRModel`) from
 `rendering_kwargs['im3dmm_path']`; here `rendering_kwargs['im3dmm']` hands in the module itself
 (called as the renderer calls it: a query dict in, `(x, inside, hidden)` out, x = [s, x_bar])."""
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -333,3 +335,66 @@ class ImportanceRenderer(nn.Module):
         denom = cdf_g[..., 1] - cdf_g[..., 0]
         denom[denom < eps] = 1
         return bins_g[..., 0] + (u - cdf_g[..., 0]) / denom * (bins_g[..., 1] - bins_g[..., 0])
+
+
+# ---- networks_stylegan2.py and triplane.py: the decoder
+
+class FullyConnectedLayer(nn.Module):
+    def __init__(self, in_features, out_features, bias=True, activation='linear', lr_multiplier=1, bias_init=0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
+        self.bias = nn.Parameter(torch.full([out_features], float(bias_init))) if bias else None
+        self.weight_gain = lr_multiplier / math.sqrt(in_features)
+        self.bias_gain = lr_multiplier
+
+    def forward(self, x):
+        w = self.weight.to(x.dtype) * self.weight_gain
+        b = self.bias
+        if b is not None:
+            b = b.to(x.dtype)
+            if self.bias_gain != 1:
+                b = b * self.bias_gain
+        return torch.addmm(b.unsqueeze(0), x, w.t())
+
+
+class OSGDecoder(nn.Module):
+    """OmniAvatar's decoder; its pose slice is the last `n_pose_features` numbers (106 for its
+    206-long FLAME vector), the neck being the three before the jaw's."""
+
+    def __init__(self, n_features, options, n_pose_features):
+        super().__init__()
+        self.hidden_dim = 64
+        self.n_pose_features = n_pose_features
+        self.pose_embed = options.get('pose_embed', False)
+        self.pose_perturb_magtinude = options.get('pose_perturb_magtinude', 0)
+        self.decoder_activation = options.get('decoder_activation', 'sigmoid')
+        lr = options['decoder_lr_mul']
+        if n_pose_features > 0:
+            self.pose_net = nn.Sequential(
+                FullyConnectedLayer(n_pose_features * (3 if self.pose_embed else 1), 32, lr_multiplier=lr),
+                nn.Softplus())
+        self.net = nn.Sequential(
+            FullyConnectedLayer(n_features + (32 if n_pose_features > 0 else 0), self.hidden_dim, lr_multiplier=lr),
+            nn.Softplus(),
+            FullyConnectedLayer(self.hidden_dim, 1 + options['decoder_output_dim'], lr_multiplier=lr))
+
+    def forward(self, sampled_features, sampled_poses):
+        N, n_planes, M, C = sampled_features.shape
+        x = sampled_features.mean(1).reshape(N * M, C)
+        if self.n_pose_features > 0:
+            poses = sampled_poses[..., :1, -self.n_pose_features:].clone()
+            m = self.pose_perturb_magtinude
+            poses[..., :-6] += torch.randn_like(poses[..., :-6]) * m
+            poses[..., -6:-3] += torch.randn_like(poses[..., -6:-3]) * m * 0.2
+            poses[..., -3:] += torch.randn_like(poses[..., -3:]) * m
+            if self.pose_embed:
+                poses = torch.cat([torch.sin(math.pi * poses), torch.cos(math.pi * poses), poses], -1)
+            pose_features = self.pose_net(poses.view(N, -1)).repeat_interleave(M, dim=0)
+            x = torch.cat([x, pose_features], -1)
+        x = self.net(x).view(N, M, -1)
+        rgb = x[..., 1:]
+        if self.decoder_activation == 'sigmoid':
+            rgb = torch.sigmoid(rgb) * (1 + 2 * 0.001) - 0.001
+        elif self.decoder_activation == 'lrelu':
+            rgb = F.leaky_relu(rgb, 0.2) * math.sqrt(2)
+        return {'rgb': rgb, 'sigma': x[..., 0:1]}

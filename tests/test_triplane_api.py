@@ -278,7 +278,7 @@ def test_cli_bench_all_ops(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(path.read_text())
     ops = {r["op"] for r in report["results"]}
-    assert ops == {"triplane_sample", "composite", "closest_point"}
+    assert ops == {"triplane_sample", "composite", "closest_point", "render"}
     impls = {r["impl"] for r in report["results"] if r["op"] == "closest_point"}
     assert {"omnifast", "omnifast (pseudonormal)", "brute force (torch)"} <= impls
     # every peer is either measured or reported missing, with the reason
@@ -294,6 +294,22 @@ def test_cli_bench_all_ops(tmp_path):
         if row["pass"] == "forward":
             assert max(row["max_abs_diff_vs_omnifast"].values()) < 1e-4
     assert "CUDA" in report["not_measured"]["nerfacc (packed)"]
+
+
+def test_cli_bench_render_rows_and_budget(tmp_path):
+    path = tmp_path / "bench.json"
+    result = run_cli("bench", "render", "--quick", "--device", "cpu", "--memory-budget", "0.5", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(path.read_text())
+    rows = report["results"]
+    assert {(r["backend"], r["resolution"], r["pass"]) for r in rows} == {
+        (b, r, p) for b in ("omnifast", "reference") for r in (16, 32) for p in ("forward", "forward+backward")}
+    for row in rows:
+        assert row["ms"] > 0 and row["peak_bytes"] > 0 and 0 < row["warp_share"] < 1
+        assert row["max_resolution"] == report["render_max_resolution"][row["backend"]] > 0
+    assert report["render_max_resolution"]["memory_budget_bytes"] == 2 ** 29
+    assert "largest 1-image training render in 0.5 GiB" in result.stdout
+    assert run_cli("bench", "render", "--memory-budget", "-1").returncode == 2
 
 
 def test_cli_rejects_unknown_pass():

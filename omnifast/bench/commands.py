@@ -140,17 +140,19 @@ def _bench_correspondence(device, quick, runs_each, max_cases=None, subset=2000)
     return rows, missing_all
 
 
-OPS = ("triplane", "composite", "correspondence")
+OPS = ("triplane", "composite", "correspondence", "render")
 
 
 def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=None, json_path=None, runs=None,
-                   subset=2000):
+                   subset=2000, memory_budget=None):
     """Time omnifast against the PyTorch references (and any peers installed) and return the
-    report; ``op``: one of OPS or "all"; ``cases``: only the first N (smallest) cases of each op;
+    report; ``op``: one of OPS, "kernels" (every operator, no render) or "all"; ``cases``: only
+    the first N (smallest) cases of each op;
     ``passes``: a subset of the ops' passes; ``runs``: timed calls per contender (default 9, 3
     with ``quick``); ``subset``: queries the slow closest-point peers answer (times scaled);
-    ``json_path``: also write the report there."""
-    runs = runs or (3 if quick else 9)
+    ``memory_budget``: bytes the render benchmark's largest resolution must fit (default: the
+    GPU's memory, 16 GiB on the CPU); ``json_path``: also write the report there."""
+    runs_given, runs = runs, runs or (3 if quick else 9)
     import omnifast
 
     from .composite import (
@@ -169,13 +171,16 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
                         lambda device: ((), {})),
            "composite": ("composite", composite_cases, composite_runner, COMPOSITE_PASSES,
                          composite_forward_with_graph, composite_peers)}
-    if op not in (*OPS, "all"):
-        raise ValueError(f"op must be one of {', '.join(OPS)} or all, got {op!r}")
-    chosen = list(ops) if op == "all" else [op] if op in ops else []
-    known = {p for name in chosen for p in ops[name][3]}
+    if op not in (*OPS, "kernels", "all"):
+        raise ValueError(f"op must be one of {', '.join(OPS)}, kernels or all, got {op!r}")
+    chosen = list(ops) if op in ("all", "kernels") else [op] if op in ops else []
+    known = {p for name in chosen for p in ops[name][3]} | ({"forward", "forward+backward"} if op in ("all", "render")
+                                                            else set())
     unknown = set(passes or ()) - known
     if unknown:
         raise ValueError(f"unknown pass {sorted(unknown)}; choose from {sorted(known)}")
+    if memory_budget is not None and not (isinstance(memory_budget, (int, float)) and memory_budget > 0):
+        raise ValueError(f"--memory-budget must be a positive number of GiB, got {memory_budget!r}")
     if cases is not None and (isinstance(cases, bool) or not isinstance(cases, int) or cases < 1):
         raise ValueError(f"--cases must be a positive integer, got {cases!r}")
     torch.manual_seed(0)
@@ -202,10 +207,16 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
         report["not_measured"].update(missing)
         for peer, why in missing.items():
             print(f"not measured: {peer} ({why})")
-    if op in ("all", "correspondence"):
+    if op in ("all", "kernels", "correspondence"):
         rows, missing = _bench_correspondence(device, quick, runs, cases, subset)
         report["results"] += rows
         report["not_measured"].update(missing)
+    if op in ("all", "render"):
+        from .render import run_render_bench
+
+        rows, limits, budget = run_render_bench(device, quick, cases, runs_given, memory_budget, passes)
+        report["results"] += rows
+        report["render_max_resolution"] = {"memory_budget_bytes": budget, **limits}
     if "copy_bandwidth_GBps" in report:  # how close the forward comes to the bytes it must move
         for row in report["results"]:
             if "omnifast_forward_GBps" in row:
@@ -221,11 +232,15 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
 
 def add_parsers(sub):
     bench = sub.add_parser("bench", help="omnifast vs the PyTorch reference, same run")
-    bench.add_argument("op", nargs="?", default="all", choices=[*OPS, "all"])
+    bench.add_argument("op", nargs="?", default="all", choices=[*OPS, "kernels", "all"],
+                       help="one operator, the render, kernels (every operator) or all (default)")
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (checks the harness)")
     bench.add_argument("--cases", type=int, metavar="N", help="only the first N (smallest) cases of each op")
+    bench.add_argument("--memory-budget", type=float, metavar="GIB",
+                       help="render: the memory the largest resolution must fit (default: the GPU's, 16 on a CPU)")
+    bench.add_argument("--runs", type=int, metavar="N", help="timed calls per contender")
     bench.add_argument("--passes", help="comma-separated subset of: forward, forward+backward, "
                        "forward+double-backward (tri-plane only)")
     return {"bench": bench_command}
@@ -233,5 +248,6 @@ def add_parsers(sub):
 
 def bench_command(args):
     run_benchmarks(args.op, args.device, quick=args.quick, cases=args.cases,
-                   passes=args.passes.split(",") if args.passes else None, json_path=args.json)
+                   passes=args.passes.split(",") if args.passes else None, json_path=args.json, runs=args.runs,
+                   memory_budget=None if args.memory_budget is None else args.memory_budget * 2 ** 30)
     return 0

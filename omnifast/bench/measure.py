@@ -76,6 +76,19 @@ def _release_freed_heap():
         pass
 
 
+def return_large_blocks(threshold=1 << 20):
+    """Serve CPU allocations of ``threshold`` bytes or more from their own mappings, returned to
+    the OS when freed (glibc's mallopt), so that the resident size follows the live tensors:
+    by default glibc raises that threshold as blocks are freed and keeps later ones in its heap,
+    where the resident high-water mark counts memory long freed. True where it took effect."""
+    import ctypes
+
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(-3, int(threshold)))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 def measure_peak_bytes(fn, device):
     """Peak extra memory while fn() runs, over what was held before it.
 

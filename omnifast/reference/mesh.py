@@ -245,3 +245,21 @@ def closest_point(points, verts, faces, *, sign="pseudonormal"):
                         torch.where(found, face, torch.full_like(face, -1)),
                         torch.where(found.unsqueeze(-1), bary, nan.unsqueeze(-1)).to(dtype),
                         torch.where(found.unsqueeze(-1), point, nan.unsqueeze(-1)).to(dtype))
+
+
+def correspondence(points, verts, canonical_verts, faces):
+    """Brute-force twin of :func:`omnifast.correspondence` (``offset="normal"``, batched inputs):
+    ``(canonical points [B, N, 3], signed distance [B, N])``, in the dtype of ``points``."""
+    hit = closest_point(points, verts, faces)
+    faces = faces.long().to(verts.device)
+    canonical = canonical_verts.double().expand(verts.shape[0], -1, -1)
+    vertex_n, _ = vertex_pseudonormals(canonical, faces)
+    vertex_n = vertex_n / vertex_n.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    batch = torch.arange(verts.shape[0], device=verts.device).view(-1, 1)
+    corners = faces[hit.face.clamp_min(0)]  # [B, N, 3]
+    bary = hit.bary.double().unsqueeze(-1)
+    surface = (canonical[batch.unsqueeze(-1), corners] * bary).sum(-2)
+    normal = (vertex_n[batch.unsqueeze(-1), corners] * bary).sum(-2)
+    normal = normal / normal.norm(dim=-1, keepdim=True).clamp_min(1e-300)
+    out = surface + hit.distance.double().unsqueeze(-1) * normal
+    return out.to(points.dtype), hit.distance

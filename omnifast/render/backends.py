@@ -1,0 +1,94 @@
+"""The renderer's two backends: every kernel it calls, once from omnifast and once from the
+pure-PyTorch references (EG3D's own code path), behind one interface."""
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from .. import reference
+from ..ops.composite import composite, importance_sample, merge_samples
+from ..ops.triplane import triplane_sample
+
+
+class Omnifast:
+    """omnifast's kernels. Sampling and decoding run chunk by chunk and are recomputed in the
+    backward (``recompute``): nothing per sample is kept from the tri-grid or the decoder, only
+    their outputs, which the compositing kernel needs anyway."""
+    name = "omnifast"
+    recompute = True
+
+    @staticmethod
+    def prepare(planes):
+        """The planes in the kernel's feature-last layout, once per render (a strided view of
+        it is used without a copy by every chunk and every recomputation)."""
+        return planes.movedim(2, -1).contiguous().movedim(-1, 2)
+
+    @staticmethod
+    def triplane(planes, coords, box_warp):
+        return triplane_sample(planes, coords, box_warp=box_warp, reduce="mean")
+
+    composite = staticmethod(composite)
+    merge = staticmethod(merge_samples)
+
+    @staticmethod
+    def importance(depths, weights, n, deterministic, generator):
+        return importance_sample(depths, weights, n, deterministic=deterministic, generator=generator)
+
+
+class Reference:
+    """The pure-PyTorch references: ``grid_sample`` for the tri-grid, EG3D's marcher, pdf sampler
+    and sort, every intermediate kept by autograd as EG3D's renderer keeps it."""
+    name = "reference"
+    recompute = False
+
+    @staticmethod
+    def prepare(planes):
+        return planes
+
+    @staticmethod
+    def triplane(planes, coords, box_warp):
+        return reference.triplane_sample(planes, coords, box_warp=box_warp, reduce="mean")
+
+    composite = staticmethod(reference.composite)
+    merge = staticmethod(reference.merge_samples)
+
+    @staticmethod
+    def importance(depths, weights, n, deterministic, generator):
+        """The same draws as :func:`omnifast.importance_sample` (sorted uniforms)."""
+        lead, samples = depths.shape[:-2], depths.shape[-2]
+        rays = depths[..., 0].numel() // samples
+        if deterministic:
+            u = torch.linspace(0, 1, n, device=depths.device, dtype=depths.dtype).expand(rays, n)
+        else:
+            u = torch.rand((rays, n), device=depths.device, generator=generator).to(depths.dtype)
+        u = torch.sort(u, dim=-1).values
+        out = reference.sample_importance(depths.reshape(rays, samples), weights.detach().reshape(rays, -1),
+                                          n, u.contiguous())
+        return out.reshape(*lead, n, 1)
+
+
+BACKENDS = {"omnifast": Omnifast, "reference": Reference}
+
+
+def backend_named(name):
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {tuple(BACKENDS)}, got {name!r}")
+    return BACKENDS[name]
+
+
+def in_chunks(backend, fn, chunk, *per_ray, shared=()):
+    """``fn(*shared, *per_ray_chunk)`` over chunks of rays (dim 1 of every ``per_ray`` tensor),
+    outputs concatenated along dim 1 (``None`` outputs stay ``None``). omnifast runs chunks of
+    about ``chunk`` samples, each recomputed in the backward when gradients are on, so nothing
+    per sample is kept but the inputs; the reference runs everything at once, keeping what
+    autograd keeps."""
+    if not backend.recompute:
+        return fn(*shared, *per_ray)
+    N, M, S = per_ray[0].shape[:3]
+    step = max(1, chunk // max(1, N * S))
+    keep = torch.is_grad_enabled()
+    parts = []
+    for i in range(0, M, step):
+        args = (*shared, *(t[:, i:i + step] for t in per_ray))
+        parts.append(checkpoint(fn, *args, use_reentrant=False) if keep else fn(*args))
+    if len(parts) == 1:
+        return parts[0]
+    return tuple(None if p[0] is None else torch.cat(p, 1) for p in zip(*parts))

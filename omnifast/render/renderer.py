@@ -1,0 +1,178 @@
+"""OmniAvatar's renderer: camera labels to a low-resolution feature image through the frozen
+warp, the tri-grid, the decoder and SDF-to-density compositing, with coarse and importance
+passes (EG3D's ``ImportanceRenderer`` flow)."""
+import dataclasses
+import functools
+import math
+from collections import namedtuple
+
+import torch
+from torch import nn
+
+from ..geometry.cameras import camera_rays, split_labels
+from .backends import backend_named, in_chunks
+
+RenderOutput = namedtuple("RenderOutput", [
+    "features",    # [N, C, R, R] composited colour features (raw: no x2 - 1)
+    "depth",       # [N, 1, R, R] EG3D's expected depth
+    "opacity",     # [N, 1, R, R] sum of the weights
+    "delta",       # [N, R*R, S] the decoder's correction at every sample (depth order): the SDF
+                   #   correction (density="sdf") or the density correction ("density_delta")
+    "prior_sdf",   # [N, R*R, S] the warp's prior signed distance at the same samples
+    "depths",      # [N, R*R, S] the sample depths
+    "weights",     # [N, R*R, L] compositing weights (L = S - 1 midpoint, S absorption) or None
+])
+
+DENSITIES = ("sdf", "density_delta")
+MODES = ("midpoint", "absorption")
+
+
+@dataclasses.dataclass
+class RenderConfig:
+    """EG3D's FFHQ rendering settings with OmniAvatar's additions.
+
+    ``density``: ``"sdf"`` composites ``s + delta`` through ``sigmoid(-sdf / beta) / beta``
+    (OmniAvatar's SDF path, learnable beta); ``"density_delta"`` adds the decoder's output to the
+    prior's density ``sigmoid(-s / beta) / beta`` (OmniAvatar's released ``delta_geom`` path).
+    ``chunk``: samples per sample-and-decode chunk (omnifast backend)."""
+    depth_resolution: int = 48
+    depth_resolution_importance: int = 48
+    ray_start: float = 2.25
+    ray_end: float = 3.3
+    box_warp: float = 1.0
+    disparity_space_sampling: bool = False
+    det_sampling: bool = False
+    density: str = "sdf"
+    mode: str = "midpoint"
+    white_back: bool = False
+    beta_init: float = 0.001
+    chunk: int = 131072
+
+    def __post_init__(self):
+        for name in ("depth_resolution", "chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+                raise ValueError(f"RenderConfig: {name} must be an integer >= 2, got {value!r}")
+        n = self.depth_resolution_importance
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"RenderConfig: depth_resolution_importance must be a non-negative integer, got {n!r}")
+        for name in ("ray_start", "ray_end", "box_warp", "beta_init"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"RenderConfig: {name} must be a positive number, got {value!r}")
+        if self.ray_end <= self.ray_start:
+            raise ValueError(f"RenderConfig: ray_end must exceed ray_start, got {self.ray_start} and {self.ray_end}")
+        if self.density not in DENSITIES:
+            raise ValueError(f"RenderConfig: density must be one of {DENSITIES}, got {self.density!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"RenderConfig: mode must be one of {MODES}, got {self.mode!r}")
+
+
+class Renderer(nn.Module):
+    """Renders tri-grids with a decoder through a frozen warp (:mod:`omnifast.render.warp`).
+
+    Args:
+        warp: :class:`~omnifast.render.warp.SDFWarp` or :class:`~omnifast.render.warp.MeshWarp`
+            (frozen: no gradient reaches it).
+        config: :class:`RenderConfig`.
+    Holds the learnable ``sigmoid_beta`` (OmniAvatar's name), initialised to ``config.beta_init``.
+    """
+
+    def __init__(self, warp, config=None):
+        super().__init__()
+        self.config = config or RenderConfig()
+        self.warp = warp
+        for p in self.warp.parameters():
+            p.requires_grad_(False)
+        self.sigmoid_beta = nn.Parameter(torch.full((1,), float(self.config.beta_init)))
+
+    def forward(self, planes, decoder, labels, resolution, *, backend="omnifast", generator=None,
+                return_weights=False):
+        """Render ``planes [N, 3, C, D, H, W]`` (tri-grid) or ``[N, 3, C, H, W]`` (tri-plane) for
+        ``labels [N, 25 + P]`` (cam2world 16 | intrinsics 9 | FLAME parameters P, the warp's
+        layout) at ``resolution`` pixels per side; see :class:`RenderOutput`. ``backend``:
+        ``"omnifast"`` or ``"reference"`` (every kernel from its pure-PyTorch reference); draws
+        come from ``generator`` (default: the global one), in EG3D's order."""
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
+            raise ValueError(f"resolution must be a positive integer (pixels per side), got {resolution!r}")
+        cam2world, intrinsics, params = split_labels(labels)
+        if params.shape[1] != self.warp.param_dim:
+            raise ValueError(f"labels must be [N, {25 + self.warp.param_dim}]: 25 camera numbers and the "
+                             f"{self.warp.param_dim} FLAME parameters of the stage I run, got "
+                             f"{list(labels.shape)} ({params.shape[1]} parameters)")
+        if planes.dim() not in (5, 6) or planes.shape[0] != labels.shape[0] or planes.shape[1] != 3:
+            raise ValueError(f"planes must be [N, 3, C, (D,) H, W] with the N of labels ({labels.shape[0]}), "
+                             f"got {list(planes.shape)}")
+        origins, directions = camera_rays(cam2world, intrinsics, resolution)
+        out = self.render_rays(planes, decoder, origins, directions, params, backend=backend,
+                               generator=generator, return_weights=return_weights)
+        image = lambda t: t.permute(0, 2, 1).reshape(t.shape[0], t.shape[-1], resolution, resolution)  # noqa: E731
+        return out._replace(features=image(out.features), depth=image(out.depth), opacity=image(out.opacity))
+
+    def stratified(self, origins, generator=None):
+        """EG3D's ``sample_stratified`` for the config's scalar ray start/end: ``[N, M, S, 1]``."""
+        c, (N, M) = self.config, origins.shape[:2]
+        S, start, end = c.depth_resolution, c.ray_start, c.ray_end
+        g = dict(device=origins.device, dtype=origins.dtype)
+        if c.disparity_space_sampling:
+            t = torch.linspace(0, 1, S, **g).reshape(1, 1, S, 1).repeat(N, M, 1, 1)
+            if not c.det_sampling:
+                t = t + torch.rand(t.shape, generator=generator, **g) / (S - 1)
+            return 1.0 / (1.0 / start * (1.0 - t) + 1.0 / end * t)
+        depths = torch.linspace(start, end, S, **g).reshape(1, 1, S, 1).repeat(N, M, 1, 1)
+        if not c.det_sampling:
+            depths = depths + torch.rand(depths.shape, generator=generator, **g) * ((end - start) / (S - 1))
+        return depths
+
+    def _points(self, backend, origins, directions, depths, params):
+        """The warp at ``depths [N, M, S, 1]``: ``(canonical [N, M, S, 3], prior SDF [N, M, S, 1])``."""
+        N, M, S = depths.shape[:3]
+        points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(N, M * S, 3)
+        prior, canonical = self.warp(points, params, backend.name)
+        return canonical.to(depths.dtype).reshape(N, M, S, 3), prior.to(depths.dtype).reshape(N, M, S, 1)
+
+    def _shade(self, backend, decoder, want_weights, planes, bias, beta, canonical, prior, depths):
+        """Samples to pixels: tri-grid features at the canonical points, the decoder, the density
+        and compositing. Returns ``(features, depth, opacity, delta [N, M, S], weights or None)``;
+        ``depth`` is unclamped (NaN for an empty ray) so that chunks can be joined."""
+        c, (N, M, S) = self.config, depths.shape[:3]
+        colour, delta = decoder.decode(backend.triplane(planes, canonical.reshape(N, M * S, 3), c.box_warp), bias)
+        colour, delta = colour.reshape(N, M, S, -1), delta.reshape(N, M, S, 1)
+        common = dict(field_type="sdf", beta=beta, mode=c.mode, white_back=c.white_back, return_weights=want_weights)
+        if c.density == "sdf":
+            out = backend.composite(colour, prior + delta, depths, **common)
+        else:
+            out = backend.composite(colour, prior, depths, density_delta=delta, **common)
+        # The composite clamps depth to these samples' range: a ray's own depth lies inside it,
+        # and an empty ray's (0 / 0) is marked NaN here and given the whole batch's maximum later.
+        depth = torch.where(out.opacity == 0, torch.full_like(out.depth, math.nan), out.depth)
+        return out.features, depth, out.opacity, delta[..., 0], None if out.weights is None else out.weights[..., 0]
+
+    def render_rays(self, planes, decoder, origins, directions, params, *, backend="omnifast", generator=None,
+                    return_weights=False):
+        """The renderer on rays ``origins, directions [N, M, 3]`` with FLAME ``params [N, P]``:
+        :class:`RenderOutput` with per-ray ``[N, M, .]`` images.
+
+        The coarse samples are shaded once without gradients for the importance weights (EG3D
+        samples the fine depths under ``no_grad``); then coarse and fine samples are merged in
+        depth order and shaded together, which gives EG3D's result (shading is per sample)
+        without keeping per-sample colours from the coarse pass."""
+        backend, c = backend_named(backend), self.config
+        planes = backend.prepare(planes)
+        bias = decoder.pose_bias(params[:, params.shape[1] - decoder.pose_dim:].to(planes.dtype))
+        beta = self.sigmoid_beta.to(planes.dtype)
+        depths = self.stratified(origins, generator).to(planes.dtype)
+        canonical, prior = self._points(backend, origins, directions, depths, params)
+        shade = lambda weights: functools.partial(self._shade, backend, decoder, weights)  # noqa: E731
+        if c.depth_resolution_importance:
+            with torch.no_grad():
+                weights = in_chunks(backend, shade(True), c.chunk, canonical, prior, depths,
+                                    shared=(planes, bias, beta))[4]
+            fine = backend.importance(depths, weights.unsqueeze(-1), c.depth_resolution_importance,
+                                      c.det_sampling, generator)
+            fine_canonical, fine_prior = self._points(backend, origins, directions, fine, params)
+            depths, (canonical, prior) = backend.merge(depths, fine, (canonical, prior), (fine_canonical, fine_prior))
+        features, depth, opacity, delta, weights = in_chunks(backend, shade(return_weights), c.chunk, canonical,
+                                                             prior, depths, shared=(planes, bias, beta))
+        depth = torch.clamp(torch.nan_to_num(depth, float("inf")), depths.min(), depths.max())
+        return RenderOutput(features, depth, opacity, delta, prior[..., 0], depths[..., 0], weights)

@@ -1,0 +1,121 @@
+"""The frozen warp of stage II: each observation-space sample to its prior signed distance and
+its canonical point, ``W(x | p) = (s, x_bar)``, in the renderer's world units.
+
+Two priors: the semantic SDF of a stage I run (OmniAvatar's, :class:`SDFWarp`) and the posed
+FLAME mesh itself through the closest-point kernel (:class:`MeshWarp`: exact distances and
+correspondences). Neither is trained in stage II: they run without gradients. The world is
+FLAME's metres scaled by ``world_scale`` about the centre of the stage I box, so that the box fits
+the renderer's ``box_warp`` cube."""
+import torch
+from torch import nn
+
+from .. import reference
+from ..ops.mesh import mesh_index
+
+
+class Warp(nn.Module):
+    """Shared parts: the FLAME model (for the head's rigid motion and the mesh), the world frame
+    and the parameter count; subclasses define :meth:`flame_space`."""
+
+    def __init__(self, flame, centre, world_scale, chunk=16384):
+        super().__init__()
+        self.flame = flame
+        for p in self.flame.parameters():
+            p.requires_grad_(False)
+        self.register_buffer("centre", torch.as_tensor(centre, dtype=torch.float32).reshape(3))
+        self.world_scale = float(world_scale)
+        self.chunk = int(chunk)
+
+    @property
+    def param_dim(self):
+        return self.flame.layout.size
+
+    def check_params(self, params):
+        if params.dim() != 2 or params.shape[1] != self.param_dim:
+            raise ValueError(f"warp: the FLAME parameters must be [N, {self.param_dim}] "
+                             f"({self.flame.layout.describe()}, the stage I run's layout), "
+                             f"got {list(params.shape)}")
+
+    def to_flame(self, points):
+        return points / self.world_scale + self.centre.to(points.dtype)
+
+    def forward(self, points, params, backend="omnifast"):
+        """``points [N, M, 3]`` (world), ``params [N, P]`` -> ``(prior SDF [N, M], canonical
+        [N, M, 3])`` in world units, without gradients."""
+        self.check_params(params)
+        with torch.no_grad():
+            x = self.to_flame(points)
+            sdf, canonical = self.flame_space(x, params, backend)
+            return sdf * self.world_scale, (canonical - self.centre.to(x.dtype)) * self.world_scale
+
+
+class SDFWarp(Warp):
+    """OmniAvatar's warp: the semantic SDF network inside its box (in chunks), and outside it
+    OmniAvatar's fallback: the identity correspondence and the distance to a sphere of half the
+    box's half-width about its centre (positive, so the space outside the box stays empty). The
+    network is evaluated only for points inside the box."""
+
+    def __init__(self, flame, sdf, world_scale, chunk=16384):
+        super().__init__(flame, sdf.centre.detach().cpu(), world_scale, chunk)
+        self.sdf = sdf
+        for p in self.sdf.parameters():
+            p.requires_grad_(False)
+
+    def flame_space(self, x, params, backend):
+        dtype = self.sdf.centre.dtype  # the network's own
+        frames = self.flame.head_frame(params).to(dtype)
+        centre, half = self.sdf.centre.to(x.dtype), self.sdf.scale.to(x.dtype)
+        sdf = (x - centre).norm(dim=-1) - half / 2
+        canonical = x.clone()
+        inside = ((x - centre).abs() <= half).all(-1)
+        for n in range(x.shape[0]):
+            idx = inside[n].nonzero()[:, 0]
+            for start in range(0, idx.numel(), self.chunk):
+                part = idx[start:start + self.chunk]
+                out = self.sdf(x[n:n + 1, part].to(dtype), params[n:n + 1].to(dtype), frames[n:n + 1])
+                sdf[n, part] = out.sdf[0].to(x.dtype)
+                canonical[n, part] = out.canonical[0].to(x.dtype)
+        return sdf, canonical
+
+
+class MeshWarp(Warp):
+    """The exact prior: the signed distance to the posed FLAME mesh (hole caps closed) and the
+    correspondence through the closest point's barycentric coordinates, offset along the
+    canonical normal (:func:`omnifast.correspondence`); the reference backend answers with the
+    brute-force search (small inputs only)."""
+
+    def __init__(self, flame, centre, world_scale):
+        super().__init__(flame, centre, world_scale)
+        self.faces = flame.caps.faces
+        self.index = mesh_index(self.faces)
+
+    def flame_space(self, x, params, backend):
+        caps = self.flame.caps
+        verts = caps.verts(self.flame(params)).to(x.dtype)
+        canonical_verts = caps.verts(self.flame.canonical_verts()).to(x.dtype)
+        if backend == "reference":
+            canonical, distance = reference.mesh.correspondence(x, verts, canonical_verts,
+                                                                self.faces.to(x.device))
+            return distance, canonical
+        out = self.index.correspondence(x, verts, canonical_verts)
+        return out.distance, out.canonical_points
+
+
+def world_scale_for(box_half_width, box_warp):
+    """The scale that fits a stage I box (half-width in metres) into the renderer's cube."""
+    return 0.5 * float(box_warp) / float(box_half_width)
+
+
+def load_warp(run_dir, kind="sdf", box_warp=1.0, device=None):
+    """The frozen warp of a stage I run folder: ``kind="sdf"`` (its semantic SDF) or ``"mesh"``
+    (its FLAME mesh, same world frame)."""
+    from ..sdf.train import load_run
+
+    if kind not in ("sdf", "mesh"):
+        raise ValueError(f"load_warp: kind must be 'sdf' or 'mesh', got {kind!r}")
+    run = load_run(run_dir, device)
+    model = run.model.eval()
+    scale = world_scale_for(float(model.scale), box_warp)
+    if kind == "sdf":
+        return SDFWarp(run.flame, model, scale)
+    return MeshWarp(run.flame, model.centre.detach().cpu(), scale)

@@ -1,0 +1,335 @@
+"""The renderer of stage II: EG3D's cameras and rays, OmniAvatar's decoder and renderer (local
+copies of the released code as the definition), the two backends against each other in float64
+(values and gradients), gradcheck of a whole render, the frozen warp, and clear errors."""
+import math
+
+import pytest
+import torch
+
+from omnifast.flame import Flame
+from omnifast.geometry import (
+    camera_labels,
+    camera_rays,
+    ffhq_intrinsics,
+    fov_to_intrinsics,
+    orbit_cam2world,
+    split_labels,
+)
+from omnifast.render import MeshWarp, OSGDecoder, RenderConfig, Renderer, SDFWarp, load_warp, world_scale_for
+from omnifast.sdf.data import SDFSampler
+from omnifast.sdf.network import NetworkConfig, SemanticSDF
+
+import eg3d_local
+import omniavatar_local
+
+TINY_SDF = NetworkConfig(hidden=16, layers=2, skip=0, frequencies=2, condition=8)
+
+
+@pytest.fixture(scope="module")
+def flame(flame_dir):
+    return Flame(flame_dir, n_shape=10, n_expr=10)
+
+
+@pytest.fixture(scope="module")
+def sdf_warp(flame):
+    sampler = SDFSampler(flame, surface_points=16, space_points=16)
+    torch.manual_seed(0)
+    sdf = SemanticSDF(flame.layout.size, sampler.box_min, sampler.box_max, config=TINY_SDF).eval()
+    return SDFWarp(flame, sdf, world_scale_for(float(sdf.scale), 1.0))
+
+
+@pytest.fixture(scope="module")
+def mesh_warp(flame, sdf_warp):
+    return MeshWarp(flame, sdf_warp.centre, sdf_warp.world_scale)
+
+
+def pose_dim(flame):
+    return flame.layout.size - flame.layout.n_shape
+
+
+def scene(flame, resolution, batch=1, channels=8, depth=3, grid=16, dtype=torch.float64):
+    planes = (torch.randn(batch, 3, channels, depth, grid, grid, dtype=dtype) * 2).requires_grad_(True)
+    cam2world = orbit_cam2world(math.pi / 2, math.pi / 2, yaw_std=0.3, pitch_std=0.1, batch=batch, dtype=dtype)
+    params = torch.randn(batch, flame.layout.size, dtype=dtype) * 0.3
+    labels = camera_labels(cam2world, ffhq_intrinsics(dtype=dtype))
+    origins, directions = camera_rays(cam2world, ffhq_intrinsics(dtype=dtype).expand(batch, 3, 3), resolution)
+    return planes, torch.cat([labels, params], -1), params, origins, directions
+
+
+def renderer_for(warp, dtype=torch.float64, beta=0.02, **config):
+    renderer = Renderer(warp, RenderConfig(**config))
+    renderer.sigmoid_beta = torch.nn.Parameter(torch.full((1,), beta, dtype=dtype))
+    return renderer
+
+
+# ---- cameras and rays
+
+def test_rays_equal_eg3d_ray_sampler():
+    cam2world = orbit_cam2world(1.3, 1.7, yaw_std=0.2, pitch_std=0.2, batch=3)
+    intrinsics = ffhq_intrinsics().expand(3, 3, 3).clone()
+    intrinsics[1, 0, 1] = 0.05  # skew
+    intrinsics[2, :2, 2] = torch.tensor([0.47, 0.53])
+    for resolution in (1, 7, 16):
+        ours = camera_rays(cam2world, intrinsics, resolution)
+        theirs = eg3d_local.RaySampler()(cam2world, intrinsics, resolution)
+        for a, b in zip(ours, theirs):
+            assert torch.equal(a, b)
+    ours = camera_rays(cam2world.double(), intrinsics.double(), 8)
+    theirs = eg3d_local.RaySampler()(cam2world.double(), intrinsics.double(), 8)
+    torch.testing.assert_close(ours[1], theirs[1].double(), rtol=0, atol=1e-7)
+
+
+def test_camera_samplers_equal_eg3d():
+    pivot = torch.tensor([0.0, 0.05, 0.2])
+    torch.manual_seed(3)
+    theirs = eg3d_local.LookAtPoseSampler.sample(1.2, 1.4, pivot, 0.3, 0.15, radius=2.7, batch_size=5)
+    torch.manual_seed(3)
+    ours = orbit_cam2world(1.2, 1.4, 2.7, pivot.tolist(), yaw_std=0.3, pitch_std=0.15, batch=5)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)  # equal values (zeros may differ in sign)
+    assert torch.equal(fov_to_intrinsics(18.837), eg3d_local.FOV_to_intrinsics(18.837))
+    assert abs(float(fov_to_intrinsics(18.837)[0, 0]) - 4.2634) < 1e-3
+    frontal = orbit_cam2world(math.pi / 2, math.pi / 2, 2.7)[0]
+    torch.testing.assert_close(frontal[:3, 3], torch.tensor([0.0, 0.0, 2.7]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(frontal[:3, 2], torch.tensor([0.0, 0.0, -1.0]), atol=1e-6, rtol=0)  # looks at -z
+
+
+def test_labels_round_trip_and_reject_short_vectors():
+    cam2world = orbit_cam2world(1.0, 1.5, batch=2)
+    labels = camera_labels(cam2world, ffhq_intrinsics())
+    assert labels.shape == (2, 25)
+    c, k, rest = split_labels(torch.cat([labels, torch.ones(2, 4)], -1))
+    assert torch.equal(c, cam2world) and torch.equal(k[1], ffhq_intrinsics()) and rest.shape == (2, 4)
+    with pytest.raises(ValueError, match=r"labels must be \[B, 25 \+ K\].*\[2, 24\]"):
+        split_labels(labels[:, :24])
+
+
+# ---- the decoder
+
+@pytest.mark.parametrize("activation", ["sigmoid", "lrelu", "none"])
+@pytest.mark.parametrize("pose_embed", [False, True])
+def test_decoder_equals_omniavatar(flame, activation, pose_embed):
+    P = pose_dim(flame)
+    options = dict(decoder_lr_mul=0.5, decoder_output_dim=32, decoder_activation=activation, pose_embed=pose_embed)
+    theirs = omniavatar_local.OSGDecoder(32, options, P).double()
+    ours = OSGDecoder(32, pose_dim=P, activation=activation, lr_mul=0.5, pose_embed=pose_embed).double()
+    with torch.no_grad():
+        for mine, their in ((ours.pose_net, theirs.pose_net[0]), (ours.hidden, theirs.net[0]),
+                            (ours.output, theirs.net[2])):
+            their.weight.copy_(torch.randn_like(their.weight))
+            their.bias.copy_(torch.randn_like(their.bias))
+            mine.weight.copy_(their.weight)
+            mine.bias.copy_(their.bias)
+    features = torch.randn(2, 3, 50, 32, dtype=torch.float64)
+    params = torch.randn(2, flame.layout.size, dtype=torch.float64)
+    expected = theirs(features, params[:, None, :].expand(-1, 50, -1))
+    colour, correction = ours(features.mean(1), params[:, -P:])
+    torch.testing.assert_close(colour, expected["rgb"], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(correction, expected["sigma"], rtol=1e-12, atol=1e-12)
+
+
+def test_decoder_pose_noise_only_in_training(flame):
+    P = pose_dim(flame)
+    decoder = OSGDecoder(8, pose_dim=P, pose_noise=0.5)
+    features, pose = torch.randn(1, 10, 8), torch.randn(1, P)
+    decoder.eval()
+    assert torch.equal(decoder(features, pose)[0], decoder(features, pose)[0])
+    decoder.train()
+    assert not torch.equal(decoder(features, pose)[0], decoder(features, pose)[0])
+    with pytest.raises(ValueError, match=rf"pose must be \[N, {P}\]"):
+        decoder(features, pose[:, :-1])
+    with pytest.raises(ValueError, match="activation must be one of"):
+        OSGDecoder(activation="relu")
+
+
+# ---- the renderer against OmniAvatar's released path
+
+class _Im3dmm(torch.nn.Module):
+    """Our warp behind OmniAvatar's query interface: ``(x = [s, x_bar], inside, hidden)``."""
+
+    def __init__(self, warp):
+        super().__init__()
+        self.warp = warp
+
+    def forward(self, query):
+        prior, canonical = self.warp(query["points"], query["features"][:, 0])
+        return torch.cat([prior.unsqueeze(-1), canonical], -1), None, None
+
+
+def _omniavatar_render(warp, decoder, renderer, planes, params, origins, directions, mode):
+    c = renderer.config
+    theirs = omniavatar_local.ImportanceRenderer({"with_sdf": False, "delta_geom": True, "im3dmm": _Im3dmm(warp)})
+    theirs.sigmoid_beta = renderer.sigmoid_beta
+    P = decoder.pose_dim
+
+    def their_decoder(features, poses):
+        colour, sigma = decoder(features.mean(1), poses[:, 0, -P:])
+        return {"rgb": colour, "sigma": sigma}
+
+    options = dict(ray_start=c.ray_start, ray_end=c.ray_end, box_warp=c.box_warp, depth_resolution=c.depth_resolution,
+                   depth_resolution_importance=c.depth_resolution_importance, disparity_space_sampling=False,
+                   clamp_mode="softplus", triplane_depth=planes.shape[3], absorption=mode == "absorption",
+                   det_sampling=c.det_sampling)
+    N, _, C, D, H, W = planes.shape
+    rgb, depth, mask, *_ = theirs(planes.reshape(N, 3, C * D, H, W), None, their_decoder, origins, directions,
+                                  options, features_3dmm=params)
+    return (rgb + 1) / 2 if mode == "absorption" else rgb, depth, mask
+
+
+@pytest.mark.parametrize("mode", ["midpoint", "absorption"])
+def test_renderer_equals_omniavatar_deterministic(flame, sdf_warp, mode):
+    # OmniAvatar's sampler casts the grid to float32, so the comparison runs in float32; the two
+    # backends are compared in float64 below.
+    planes, _, params, origins, directions = scene(flame, 6, batch=2, dtype=torch.float32)
+    decoder = OSGDecoder(8, pose_dim=pose_dim(flame))
+    renderer = renderer_for(sdf_warp, torch.float32, density="density_delta", mode=mode, det_sampling=True, depth_resolution=12,
+                            depth_resolution_importance=10, chunk=40)
+    ours = renderer.render_rays(planes, decoder, origins, directions, params)
+    theirs = _omniavatar_render(sdf_warp, decoder, renderer, planes, params, origins, directions, mode)
+    for a, b in zip((ours.features, ours.depth, ours.opacity), theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    loss = lambda out: out[0].square().sum() + out[1].sum() + out[2].sum()  # noqa: E731
+    grads = [torch.autograd.grad(loss(o), [planes, *decoder.parameters(), renderer.sigmoid_beta])
+             for o in ((ours.features, ours.depth, ours.opacity), theirs)]
+    for a, b in zip(*grads):
+        assert a.abs().max() > 0
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4 * float(b.abs().max()))
+
+
+@pytest.mark.parametrize("backend", ["omnifast", "reference"])
+def test_renderer_equals_omniavatar_with_the_same_random_draws(flame, sdf_warp, backend):
+    planes, _, params, origins, directions = scene(flame, 8, dtype=torch.float32)
+    decoder = OSGDecoder(8, pose_dim=pose_dim(flame))
+    renderer = renderer_for(sdf_warp, torch.float32, density="density_delta", depth_resolution=16,
+                            depth_resolution_importance=16)
+    torch.manual_seed(11)
+    ours = renderer.render_rays(planes, decoder, origins, directions, params, backend=backend)
+    torch.manual_seed(11)
+    theirs = _omniavatar_render(sdf_warp, decoder, renderer, planes, params, origins, directions, "midpoint")
+    for a, b in zip((ours.features, ours.depth, ours.opacity), theirs):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+# ---- the two backends
+
+@pytest.mark.parametrize("density", ["sdf", "density_delta"])
+@pytest.mark.parametrize("warp_kind", ["sdf", "mesh"])
+def test_backends_agree_in_float64(flame, sdf_warp, mesh_warp, density, warp_kind):
+    warp = sdf_warp if warp_kind == "sdf" else mesh_warp
+    planes, labels, *_ = scene(flame, 5, batch=2)
+    decoder = OSGDecoder(8, pose_dim=pose_dim(flame)).double()
+    renderer = renderer_for(warp, density=density, depth_resolution=10, depth_resolution_importance=8, chunk=30)
+    outs, grads = [], []
+    for backend in ("omnifast", "reference"):
+        out = renderer(planes, decoder, labels, 5, backend=backend, generator=torch.Generator().manual_seed(4),
+                       return_weights=True)
+        weights = torch.linspace(1, 2, out.delta.shape[-1], dtype=torch.float64)
+        loss = (out.features.square().sum() + out.depth.sum() + out.opacity.sum()
+                + (out.delta * weights).square().sum())
+        grads.append(torch.autograd.grad(loss, [planes, *decoder.parameters(), renderer.sigmoid_beta]))
+        outs.append(out)
+    a, b = outs
+    for name in ("features", "depth", "opacity", "delta", "prior_sdf", "depths", "weights"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-9, atol=1e-9, msg=name)
+    assert a.features.shape == (2, 32, 5, 5) and a.delta.shape == (2, 25, 18) and a.weights.shape == (2, 25, 17)
+    assert torch.isfinite(a.features).all() and a.opacity.min() >= 0 and a.opacity.max() <= 1 + 1e-6  # (EG3D adds 1e-10 per interval)
+    for name, x, y in zip(["planes", *(n for n, _ in decoder.named_parameters()), "beta"], *grads):
+        assert x.abs().max() > 0, name
+        torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("backend", ["omnifast", "reference"])
+@pytest.mark.parametrize("density", ["sdf", "density_delta"])
+def test_gradcheck_whole_render(flame, sdf_warp, backend, density):
+    # The fine depths come from weights under no_grad (as in EG3D): a gradient through them does
+    # not exist, so gradcheck runs the coarse pass only; the fine pass is checked above.
+    planes, _, params, origins, directions = scene(flame, 2, channels=4, depth=2, grid=4)
+    decoder = OSGDecoder(4, pose_dim=pose_dim(flame), hidden=8, out_features=3).double()
+    renderer = renderer_for(sdf_warp, beta=0.05, density=density, depth_resolution=6, depth_resolution_importance=0,
+                            det_sampling=True, chunk=6)
+    weight = decoder.output.weight
+
+    def render(planes, beta, weight):
+        renderer.sigmoid_beta = beta
+        decoder.output.weight = weight
+        out = renderer.render_rays(planes, decoder, origins, directions, params, backend=backend)
+        return out.features, out.depth, out.opacity, out.delta
+
+    beta = torch.nn.Parameter(torch.full((1,), 0.05, dtype=torch.float64))
+    assert torch.autograd.gradcheck(render, (planes, beta, weight), eps=1e-6, atol=1e-5)
+
+
+def test_no_gradient_reaches_the_warp(flame, sdf_warp):
+    planes, labels, *_ = scene(flame, 4)
+    decoder = OSGDecoder(8, pose_dim=pose_dim(flame)).double()
+    renderer = renderer_for(sdf_warp, depth_resolution=6, depth_resolution_importance=4)
+    assert not any(p.requires_grad for p in renderer.warp.parameters())
+    for p in sdf_warp.sdf.parameters():
+        p.requires_grad_(True)  # even a warp left trainable by its owner stays frozen here
+    try:
+        out = renderer(planes, decoder, labels, 4)
+        (out.features.sum() + out.delta.sum()).backward()
+        assert all(p.grad is None for p in sdf_warp.sdf.parameters())
+        assert planes.grad is not None and renderer.sigmoid_beta.grad is not None
+    finally:
+        for p in sdf_warp.sdf.parameters():
+            p.requires_grad_(False)
+
+
+def test_mesh_warp_gives_the_mesh_distance_and_the_sdf_warp_its_fallback(flame, sdf_warp, mesh_warp):
+    params = torch.zeros(1, flame.layout.size)
+    far = torch.tensor([[[0.0, 0.0, 5.0], [0.49, 0.0, 0.0]]])
+    s, canonical = sdf_warp(far, params)
+    assert s[0, 0] > 1 and torch.equal(canonical[0, 0], far[0, 0])  # outside W's box: identity, far away
+    s, canonical = mesh_warp(far, params)
+    assert s[0, 0] > 4 and s[0, 1] > 0
+    inside = torch.zeros(1, 1, 3)  # the box centre lies inside the head
+    assert mesh_warp(inside, params)[0][0, 0] < 0
+
+
+def test_load_warp_from_a_stage_one_run(flame_dir, tmp_path):
+    from omnifast.sdf.train import TrainConfig, train
+
+    config = TrainConfig(flame_dir=flame_dir, n_shape=10, n_expr=10, steps=2, batch=1, surface_points=32,
+                         space_points=32, network=TINY_SDF, eval_every=2, checkpoint_every=2, eval_meshes=1,
+                         eval_points=32)
+    train(config, str(tmp_path / "run"), progress=False, log=lambda *a: None)
+    for kind in ("sdf", "mesh"):
+        warp = load_warp(str(tmp_path / "run"), kind)
+        renderer = Renderer(warp, RenderConfig(depth_resolution=4, depth_resolution_importance=4))
+        planes = torch.randn(1, 3, 32, 3, 8, 8)
+        labels = torch.cat([camera_labels(orbit_cam2world(math.pi / 2, math.pi / 2), ffhq_intrinsics()),
+                            torch.zeros(1, warp.param_dim)], -1)
+        out = renderer(planes, OSGDecoder(pose_dim=warp.param_dim - 10), labels, 4)
+        assert out.features.shape == (1, 32, 4, 4) and torch.isfinite(out.features).all()
+    with pytest.raises(ValueError, match="kind must be 'sdf' or 'mesh'"):
+        load_warp(str(tmp_path / "run"), "grid")
+
+
+# ---- clear errors
+
+def test_bad_configurations_raise_clear_errors(flame, sdf_warp):
+    planes, labels, *_ = scene(flame, 2)
+    decoder = OSGDecoder(8, pose_dim=pose_dim(flame)).double()
+    renderer = renderer_for(sdf_warp, depth_resolution=4, depth_resolution_importance=2)
+    P = flame.layout.size
+    with pytest.raises(ValueError, match=rf"labels must be \[N, {25 + P}\].*{P} FLAME parameters"):
+        renderer(planes, decoder, labels[:, :-1], 2)
+    with pytest.raises(ValueError, match=r"labels must be \[B, 25 \+ K\]"):
+        renderer(planes, decoder, labels[:, :20], 2)
+    for bad in (0, -4, 2.5, True):
+        with pytest.raises(ValueError, match=f"resolution must be a positive integer.*{bad!r}"):
+            renderer(planes, decoder, labels, bad)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        renderer(planes, decoder, labels, 2, backend="cuda")
+    with pytest.raises(ValueError, match=r"planes must be \[N, 3, C, \(D,\) H, W\]"):
+        renderer(planes[:, :2], decoder, labels, 2)
+    for key, value, message in (("depth_resolution", 1, "depth_resolution must be an integer >= 2"),
+                                ("ray_end", 2.0, "ray_end must exceed ray_start"),
+                                ("box_warp", 0, "box_warp must be a positive number"),
+                                ("density", "laplace", "density must be one of"),
+                                ("mode", "alpha", "mode must be one of"),
+                                ("depth_resolution_importance", -1, "must be a non-negative integer")):
+        with pytest.raises(ValueError, match=message):
+            RenderConfig(**{key: value})
+    with pytest.raises(ValueError, match=r"FLAME parameters must be \[N, "):
+        sdf_warp(torch.zeros(1, 2, 3), torch.zeros(1, P + 1))
