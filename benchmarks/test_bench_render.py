@@ -31,7 +31,7 @@ def test_render_forward_backward(benchmark, bench, case):
     got = {b: bench.measure(case, b, "forward+backward", runs) for b in ("omnifast", "reference")}
     ours, ref = got["omnifast"], got["reference"]
     for backend, m in got.items():
-        ROWS.append({"backend": backend, "resolution": case.resolution, "pass": "forward+backward",
+        ROWS.append({"backend": backend, "warp": "sdf", "resolution": case.resolution, "pass": "forward+backward",
                      "batch": case.batch, "samples_per_ray": [case.coarse, case.fine], **m})
     speedup = ref["ms"] / ours["ms"]
     benchmark.extra_info.update(device=DEVICE, case=case.name, speedup_vs_reference=speedup,

@@ -1,6 +1,7 @@
 """The omnifast command line: parsing and dispatch only. Each area adds its own subcommands
 (`add_parsers(sub)` returns their handlers): `info`; `bench` (omnifast.bench.commands);
-`make-flame` (omnifast.flame.commands); `train-sdf`, `eval-sdf`, `export-sdf`
+`make-flame` (omnifast.flame.commands); `make-dataset` (omnifast.data.commands); `train-gan`
+(omnifast.gan.commands); `train-sdf`, `eval-sdf`, `export-sdf`
 (omnifast.sdf.commands); `demo` (omnifast.demo).
 
 An error a user can cause (a bad value, a missing or unreadable file) prints one line naming it
@@ -24,7 +25,9 @@ def info_command(args):
 def build_parser():
     from . import demo
     from .bench import commands as bench_commands
+    from .data import commands as data_commands
     from .flame import commands as flame_commands
+    from .gan import commands as gan_commands
     from .sdf import commands as sdf_commands
 
     parser = argparse.ArgumentParser(prog="omnifast", description="omnifast: fast kernels and the semantic "
@@ -32,7 +35,7 @@ def build_parser():
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="version, torch, compiled backends, devices")
     handlers = {"info": info_command}
-    for area in (bench_commands, flame_commands, sdf_commands, demo):
+    for area in (bench_commands, flame_commands, data_commands, gan_commands, sdf_commands, demo):
         handlers.update(area.add_parsers(sub))
     return parser, handlers
 

@@ -48,7 +48,9 @@ def pose_dim(flame):
 
 
 def scene(flame, resolution, batch=1, channels=8, depth=3, grid=16, dtype=torch.float64):
-    planes = (torch.randn(batch, 3, channels, depth, grid, grid, dtype=dtype) * 2).requires_grad_(True)
+    """Tri-grid planes (``depth=None``: EG3D tri-planes), labels, parameters and rays."""
+    spatial = (grid, grid) if depth is None else (depth, grid, grid)
+    planes = (torch.randn(batch, 3, channels, *spatial, dtype=dtype) * 2).requires_grad_(True)
     cam2world = orbit_cam2world(math.pi / 2, math.pi / 2, yaw_std=0.3, pitch_std=0.1, batch=batch, dtype=dtype)
     params = torch.randn(batch, flame.layout.size, dtype=dtype) * 0.3
     labels = camera_labels(cam2world, ffhq_intrinsics(dtype=dtype))
@@ -235,6 +237,18 @@ def test_backends_agree_in_float64(flame, sdf_warp, mesh_warp, density, warp_kin
     for name, x, y in zip(["planes", *(n for n, _ in decoder.named_parameters()), "beta"], *grads):
         assert x.abs().max() > 0, name
         torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-9, msg=name)
+
+
+def test_backends_agree_on_eg3d_triplanes(flame, sdf_warp):
+    planes, labels, *_ = scene(flame, 4, depth=None)
+    decoder = OSGDecoder(8, pose_dim=pose_dim(flame)).double()
+    renderer = renderer_for(sdf_warp, depth_resolution=8, depth_resolution_importance=6, chunk=20)
+    outs = [renderer(planes, decoder, labels, 4, backend=b, generator=torch.Generator().manual_seed(2))
+            for b in ("omnifast", "reference")]
+    grads = [torch.autograd.grad(o.features.square().sum() + o.delta.sum(), planes)[0] for o in outs]
+    torch.testing.assert_close(outs[0].features, outs[1].features, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-9)
+    assert grads[0].abs().max() > 0
 
 
 @pytest.mark.parametrize("backend", ["omnifast", "reference"])

@@ -304,9 +304,11 @@ def test_cli_bench_render_rows_and_budget(tmp_path):
     rows = report["results"]
     assert {(r["backend"], r["resolution"], r["pass"]) for r in rows} == {
         (b, r, p) for b in ("omnifast", "reference") for r in (16, 32) for p in ("forward", "forward+backward")}
+    assert {(r["backend"], r["warp"]) for r in rows} == {("omnifast", "sdf"), ("reference", "sdf"), ("omnifast", "mesh")}
     for row in rows:
         assert row["ms"] > 0 and row["peak_bytes"] > 0 and 0 < row["warp_share"] < 1
-        assert row["max_resolution"] == report["render_max_resolution"][row["backend"]] > 0
+        if row["warp"] == "sdf":
+            assert row["max_resolution"] == report["render_max_resolution"][row["backend"]] > 0
     assert report["render_max_resolution"]["memory_budget_bytes"] == 2 ** 29
     assert "largest 1-image training render in 0.5 GiB" in result.stdout
     assert run_cli("bench", "render", "--memory-budget", "-1").returncode == 2

@@ -1,7 +1,9 @@
 """The render benchmark: one training render of OmniAvatar's renderer (coarse + fine samples,
 the warp through a semantic SDF, the tri-grid, the decoder, compositing), forward and
 forward + backward, for each backend in the same run, with peak memory, the warp's share of the
-time, and the largest resolution each backend fits in a memory budget."""
+time, and the largest resolution each backend fits in a memory budget; and omnifast with the
+FLAME mesh's exact prior as the warp (``warp="mesh"``; its reference, a brute-force search over
+every face, is for tests only)."""
 import math
 import tempfile
 import time
@@ -67,7 +69,7 @@ class RenderBench:
 
     def __init__(self, device, network=None, grid=256):
         from ..flame import Flame, make_synthetic_flame
-        from ..render import OSGDecoder, RenderConfig, Renderer, SDFWarp, world_scale_for
+        from ..render import MeshWarp, OSGDecoder, RenderConfig, Renderer, SDFWarp, world_scale_for
         from ..sdf.data import SDFSampler
         from ..sdf.network import NetworkConfig, SemanticSDF
 
@@ -82,8 +84,9 @@ class RenderBench:
             sdf = SemanticSDF(flame.layout.size, sampler.box_min, sampler.box_max,
                               config=NetworkConfig.preset(self.network)).eval()
             self.decoder = OSGDecoder(pose_dim=flame.layout.size - flame.layout.n_shape).to(self.device)
-        self.warp = _TimedWarp(SDFWarp(flame, sdf, world_scale_for(float(sdf.scale), 1.0)).to(self.device),
-                               self.device)
+        scale = world_scale_for(float(sdf.scale), 1.0)
+        self.warps = {"sdf": _TimedWarp(SDFWarp(flame, sdf, scale).to(self.device), self.device),
+                      "mesh": _TimedWarp(MeshWarp(flame, sdf.centre.detach(), scale).to(self.device), self.device)}
         self.layout, self.grid = flame.layout, grid
         self._config, self._renderer = RenderConfig, Renderer
 
@@ -96,10 +99,10 @@ class RenderBench:
         labels = torch.cat([camera_labels(cam2world, ffhq_intrinsics()), params], -1).to(self.device)
         return planes.requires_grad_(True), labels
 
-    def runner(self, case, backend, pass_name):
+    def runner(self, case, backend, pass_name, warp="sdf"):
         """A function doing one render (and its backward) of the case."""
         config = self._config(depth_resolution=case.coarse, depth_resolution_importance=case.fine)
-        renderer = self._renderer(self.warp, config).to(self.device)
+        renderer = self._renderer(self.warps[warp], config).to(self.device)
         planes, labels = self.inputs(case)
 
         def run():
@@ -114,12 +117,14 @@ class RenderBench:
             return out.features.detach()
         return run
 
-    def measure(self, case, backend, pass_name, runs):
-        """``{ms, peak_bytes, warp_ms}``: the median of ``runs`` calls, the peak of the first."""
-        run = self.runner(case, backend, pass_name)
+    def measure(self, case, backend, pass_name, runs, warp="sdf"):
+        """``{ms, peak_bytes, warp_ms, warp_share}``: the median of ``runs`` calls, the peak of
+        the first."""
+        run = self.runner(case, backend, pass_name, warp)
+        timed = self.warps[warp]
         times, warp_times, peak = [], [], None
         for i in range(runs):
-            self.warp.seconds = 0.0
+            timed.seconds = 0.0
             _sync(self.device)
             start = time.perf_counter()
             if i == 0:
@@ -128,7 +133,7 @@ class RenderBench:
                 run()
             _sync(self.device)
             times.append(time.perf_counter() - start)
-            warp_times.append(self.warp.seconds)
+            warp_times.append(timed.seconds)
         ms, warp_ms = sorted(times)[len(times) // 2] * 1e3, sorted(warp_times)[len(times) // 2] * 1e3
         return {"ms": ms, "peak_bytes": peak, "warp_ms": warp_ms, "warp_share": warp_ms / ms}
 
@@ -138,7 +143,7 @@ def max_resolution(rows, budget_bytes):
     the forward+backward peaks of the smallest and largest resolutions sampled like the first
     case (EG3D's 48 + 48), bytes = fixed + per_pixel * pixels, solved for the pixels.
     ``(resolution, per_pixel, fixed)``; None where unmeasured."""
-    trained = [r for r in rows if r["pass"] == "forward+backward" and r["peak_bytes"]]
+    trained = [r for r in rows if r["pass"] == "forward+backward" and r["peak_bytes"] and r["warp"] == "sdf"]
     points = sorted((r["resolution"] ** 2 * r["batch"], r["peak_bytes"]) for r in trained
                     if r["samples_per_ray"] == trained[0]["samples_per_ray"]) if trained else []
     if len(points) < 2:
@@ -163,8 +168,8 @@ def run_render_bench(device, quick=False, cases=None, runs=None, memory_budget=N
         memory_budget = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda"
                          else 16 * 2 ** 30)
     warm = RenderCase(16, 8, 8, 1)
-    for backend in BACKENDS:
-        bench.runner(warm, backend, "forward+backward")()
+    for backend, warp in (*((b, "sdf") for b in BACKENDS), ("omnifast", "mesh")):
+        bench.runner(warm, backend, "forward+backward", warp)()
     print(f"\nrender: one training render, W '{bench.network}', tri-grid 3 x 32 x 3 x {bench.grid}^2; "
         f"peak = extra MiB during the pass", flush=True)
     print(f"{'case':<24} {'pass':<17} {'omnifast ms':>12} {'reference ms':>13} {'speedup':>8} "
@@ -173,22 +178,25 @@ def run_render_bench(device, quick=False, cases=None, runs=None, memory_budget=N
     for case in render_cases(device, quick)[:cases]:
         for pass_name in [p for p in RENDER_PASSES if passes is None or p in passes]:
             got = {b: bench.measure(case, b, pass_name, runs) for b in BACKENDS}
-            for backend, m in got.items():
-                rows.append({"op": "render", "backend": backend, "resolution": case.resolution, "pass": pass_name,
-                             "batch": case.batch, "samples_per_ray": [case.coarse, case.fine],
-                             "sdf_network": bench.network, "note": case.note, **m})
+            mesh = bench.measure(case, "omnifast", pass_name, runs, warp="mesh")
+            for backend, warp, m in (*((b, "sdf", m) for b, m in got.items()), ("omnifast", "mesh", mesh)):
+                rows.append({"op": "render", "backend": backend, "warp": warp, "resolution": case.resolution,
+                             "pass": pass_name, "batch": case.batch, "samples_per_ray": [case.coarse, case.fine],
+                             "sdf_network": bench.network if warp == "sdf" else None, "note": case.note, **m})
             ours, ref = got["omnifast"], got["reference"]
             ratio = (ours["peak_bytes"] / ref["peak_bytes"]) if ours["peak_bytes"] and ref["peak_bytes"] else None
             print(f"{case.name:<24} {pass_name:<17} {ours['ms']:>12.0f} {ref['ms']:>13.0f} "
                 f"{ref['ms'] / ours['ms']:>7.2f}x {_mib(ours['peak_bytes']):>9} {_mib(ref['peak_bytes']):>9} "
                 f"{'n/a' if ratio is None else f'{ratio:.2f}':>7} "
                 f"{ours['warp_share']:>5.0%}/{ref['warp_share']:<5.0%}", flush=True)
+            print(f"{'':<24} {'  warp=mesh':<17} {mesh['ms']:>12.0f} {'':>13} {ref['ms'] / mesh['ms']:>7.2f}x "
+                  f"{_mib(mesh['peak_bytes']):>9} {'':>9} {'':>7} {mesh['warp_share']:>5.0%}", flush=True)
     limits = {}
     for backend in BACKENDS:
         resolution, per_pixel, fixed = max_resolution([r for r in rows if r["backend"] == backend], memory_budget)
         limits[backend] = resolution
         for row in rows:
-            if row["backend"] == backend:
+            if row["backend"] == backend and row["warp"] == "sdf":
                 row.update(max_resolution=resolution, bytes_per_pixel=per_pixel, fixed_bytes=fixed,
                            memory_budget_bytes=memory_budget)
         if resolution is not None:

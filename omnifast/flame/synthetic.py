@@ -203,9 +203,10 @@ def _pose_dirs(u, weights, rng):
     return dirs
 
 
-def _landmarks(verts, faces):
+def _landmarks(verts, faces, u):
     """FLAME's 51 static landmarks (10 brow, 9 nose, 12 eye, 20 mouth) as faces and barycentric
-    coordinates: the closest template points to targets placed outside the face."""
+    coordinates: the template points closest to targets on the head's surface in each landmark's
+    direction (the surface radius of the vertex whose direction is nearest)."""
     from ..ops.mesh import closest_point
 
     ex, ey = EYE_CENTRE
@@ -217,7 +218,8 @@ def _landmarks(verts, faces):
     targets += [(0.2 * math.cos(a), -0.40 + 0.035 * math.sin(a)) for a in np.linspace(0, 2 * math.pi, 9)[:-1]]
     xy = torch.tensor(targets, dtype=torch.float64)
     direction = torch.cat([xy, (1 - (xy ** 2).sum(-1, keepdim=True)).clamp_min(0).sqrt()], -1)
-    hit = closest_point(0.3 * direction, verts, faces, sign="none")
+    radius = verts.norm(dim=-1)[(direction @ u.T).argmax(-1)]
+    hit = closest_point(radius.unsqueeze(-1) * direction, verts, faces, sign="none")
     return hit.face.numpy(), hit.bary.numpy()
 
 
@@ -243,7 +245,7 @@ def make_synthetic_flame(out_dir, seed=0):
         "bs_style": "lbs",
         "bs_type": "lrotmin",
     }
-    lmk_face, lmk_bary = _landmarks(verts, faces)
+    lmk_face, lmk_bary = _landmarks(verts, faces, u)
     embedding = {"lmk_face_idx": lmk_face.astype(np.uint32), "lmk_b_coords": lmk_bary}
     os.makedirs(out_dir, exist_ok=True)
     paths = []

@@ -160,7 +160,8 @@ class Renderer(nn.Module):
         backend, c = backend_named(backend), self.config
         planes = backend.prepare(planes)
         bias = decoder.pose_bias(params[:, params.shape[1] - decoder.pose_dim:].to(planes.dtype))
-        beta = self.sigmoid_beta.to(planes.dtype)
+        # A step of an optimiser can push beta through zero: it is used at no less than 1e-6.
+        beta = self.sigmoid_beta.to(planes.dtype).clamp_min(1e-6)
         depths = self.stratified(origins, generator).to(planes.dtype)
         canonical, prior = self._points(backend, origins, directions, depths, params)
         shade = lambda weights: functools.partial(self._shade, backend, decoder, weights)  # noqa: E731

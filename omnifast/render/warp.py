@@ -106,6 +106,17 @@ def world_scale_for(box_half_width, box_warp):
     return 0.5 * float(box_warp) / float(box_half_width)
 
 
+def world_frame(flame, box_warp=1.0):
+    """``(centre [3], world_scale)`` of the world a stage I run on ``flame`` renders in: the
+    centre and scale of the box its semantic SDF covers (the padded canonical bounding box, as
+    :class:`omnifast.sdf.data.SDFSampler` makes it), known without the run."""
+    from ..sdf.data import SDFSampler
+
+    sampler = SDFSampler(flame, surface_points=1, space_points=1)
+    centre = (sampler.box_min + sampler.box_max) / 2
+    return centre.float(), world_scale_for(float(((sampler.box_max - sampler.box_min) / 2).max()), box_warp)
+
+
 def load_warp(run_dir, kind="sdf", box_warp=1.0, device=None):
     """The frozen warp of a stage I run folder: ``kind="sdf"`` (its semantic SDF) or ``"mesh"``
     (its FLAME mesh, same world frame)."""

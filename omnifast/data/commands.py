@@ -1,0 +1,29 @@
+"""The ``omnifast make-dataset`` command."""
+
+
+def add_parsers(sub):
+    from ..sdf.commands import at_least
+
+    make = sub.add_parser("make-dataset", help="render a synthetic training set of FLAME heads (no download)")
+    make.add_argument("out", help="the dataset folder, or a path ending in .zip")
+    make.add_argument("--flame-dir", required=True, help="the FLAME model (real, or from make-flame)")
+    make.add_argument("--count", type=at_least(1), default=1000, help="images (default 1000)")
+    make.add_argument("--resolution", type=at_least(8), default=64, help="pixels per side (default 64)")
+    make.add_argument("--n-shape", type=at_least(1), default=100, help="FLAME shape coefficients (as the stage I run)")
+    make.add_argument("--n-expr", type=at_least(0), default=50,
+                      help="FLAME expression coefficients (as the stage I run)")
+    make.add_argument("--seed", type=int, default=0)
+    make.add_argument("--batch", type=at_least(1), default=32, help="images rendered together")
+    make.add_argument("--device", help="cpu or cuda[:i] (default: cuda when available)")
+    make.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return {"make-dataset": make_dataset_command}
+
+
+def make_dataset_command(args):
+    from ..sdf.commands import device_of
+    from .make import make_dataset
+
+    make_dataset(args.out, args.flame_dir, args.count, args.resolution, n_shape=args.n_shape, n_expr=args.n_expr,
+                 seed=args.seed, batch=args.batch, as_zip=args.out.lower().endswith(".zip"),
+                 device=device_of(args.device), progress=not args.no_progress)
+    return 0

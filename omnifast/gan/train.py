@@ -1,0 +1,414 @@
+"""GAN training of stage II: configuration and presets, the phases (G main, G density
+regularisation, D main, D R1) with lazy regularisation, generator EMA, a run folder (CSV and
+TensorBoard logs, image grids, atomic checkpoints, exact resume), and multi-process training
+through torchrun and DistributedDataParallel."""
+import copy
+import dataclasses
+import math
+import os
+import time
+
+import torch
+import torch.distributed as dist
+
+from ..geometry.cameras import LABEL_SIZE
+from ..render import RenderConfig
+from ..runs import RunError, RunFolder, atomic_write
+from . import loss as L
+from .models import DualDiscriminator, Generator, GeneratorConfig
+
+TRAIN_LOG = "train_log.csv"
+CHECKPOINT_KEYS = ("config", "step", "G", "D", "G_ema", "opt_G", "opt_D")
+RUN_DEFINING = ("dataset", "sdf_run", "warp", "generator", "render", "batch", "lr_g", "lr_d", "r1_gamma",
+                "r1_interval", "density_reg", "density_reg_interval", "geometry_prior", "control", "blur_sigma",
+                "blur_fade_steps", "nrr_initial", "nrr_final", "nrr_fade_steps", "gpc_prob", "ema_images", "seed",
+                "backend", "d_channel_base", "d_channel_max", "beta_lr_mul", "mbstd_group")
+
+TINY_GENERATOR = dict(z_dim=64, w_dim=64, grid_resolution=32, grid_channels=8, channel_base=2048, channel_max=64,
+                      feature_channels=16, sr_channel_base=1024, sr_channel_max=32)
+PRESETS = {  # neural rendering resolution, network sizes, samples per ray, batch
+    "tiny": dict(nrr_initial=32, generator=TINY_GENERATOR, render=dict(depth_resolution=12,
+                 depth_resolution_importance=12), batch=2, d_channel_base=1024, d_channel_max=64),
+    "64": dict(nrr_initial=64, batch=4),
+    "128": dict(nrr_initial=128, batch=4),
+    "256": dict(nrr_initial=256, batch=4),
+}
+
+
+@dataclasses.dataclass
+class GANConfig:
+    """Everything a run depends on (saved as ``config.json``); EG3D's FFHQ values by default."""
+    dataset: str
+    sdf_run: str
+    warp: str = "sdf"
+    preset: str = "tiny"
+    generator: dict = dataclasses.field(default_factory=dict)    # GeneratorConfig fields
+    render: dict = dataclasses.field(default_factory=dict)       # RenderConfig fields
+    steps: int = 300
+    batch: int = 4
+    lr_g: float = 0.0025
+    lr_d: float = 0.002
+    r1_gamma: float = 1.0
+    r1_interval: int = 16
+    density_reg: float = 0.25
+    density_reg_interval: int = 4
+    density_reg_p_dist: float = 0.004
+    geometry_prior: float = 1.0
+    geometry_sigma: float = 0.05
+    control: float = 1.0
+    blur_sigma: float = 10.0
+    blur_fade_steps: int = 200
+    nrr_initial: int = 64
+    nrr_final: int = 0           # 0: no schedule
+    nrr_fade_steps: int = 1000
+    gpc_prob: float = 0.5
+    ema_images: int = 10000      # EG3D: ema_kimg = batch * 10 / 32
+    beta_lr_mul: float = 0.01    # the SDF's beta (0.001) moves at this fraction of G's learning rate
+    d_channel_base: int = 32768
+    d_channel_max: int = 512
+    mbstd_group: int = 4
+    backend: str = "omnifast"
+    seed: int = 0
+    device: str = "cpu"
+    workers: int = 0
+    log_every: int = 1
+    image_every: int = 100
+    checkpoint_every: int = 100
+
+    @staticmethod
+    def with_preset(preset, **settings):
+        if preset not in PRESETS:
+            raise RunError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
+        values = {**PRESETS[preset], **settings}
+        return GANConfig.from_dict({**values, "preset": preset})
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "r1_interval", "density_reg_interval", "nrr_initial", "log_every",
+                     "image_every", "checkpoint_every", "ema_images"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.backend not in ("omnifast", "reference"):
+            raise ValueError(f"backend must be 'omnifast' or 'reference', got {self.backend!r}")
+        if self.warp not in ("sdf", "mesh"):
+            raise ValueError(f"warp must be 'sdf' or 'mesh', got {self.warp!r}")
+        unknown = set(self.generator) - {f.name for f in dataclasses.fields(GeneratorConfig)}
+        unknown |= set(self.render) - {f.name for f in dataclasses.fields(RenderConfig)}
+        if unknown:
+            raise ValueError(f"unknown generator or render setting {sorted(unknown)[0]!r}")
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    @staticmethod
+    def from_dict(data, source="settings"):
+        known = {f.name for f in dataclasses.fields(GANConfig)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RunError(f"{source}: unknown setting {unknown[0]!r} (settings are {', '.join(sorted(known))})")
+        try:
+            return GANConfig(**data)
+        except (TypeError, ValueError) as error:
+            raise RunError(f"{source}: {error}") from None
+
+
+def _step_seed(seed, step, stream):
+    return (seed * 1_000_003 + step * 7919 + stream) % (2 ** 63)
+
+
+class GANRun:
+    """The pieces of a run: the dataset, the frozen warp, G, D, G_ema and the optimisers."""
+
+    def __init__(self, config, rank=0, world_size=1):
+        from ..data import ImageDataset
+        from ..render import load_warp
+
+        self.config, self.rank, self.world_size = config, rank, world_size
+        device = self.device = torch.device(config.device)
+        warp = load_warp(config.sdf_run, config.warp, RenderConfig(**config.render).box_warp, device)
+        self.dataset = ImageDataset(config.dataset, warp.flame.layout)
+        world = self.dataset.meta.get("world")
+        if world is not None:
+            centre = torch.tensor(world["centre"])
+            if (centre - warp.centre.cpu()).abs().max() > 1e-5 or abs(world["scale"] - warp.world_scale) > 1e-5:
+                raise RunError(f"{config.dataset}: its cameras live in a world frame (centre {world['centre']}, "
+                               f"scale {world['scale']:.6g}) other than the stage I run's ({warp.centre.tolist()}, "
+                               f"{warp.world_scale:.6g}): make the dataset with that run's FLAME model")
+        resolution = self.dataset.resolution
+        self.n_shape = warp.flame.layout.n_shape
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.G = Generator(GeneratorConfig(**config.generator), warp, RenderConfig(**config.render),
+                               config.nrr_initial, resolution).to(device)
+            self.D = DualDiscriminator(resolution, LABEL_SIZE + warp.param_dim,
+                                       warp.flame.layout.n_expr + 3, config.d_channel_base,
+                                       config.d_channel_max, mbstd_group=config.mbstd_group).to(device)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.G_ddp, self.D_ddp = self.G, self.D
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.G_ddp = DDP(self.G, device_ids=ids)
+            # D's regression head takes no part in the fake images' pass.
+            self.D_ddp = DDP(self.D, device_ids=ids, find_unused_parameters=True)
+        # Lazy regularisation (StyleGAN2): the regularised phases' optimisers see scaled lr and betas.
+        ratio_g = config.density_reg_interval / (config.density_reg_interval + 1) if config.density_reg else 1
+        ratio_d = config.r1_interval / (config.r1_interval + 1)
+        beta = self.G.renderer.sigmoid_beta
+        rest = [p for p in self.G.parameters() if p.requires_grad and p is not beta]
+        groups = [{"params": rest}, {"params": [beta], "lr": config.lr_g * ratio_g * config.beta_lr_mul}]
+        self.opt_G = torch.optim.Adam(groups, lr=config.lr_g * ratio_g, betas=(0.0, 0.99 ** ratio_g), eps=1e-8)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d * ratio_d, betas=(0.0, 0.99 ** ratio_d),
+                                      eps=1e-8)
+        self.step = 0
+
+    # ---- schedules
+    def nrr(self):
+        c = self.config
+        if not c.nrr_final:
+            return c.nrr_initial
+        t = min(1.0, self.step / c.nrr_fade_steps)
+        return int(round((1 - t) * c.nrr_initial + t * c.nrr_final))
+
+    def blur_sigma(self):
+        c = self.config
+        return c.blur_sigma * max(0.0, 1 - self.step / c.blur_fade_steps) if c.blur_fade_steps else 0.0
+
+    # ---- data
+    def real_batch(self):
+        """This process's share of the step's batch, drawn from the step number (exact resume)."""
+        g = torch.Generator().manual_seed(_step_seed(self.config.seed, self.step, 1))
+        idx = torch.randint(len(self.dataset), (self.config.batch * self.world_size,), generator=g)
+        idx = idx[self.rank::self.world_size]
+        images, labels = zip(*(self.dataset[int(i)] for i in idx))
+        images = torch.stack(images).to(self.device).float() / 127.5 - 1
+        return images, torch.stack(labels).to(self.device)
+
+    def fake_inputs(self, g):
+        """z, the labels to render with, and the mapping's (EG3D's pose-conditioning swap)."""
+        total = self.config.batch * self.world_size  # drawn for the whole batch, then this process's share
+        z = torch.randn(total, self.G.config.z_dim, generator=g)
+        c = self.dataset.labels[torch.randint(len(self.dataset), (total,), generator=g)]
+        swap = torch.rand(total, 1, generator=g) < self.config.gpc_prob
+        c_map = torch.where(swap, c.roll(1, 0), c)
+        mine = slice(self.rank, None, self.world_size)
+        return z[mine].to(self.device), c[mine].to(self.device), c_map[mine].to(self.device)
+
+    # ---- one iteration
+    def train_step(self):
+        c, terms = self.config, {}
+        torch.manual_seed(_step_seed(c.seed, self.step, 2 + self.rank))  # noise inputs and ray jitter
+        g = torch.Generator().manual_seed(_step_seed(c.seed, self.step, 0))
+        real, real_c = self.real_batch()
+        real_raw = L.resize(real, self.nrr())
+        sigma = self.blur_sigma()
+        target_real = L.control_target(real_c, self.n_shape)
+
+        # G main: fool D, keep corrections small, and make the regressed controls match.
+        z, gen_c, map_c = self.fake_inputs(g)
+        self.D.requires_grad_(False)
+        out = self._synthesis(self.G_ddp, z, gen_c, map_c)
+        logits, regressed = L.run_discriminator(self.D, out["image"], out["image_raw"], gen_c, sigma)
+        loss_g = torch.nn.functional.softplus(-logits).mean()
+        prior = L.geometry_prior(out["delta"], out["prior_sdf"], c.geometry_sigma)
+        control = (regressed - L.control_target(gen_c, self.n_shape)).square().mean()
+        total = loss_g + c.geometry_prior * prior + c.control * control
+        if c.density_reg and self.step % c.density_reg_interval == 0:  # lazy: scaled by its interval
+            density = self._density_regulariser(z, gen_c, map_c, g)
+            total = total + density * c.density_reg * c.density_reg_interval
+            terms["density_reg"] = density.item()
+        self.opt_G.zero_grad(set_to_none=True)
+        total.backward()  # one backward, so DistributedDataParallel averages every term
+        terms.update(G=loss_g.item(), geometry_prior=prior.item(), control=control.item())
+        self._step(self.opt_G, self.G)
+        self.D.requires_grad_(True)
+
+        # D main: real vs fake, and the control head on real images.
+        with torch.no_grad():
+            z, gen_c, map_c = self.fake_inputs(g)
+            fake = self._synthesis(self.G, z, gen_c, map_c)
+        self.opt_D.zero_grad(set_to_none=True)
+        logits_fake, _ = L.run_discriminator(self.D_ddp, fake["image"], fake["image_raw"], gen_c, sigma)
+        loss_fake = torch.nn.functional.softplus(logits_fake).mean()
+        loss_fake.backward()
+        logits_real, regressed_real = L.run_discriminator(self.D_ddp, real, real_raw, real_c, sigma)
+        loss_real = torch.nn.functional.softplus(-logits_real).mean()
+        control_real = (regressed_real - target_real).square().mean()
+        (loss_real + c.control * control_real).backward()
+        terms.update(D=(loss_fake + loss_real).item(), D_control=control_real.item())
+        if self.step % c.r1_interval == 0:
+            r1 = L.r1_penalty(self.D_ddp, real, real_raw, real_c, sigma).mean()
+            (r1 * (c.r1_gamma / 2) * c.r1_interval).backward()
+            terms["r1"] = r1.item()
+        self._step(self.opt_D, self.D)
+
+        self._update_ema()
+        self.step += 1
+        terms.update(nrr=self.nrr(), blur=sigma, beta=self.G.renderer.sigmoid_beta.item())
+        return terms
+
+    def _synthesis(self, G, z, c, c_map):
+        return G(z, c, c_map=c_map, update_w_avg=torch.is_grad_enabled(), backend=self.config.backend,
+                 neural_rendering_resolution=self.nrr())
+
+    def _density_regulariser(self, z, c, c_map, g):
+        """EG3D's density regularisation on the SDF correction: the correction at random points
+        of the box and at points moved by ``density_reg_p_dist`` should agree (L1)."""
+        G, cfg = self.G, self.config
+        ws = G.map(z, c_map)
+        planes = G.planes(ws)
+        box = G.renderer.config.box_warp
+        total, mine = cfg.batch * self.world_size, slice(self.rank, None, self.world_size)
+        points = ((torch.rand(total, 1000, 3, generator=g) - 0.5) * box)[mine].to(self.device)
+        moved = points + (torch.randn(total, 1000, 3, generator=g) * cfg.density_reg_p_dist)[mine].to(self.device)
+        params = c[:, LABEL_SIZE:]
+        bias = G.decoder.pose_bias(params[:, -G.decoder.pose_dim:])
+        from ..render.backends import backend_named
+
+        backend = backend_named(cfg.backend)
+        deltas = []
+        for p in (points, moved):
+            _, canonical = G.renderer.warp(p, params, backend.name)
+            deltas.append(G.decoder.decode(backend.triplane(planes, canonical, box), bias)[1])
+        return (deltas[0] - deltas[1]).abs().mean()
+
+    def _step(self, optimizer, module):
+        for p in module.parameters():
+            if p.grad is not None:
+                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+        optimizer.step()
+
+    @torch.no_grad()
+    def _update_ema(self):
+        beta = 0.5 ** (self.config.batch * self.world_size / max(self.config.ema_images, 1e-8))
+        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            p_ema.copy_(p.detach().lerp(p_ema, beta))
+        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+    # ---- state
+    def state(self):
+        return {"config": self.config.to_dict(), "step": self.step, "G": self.G.state_dict(),
+                "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(), "opt_G": self.opt_G.state_dict(),
+                "opt_D": self.opt_D.state_dict()}
+
+    def load_state(self, state):
+        for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
+            getattr(self, name).load_state_dict(state[name])
+        self.step = state["step"]
+
+    @torch.no_grad()
+    def image_grid(self, count=8):
+        """``uint8 [H, W, 3]``: fixed seeds and labels through G_ema, the image above the raw one."""
+        g = torch.Generator().manual_seed(self.config.seed + 12345)
+        z = torch.randn(count, self.G.config.z_dim, generator=g).to(self.device)
+        c = self.dataset.labels[torch.randint(len(self.dataset), (count,), generator=g)].to(self.device)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            out = self.G_ema(z, c, noise_mode="const", backend=self.config.backend,
+                             neural_rendering_resolution=self.nrr())
+        image = out["image"]
+        raw = L.resize(out["image_raw"], image.shape[-1]) if out["image_raw"].shape[-1] < image.shape[-1] else \
+            torch.nn.functional.interpolate(out["image_raw"], size=image.shape[-2:], mode="nearest")
+        grid = torch.cat([image, raw], 2)  # [N, 3, 2H, W]
+        grid = grid.permute(2, 0, 3, 1).reshape(grid.shape[2], -1, 3)
+        return ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+
+
+def load_gan_run(run_dir, device=None, rank=0, world_size=1):
+    folder = RunFolder(run_dir)
+    state = folder.load_checkpoint(CHECKPOINT_KEYS)
+    config = GANConfig.from_dict(state["config"], source=folder.file("checkpoint.pt"))
+    if device is not None:
+        config.device = str(device)
+    run = GANRun(config, rank, world_size)
+    try:
+        run.load_state(state)
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise RunError(f"{folder.file('checkpoint.pt')}: does not fit its own settings ({error})") from None
+    return run
+
+
+def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=print, stop_after=None):
+    """Train (or continue) a GAN run in ``run_dir``; under torchrun, every process trains its
+    share of each batch through DistributedDataParallel and rank 0 writes the run folder.
+    Returns the last step's losses."""
+    rank, world_size = 0, 1
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if torch.cuda.is_available() and config is not None and
+                                    str(config.device).startswith("cuda") else "gloo")
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+    folder = RunFolder(run_dir, create=rank == 0)
+    train_log = folder.log(TRAIN_LOG)
+    if resume:
+        run = load_gan_run(run_dir, None if config is None else config.device, rank, world_size)
+        if config is not None:
+            ours, theirs = run.config.to_dict(), config.to_dict()
+            changed = [k for k in RUN_DEFINING if ours[k] != theirs[k]]
+            if changed:
+                raise RunError(f"{folder.file('config.json')}: the run has {changed[0]}={ours[changed[0]]!r}; "
+                               f"resuming keeps a run's settings, got {theirs[changed[0]]!r}")
+        config = run.config
+        config.steps = steps or config.steps
+        if rank == 0:
+            train_log.truncate(run.step)
+    else:
+        if folder.has_checkpoint():
+            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it")
+        run = GANRun(config, rank, world_size)
+        if rank == 0:
+            train_log.remove()
+    if rank == 0:
+        folder.write_config(config.to_dict())
+    writer = _tensorboard(folder.path) if rank == 0 else None
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+        bar = tqdm(total=config.steps, initial=run.step, desc="train-gan", unit="it", dynamic_ncols=True,
+                   mininterval=1.0)
+    until = config.steps if stop_after is None else min(stop_after, config.steps)
+    start, terms = time.perf_counter(), {}
+    while run.step < until:
+        terms = run.train_step()
+        if rank == 0:
+            if run.step % config.log_every == 0:
+                train_log.write({"step": run.step, "seconds": round(time.perf_counter() - start, 3), **terms})
+                if writer is not None:
+                    for key, value in terms.items():
+                        writer.add_scalar(f"loss/{key}", value, run.step)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix({k: f"{terms[k]:.3f}" for k in ("G", "D", "control") if k in terms}, refresh=False)
+            if run.step % config.image_every == 0 or run.step == until:
+                grid = run.image_grid()
+                _write_png(os.path.join(folder.path, "images", f"step{run.step:06d}.png"), grid)
+                if writer is not None:
+                    writer.add_image("G_ema", grid, run.step, dataformats="HWC")
+            if run.step % config.checkpoint_every == 0 or run.step == until:
+                folder.save_checkpoint(run.state())
+        if not all(math.isfinite(v) for v in terms.values()):
+            raise FloatingPointError(f"train-gan: a loss is not finite at step {run.step}: {terms}")
+    if bar is not None:
+        bar.close()
+    if writer is not None:
+        writer.close()
+    if rank == 0 and not folder.has_checkpoint():
+        folder.save_checkpoint(run.state())
+    return terms
+
+
+def _write_png(path, array):
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
+
+
+def _tensorboard(path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is optional: the CSV log has every number
+        return None
+    return SummaryWriter(os.path.join(path, "tensorboard"))
