@@ -11,7 +11,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..flame import Flame, make_synthetic_flame
 from ..geometry import camera_labels, ffhq_intrinsics, orbit_cam2world
+from ..render import MeshWarp, OSGDecoder, RenderConfig, Renderer, SDFWarp, world_scale_for
+from ..sdf.data import SDFSampler
+from ..sdf.network import NetworkConfig, SemanticSDF
 from .measure import _sync, measure_peak_bytes
 
 RENDER_PASSES = ("forward", "forward+backward")
@@ -68,11 +72,6 @@ class RenderBench:
     tri-grid 3 x 32 x 3 x 256^2 per image."""
 
     def __init__(self, device, network=None, grid=256):
-        from ..flame import Flame, make_synthetic_flame
-        from ..render import MeshWarp, OSGDecoder, RenderConfig, Renderer, SDFWarp, world_scale_for
-        from ..sdf.data import SDFSampler
-        from ..sdf.network import NetworkConfig, SemanticSDF
-
         self.device = torch.device(device)
         self.network = network or ("full" if self.device.type == "cuda" else "small")
         folder = tempfile.mkdtemp(prefix="omnifast-bench-flame-")
@@ -88,7 +87,6 @@ class RenderBench:
         self.warps = {"sdf": _TimedWarp(SDFWarp(flame, sdf, scale).to(self.device), self.device),
                       "mesh": _TimedWarp(MeshWarp(flame, sdf.centre.detach(), scale).to(self.device), self.device)}
         self.layout, self.grid = flame.layout, grid
-        self._config, self._renderer = RenderConfig, Renderer
 
     def inputs(self, case):
         g = torch.Generator().manual_seed(case.resolution)
@@ -101,8 +99,8 @@ class RenderBench:
 
     def runner(self, case, backend, pass_name, warp="sdf"):
         """A function doing one render (and its backward) of the case."""
-        config = self._config(depth_resolution=case.coarse, depth_resolution_importance=case.fine)
-        renderer = self._renderer(self.warps[warp], config).to(self.device)
+        config = RenderConfig(depth_resolution=case.coarse, depth_resolution_importance=case.fine)
+        renderer = Renderer(self.warps[warp], config).to(self.device)
         planes, labels = self.inputs(case)
 
         def run():

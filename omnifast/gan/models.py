@@ -71,11 +71,6 @@ class Generator(nn.Module):
         self.background = (SynthesisNetwork(c.w_dim, c.background_resolution, c.feature_channels,
                                             c.channel_base // 4, c.channel_max // 2) if c.background else None)
 
-    def check_labels(self, c):
-        if c.dim() != 2 or c.shape[1] != LABEL_SIZE + self.param_dim:
-            raise ValueError(f"labels must be [N, {LABEL_SIZE + self.param_dim}] (25 camera numbers and the "
-                             f"{self.param_dim} FLAME parameters of the stage I run), got {list(c.shape)}")
-
     def map(self, z, c, truncation_psi=1.0, update_w_avg=False):
         return self.mapping(z, c[:, :LABEL_SIZE], truncation_psi, update_w_avg)
 
@@ -88,7 +83,7 @@ class Generator(nn.Module):
                   generator=None):
         """``{image, image_raw, image_depth, opacity, delta, prior_sdf, planes}``: images in
         [-1, 1] (the super-resolved one and the raw one's RGB)."""
-        self.check_labels(c)
+        self.renderer.split_labels(c)  # wrong labels fail before any work
         resolution = neural_rendering_resolution or self.neural_rendering_resolution
         planes = self.planes(ws, noise_mode)
         out = self.renderer(planes, self.decoder, c, resolution, backend=backend, generator=generator)

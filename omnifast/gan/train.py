@@ -70,7 +70,6 @@ class GANConfig:
     backend: str = "omnifast"
     seed: int = 0
     device: str = "cpu"
-    workers: int = 0
     log_every: int = 1
     image_every: int = 100
     checkpoint_every: int = 100
@@ -262,16 +261,9 @@ class GANRun:
         total, mine = cfg.batch * self.world_size, slice(self.rank, None, self.world_size)
         points = ((torch.rand(total, 1000, 3, generator=g) - 0.5) * box)[mine].to(self.device)
         moved = points + (torch.randn(total, 1000, 3, generator=g) * cfg.density_reg_p_dist)[mine].to(self.device)
-        params = c[:, LABEL_SIZE:]
-        bias = G.decoder.pose_bias(params[:, -G.decoder.pose_dim:])
-        from ..render.backends import backend_named
-
-        backend = backend_named(cfg.backend)
-        deltas = []
-        for p in (points, moved):
-            _, canonical = G.renderer.warp(p, params, backend.name)
-            deltas.append(G.decoder.decode(backend.triplane(planes, canonical, box), bias)[1])
-        return (deltas[0] - deltas[1]).abs().mean()
+        _, delta, _ = G.renderer.sample(planes, G.decoder, torch.cat([points, moved], 1), c[:, LABEL_SIZE:],
+                                        backend=cfg.backend)
+        return (delta[:, :points.shape[1]] - delta[:, points.shape[1]:]).abs().mean()
 
     def _step(self, optimizer, module):
         for p in module.parameters():
@@ -309,8 +301,7 @@ class GANRun:
             out = self.G_ema(z, c, noise_mode="const", backend=self.config.backend,
                              neural_rendering_resolution=self.nrr())
         image = out["image"]
-        raw = L.resize(out["image_raw"], image.shape[-1]) if out["image_raw"].shape[-1] < image.shape[-1] else \
-            torch.nn.functional.interpolate(out["image_raw"], size=image.shape[-2:], mode="nearest")
+        raw = L.resize(out["image_raw"], image.shape[-1])
         grid = torch.cat([image, raw], 2)  # [N, 3, 2H, W]
         grid = grid.permute(2, 0, 3, 1).reshape(grid.shape[2], -1, 3)
         return ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()

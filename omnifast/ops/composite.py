@@ -112,6 +112,17 @@ def _strip_trailing_one(t, reference_dim):
     return t[..., 0] if t.dim() == reference_dim and t.shape[-1] == 1 else t
 
 
+def importance_uniforms(rays, n, *, deterministic=False, generator=None, device=None, dtype=torch.float32):
+    """The sorted quantiles ``[rays, n]`` :func:`importance_sample` inverts: evenly spaced
+    (``linspace(0, 1, n)``) or ``torch.rand((rays, n))`` as EG3D draws them (float32, then
+    ``dtype``). Sorted draws give sorted depths."""
+    if deterministic:
+        u = torch.linspace(0, 1, n, device=device, dtype=dtype).expand(rays, n)
+    else:
+        u = torch.rand((rays, n), device=device, generator=generator).to(dtype)
+    return torch.sort(u, dim=-1).values
+
+
 def importance_sample(depths, weights, n, *, deterministic=False, generator=None):
     """EG3D's importance sampling, fused: weight smoothing (max-pool then avg-pool, +0.01),
     pdf, cdf, search and interpolation in one pass per ray.
@@ -141,11 +152,8 @@ def importance_sample(depths, weights, n, *, deterministic=False, generator=None
     lead, samples, count = z.shape[:-1], z.shape[-1], w.shape[-1]
     rays = math.prod(lead)
     with torch.no_grad():
-        if deterministic:
-            u = torch.linspace(0, 1, n, device=z.device, dtype=z.dtype).expand(rays, n)
-        else:
-            u = torch.rand((rays, n), device=z.device, generator=generator).to(z.dtype)
-        u = torch.sort(u, dim=-1).values  # sorted draws give sorted depths
+        u = importance_uniforms(rays, n, deterministic=deterministic, generator=generator, device=z.device,
+                                dtype=z.dtype)
         out = torch.ops.omnifast.importance_sample(z.reshape(rays, samples),
                                                    w.detach().reshape(rays, count), u)
     out = out.reshape(*lead, n)

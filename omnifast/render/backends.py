@@ -4,7 +4,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from .. import reference
-from ..ops.composite import composite, importance_sample, merge_samples
+from ..ops.composite import composite, importance_sample, importance_uniforms, merge_samples
 from ..ops.triplane import triplane_sample
 
 
@@ -55,11 +55,8 @@ class Reference:
         """The same draws as :func:`omnifast.importance_sample` (sorted uniforms)."""
         lead, samples = depths.shape[:-2], depths.shape[-2]
         rays = depths[..., 0].numel() // samples
-        if deterministic:
-            u = torch.linspace(0, 1, n, device=depths.device, dtype=depths.dtype).expand(rays, n)
-        else:
-            u = torch.rand((rays, n), device=depths.device, generator=generator).to(depths.dtype)
-        u = torch.sort(u, dim=-1).values
+        u = importance_uniforms(rays, n, deterministic=deterministic, generator=generator, device=depths.device,
+                                dtype=depths.dtype)
         out = reference.sample_importance(depths.reshape(rays, samples), weights.detach().reshape(rays, -1),
                                           n, u.contiguous())
         return out.reshape(*lead, n, 1)

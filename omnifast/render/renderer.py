@@ -95,11 +95,7 @@ class Renderer(nn.Module):
         come from ``generator`` (default: the global one), in EG3D's order."""
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
             raise ValueError(f"resolution must be a positive integer (pixels per side), got {resolution!r}")
-        cam2world, intrinsics, params = split_labels(labels)
-        if params.shape[1] != self.warp.param_dim:
-            raise ValueError(f"labels must be [N, {25 + self.warp.param_dim}]: 25 camera numbers and the "
-                             f"{self.warp.param_dim} FLAME parameters of the stage I run, got "
-                             f"{list(labels.shape)} ({params.shape[1]} parameters)")
+        cam2world, intrinsics, params = self.split_labels(labels)
         if planes.dim() not in (5, 6) or planes.shape[0] != labels.shape[0] or planes.shape[1] != 3:
             raise ValueError(f"planes must be [N, 3, C, (D,) H, W] with the N of labels ({labels.shape[0]}), "
                              f"got {list(planes.shape)}")
@@ -108,6 +104,29 @@ class Renderer(nn.Module):
                                generator=generator, return_weights=return_weights)
         image = lambda t: t.permute(0, 2, 1).reshape(t.shape[0], t.shape[-1], resolution, resolution)  # noqa: E731
         return out._replace(features=image(out.features), depth=image(out.depth), opacity=image(out.opacity))
+
+    def split_labels(self, labels):
+        """``(cam2world, intrinsics, params)`` of ``labels [N, 25 + P]``, P being the warp's."""
+        cam2world, intrinsics, params = split_labels(labels)
+        if params.shape[1] != self.warp.param_dim:
+            raise ValueError(f"labels must be [N, {25 + self.warp.param_dim}]: 25 camera numbers and the "
+                             f"{self.warp.param_dim} FLAME parameters of the stage I run, got "
+                             f"{list(labels.shape)} ({params.shape[1]} parameters)")
+        return cam2world, intrinsics, params
+
+    @staticmethod
+    def pose_bias(decoder, params, dtype):
+        """The decoder's per-image bias from the pose part of ``params`` (after the shape)."""
+        return decoder.pose_bias(params[:, params.shape[1] - decoder.pose_dim:].to(dtype))
+
+    def sample(self, planes, decoder, points, params, *, backend="omnifast"):
+        """At world ``points [N, M, 3]`` (not along rays, as EG3D's ``G.sample``): ``(colour
+        features [N, M, C], the decoder's correction [N, M, 1], the prior SDF [N, M])``."""
+        backend = backend_named(backend)
+        prior, canonical = self.warp(points, params, backend.name)
+        colour, delta = decoder.decode(backend.triplane(planes, canonical.to(planes.dtype), self.config.box_warp),
+                                       self.pose_bias(decoder, params, planes.dtype))
+        return colour, delta, prior
 
     def stratified(self, origins, generator=None):
         """EG3D's ``sample_stratified`` for the config's scalar ray start/end: ``[N, M, S, 1]``."""
@@ -159,7 +178,7 @@ class Renderer(nn.Module):
         without keeping per-sample colours from the coarse pass."""
         backend, c = backend_named(backend), self.config
         planes = backend.prepare(planes)
-        bias = decoder.pose_bias(params[:, params.shape[1] - decoder.pose_dim:].to(planes.dtype))
+        bias = self.pose_bias(decoder, params, planes.dtype)
         # A step of an optimiser can push beta through zero: it is used at no less than 1e-6.
         beta = self.sigmoid_beta.to(planes.dtype).clamp_min(1e-6)
         depths = self.stratified(origins, generator).to(planes.dtype)
