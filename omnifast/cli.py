@@ -1,6 +1,6 @@
 """The omnifast command line: parsing and dispatch only. Each area adds its own subcommands
 (`add_parsers(sub)` returns their handlers): `info`; `bench` (omnifast.bench.commands);
-`make-flame` (omnifast.flame.commands); `make-dataset` (omnifast.data.commands); `train-gan`
+`make-flame` (omnifast.flame.commands); `make-dataset` (omnifast.data.commands); `train-gan`, `generate`, `eval-gan`
 (omnifast.gan.commands); `train-sdf`, `eval-sdf`, `export-sdf`
 (omnifast.sdf.commands); `demo` (omnifast.demo).
 

@@ -123,15 +123,16 @@ class RunFolder:
 
     # ---- logs
 
-    def log(self, name):
-        return CsvLog(self.file(name))
+    def log(self, name, columns=None):
+        return CsvLog(self.file(name), columns)
 
 
 class CsvLog:
-    """Rows appended to a CSV file; the first row fixes the columns."""
+    """Rows appended to a CSV file; ``columns`` (or else the first row) fix a new file's columns,
+    an existing file keeps its own."""
 
-    def __init__(self, path):
-        self.path, self.fields = path, None
+    def __init__(self, path, columns=None):
+        self.path, self.fields, self.columns = path, None, columns
 
     def remove(self):
         if os.path.isfile(self.path):
@@ -153,7 +154,7 @@ class CsvLog:
         new = not os.path.isfile(self.path) or os.path.getsize(self.path) == 0
         if self.fields is None:
             if new:
-                self.fields = list(row)
+                self.fields = list(self.columns or row)
             else:
                 with open(self.path) as f:
                     self.fields = next(csv.reader(f))

@@ -5,6 +5,7 @@ import math
 import os
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -41,11 +42,12 @@ def config_for(root, **changes):
 
 
 def test_one_step_of_every_phase_moves_every_trainable_parameter(stage_one):
-    run = GANRun(config_for(stage_one, r1_interval=1, density_reg_interval=1))
+    run = GANRun(config_for(stage_one, r1_interval=1, density_reg_interval=1, eikonal=0.1))
     before = {name: p.detach().clone() for name, p in [*run.G.named_parameters(), *run.D.named_parameters(),
                                                         *(("warp." + n, p) for n, p in run.G.renderer.warp.named_parameters())]}
     terms = run.train_step()
-    assert {"G", "D", "r1", "density_reg", "geometry_prior", "control", "D_control"} <= set(terms)
+    assert {"G", "D", "r1", "density_reg", "eikonal", "geometry_prior", "control", "D_control"} <= set(terms)
+    assert not run.D.autocast and not run.G.superresolution.autocast  # bfloat16 on CUDA only
     assert all(math.isfinite(v) for v in terms.values())
     still = [n for n, p in run.G.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
     still += [n for n, p in run.D.named_parameters() if torch.equal(p, before[n])]
@@ -78,6 +80,30 @@ def test_backends_give_the_same_generator_in_float64(stage_one):
         assert (x is None) == (y is None)
         if x is not None:
             torch.testing.assert_close(x, y, rtol=1e-7, atol=1e-9)
+
+
+def test_mixed_precision_runs_super_resolution_and_d_in_bfloat16(stage_one):
+    # CUDA autocast in training; the CPU's bfloat16 autocast checks the same code path here.
+    run = GANRun(config_for(stage_one))
+    z = torch.randn(2, run.G.config.z_dim)
+    c = run.dataset.labels[:2]
+    image, raw = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 16, 16) * 2 - 1
+    outputs = {}
+    for autocast in (False, True):
+        run.G.superresolution.autocast = run.D.autocast = autocast
+        torch.manual_seed(0)
+        out = run.G(z, c, noise_mode="const", generator=torch.Generator().manual_seed(1))
+        logits, regressed = run.D(image.requires_grad_(True), raw, c)
+        grads = torch.autograd.grad(logits.sum() + regressed.sum(), [image, *run.D.parameters()])
+        outputs[autocast] = out["image"], logits, regressed, grads
+    (i32, l32, r32, g32), (i16, l16, r16, g16) = outputs[False], outputs[True]
+    assert i16.dtype == l16.dtype == r16.dtype == torch.float32 and all(g.dtype == torch.float32 for g in g16)
+    assert not torch.equal(i16, i32) and not torch.equal(l16, l32)  # it did run in another precision
+    torch.testing.assert_close(i16, i32, rtol=0, atol=0.05)
+    torch.testing.assert_close(l16, l32, rtol=0.05, atol=0.05)
+    torch.testing.assert_close(r16, r32, rtol=0.05, atol=0.05)
+    assert all(torch.isfinite(g).all() and g.abs().max() > 0 for g in g16)
+    assert torch.nn.functional.cosine_similarity(g16[0].flatten(), g32[0].flatten(), dim=0) > 0.99  # R1's input
 
 
 def test_resume_continues_exactly(stage_one, tmp_path):
@@ -148,6 +174,10 @@ def test_bad_runs_raise_clear_errors(stage_one, flame_dir, tmp_path):
         GANRun(config_for(stage_one, dataset=str(tmp_path / "other")))
     with pytest.raises(RunError, match="unknown setting 'learning_rate'"):
         config_for(stage_one, learning_rate=1)
+    with pytest.raises(RunError, match="eikonal needs warp 'sdf'.*got warp 'mesh'"):
+        config_for(stage_one, eikonal=0.1, warp="mesh")
+    with pytest.raises(RunError, match="eikonal needs render density 'sdf'"):
+        config_for(stage_one, eikonal=0.1, render=dict(density="density_delta"))
     with pytest.raises(RunError, match="preset must be one of"):
         GANConfig.with_preset("huge", dataset="x", sdf_run="y")
     with pytest.raises(FileNotFoundError, match="dataset not found"):
@@ -178,3 +208,149 @@ def test_train_gan_command(stage_one, tmp_path):
     changed = run("--out", out, "--resume", "--data", str(stage_one / "data"), "--sdf-run", str(stage_one / "sdf"),
                   "--config", str(settings), "--lr-g", "0.1", "--no-progress", "--device", "cpu")
     assert changed.returncode == 2 and "lr_g" in changed.stderr
+
+
+# ---- generation
+
+
+@pytest.fixture(scope="module")
+def gan_run(stage_one):
+    # The exact FLAME prior as the warp: the 2-step stage I network of these tests is no head yet.
+    train_gan(config_for(stage_one, steps=2, warp="mesh"), str(stage_one / "gan"), progress=False)
+    return stage_one / "gan"
+
+
+def test_generate_command_writes_grids_a_sweep_video_and_meshes(gan_run, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    import imageio.v2 as imageio
+    from PIL import Image
+
+    from omnifast.sdf.export import read_ply
+
+    out = tmp_path / "grid.png"
+    result = subprocess.run([sys.executable, "-m", "omnifast", "generate", str(gan_run), "--seeds", "0-1",
+                             "--out", str(out), "--sweep", "jaw", "--frames", "3", "--video",
+                             str(tmp_path / "jaw.gif"), "--params", "expression=0.5", "--mesh",
+                             str(tmp_path / "head.ply"), "--mesh-resolution", "32", "--extras", "--device", "cpu"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["seeds"] == [0, 1] and report["settings"] == 3 and report["step"] == 2
+    for name in ("grid.png", "grid_raw.png", "grid_depth.png", "grid_normals.png"):
+        assert Image.open(tmp_path / name).size == (3 * 32, 2 * 32), name  # a column per frame, a row per seed
+    frames = imageio.mimread(tmp_path / "jaw.gif")
+    assert len(frames) == 3 and frames[0].shape[:2] == (32, 2 * 32)  # the seeds side by side
+    assert not np.array_equal(frames[0], frames[-1])  # the jaw moved something
+    for name in ("head.ply", "head_canonical.ply"):
+        verts, faces = read_ply(tmp_path / name)
+        assert len(faces) > 100 and verts.abs().max() < 0.5  # a head, in FLAME's metres
+    # a sweep over the camera keeps the mapping's input: the same identity from every side
+    from omnifast.gan.generate import HeadGenerator
+
+    generator = HeadGenerator(str(gan_run))
+    params, yaws = generator.sweep_params("yaw", torch.zeros(1, generator.layout.size), 3)
+    assert torch.equal(params[0], params[2]) and yaws[0] < 0 < yaws[2]
+    labels = torch.cat([generator.labels(params[i:i + 1], float(yaws[i])) for i in range(3)])
+    got = generator.synthesize([5, 5, 5], labels)
+    assert got["image"].shape == (3, 3, 32, 32) and got["normals"].shape == (3, 3, 16, 16)
+    assert torch.allclose(got["normals"].norm(dim=1), torch.ones(1), atol=1e-4)
+
+
+def test_generate_rejects_bad_arguments(gan_run, tmp_path):
+    import subprocess
+    import sys
+
+    run = lambda *a: subprocess.run([sys.executable, "-m", "omnifast", "generate", str(gan_run), "--out",  # noqa: E731
+                                     str(tmp_path / "g.png"), *a], capture_output=True, text=True)
+    for args, message in ((["--seeds", "a-b"], "--seeds: expected numbers"),
+                          (["--video", "v.mp4"], "--video needs --sweep"),
+                          (["--sweep", "jaw", "--video", "v.avi"], "--video must end in .mp4 or .gif"),
+                          (["--params", "smile=1"], "--params: expected NAME=v1,v2")):
+        result = run(*args)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+
+
+def test_eval_gan_measures_geometry_and_control_against_flame(gan_run, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    path = tmp_path / "eval.json"
+    result = subprocess.run([sys.executable, "-m", "omnifast", "eval-gan", str(gan_run), "--samples", "2",
+                             "--mesh-resolution", "48", "--json", str(path), "--device", "cpu"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(path.read_text())
+    assert report["samples"] == 2 and report["geometry"]["face_pixels"] > 20
+    for group, names in (("geometry", ("depth_mm", "surface_mm")),
+                         ("control", ("expression_mm", "jaw_mm", "identity_pixel_change"))):
+        for name in names:
+            assert all(math.isfinite(v) and v >= 0 for v in report[group][name].values()), (group, name)
+    # The run's warp is the exact FLAME prior and its correction starts at zero: two iterations
+    # later the generated surface still lies on the FLAME mesh, in the right frame and units.
+    assert report["geometry"]["surface_mm"]["p95"] < 5
+    assert report["geometry"]["depth_mm"]["mean"] < 30
+
+
+# ---- image quality
+
+
+class _TinyDetector(torch.nn.Module):
+    """Stands in for the Inception network with random weights: a detector's signature
+    (uint8 images, ``return_features``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 16, 3, stride=2)
+
+    def forward(self, images: torch.Tensor, return_features: bool = False) -> torch.Tensor:
+        x = torch.nn.functional.interpolate(images.float() / 255, size=(32, 32), mode="bilinear")
+        return self.conv(x).relu().mean((2, 3)) if return_features else self.conv(x).sum((1, 2, 3))
+
+
+def test_frechet_distance_and_kid_match_their_definitions():
+    from scipy import linalg
+
+    from omnifast.gan.metrics import frechet_distance, kernel_inception_distance
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(300, 8, generator=g, dtype=torch.float64)
+    b = torch.randn(200, 8, generator=g, dtype=torch.float64) @ torch.randn(8, 8, generator=g, dtype=torch.float64) + 0.5
+    mu_a, mu_b, s_a, s_b = a.mean(0).numpy(), b.mean(0).numpy(), np.cov(a.numpy().T), np.cov(b.numpy().T)
+    root = linalg.sqrtm(s_a @ s_b).real
+    expected = ((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * root)
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=1e-8)
+    assert abs(frechet_distance(a, a)) < 1e-8
+    # KID: StyleGAN3's estimator, written out for one subset holding every feature
+    x, y = a[:200].numpy(), b.numpy()
+    n, d = 200, 8
+    kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+    direct = ((kxx.sum() - np.diag(kxx).sum() + kyy.sum() - np.diag(kyy).sum()) / (n - 1) - kxy.sum() * 2 / n) / n
+    assert kernel_inception_distance(a[:200], b, subsets=1) == pytest.approx(direct, rel=1e-9)
+    assert kernel_inception_distance(a, b) > 10 * abs(kernel_inception_distance(a[:150], a[150:]))
+
+
+def test_eval_gan_image_quality_with_a_user_detector(gan_run, tmp_path):
+    import pickle
+
+    from omnifast.gan.evaluate import evaluate_gan
+    from omnifast.gan.metrics import InceptionFeatures
+
+    detector = _TinyDetector()
+    scripted = tmp_path / "detector.pt"
+    torch.jit.save(torch.jit.script(detector), str(scripted))
+    pickled = tmp_path / "detector.pkl"  # a pickled module with the detector's signature
+    pickled.write_bytes(pickle.dumps(detector))
+    images = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    assert torch.equal(InceptionFeatures(str(scripted))(images), InceptionFeatures(str(pickled))(images))
+    report = evaluate_gan(str(gan_run), samples=1, mesh_resolution=32, log=lambda *a: None, quality_images=8,
+                          inception=str(scripted))
+    quality = report["quality"]
+    assert quality["images"] == 8 and all(math.isfinite(quality[k]) for k in ("fd_random", "fid", "kid"))
+    assert quality["fid"] > 0 and quality["fd_random"] > 0
+    (tmp_path / "junk.pt").write_bytes(b"not a network")
+    with pytest.raises(ValueError, match="--inception: .*junk.pt is neither a TorchScript file"):
+        InceptionFeatures(str(tmp_path / "junk.pt"))

@@ -289,6 +289,44 @@ def test_no_gradient_reaches_the_warp(flame, sdf_warp):
             p.requires_grad_(False)
 
 
+def test_sdf_gradient_is_the_final_sdfs_gradient_and_backends_agree(flame, sdf_warp):
+    # W in float64 here, so that finite differences of s + delta s are exact enough to compare.
+    import copy
+
+    warp = SDFWarp(flame, copy.deepcopy(sdf_warp.sdf).double(), sdf_warp.world_scale)
+    planes, _, params, *_ = scene(flame, 2, batch=2)
+    decoder = OSGDecoder(8, pose_dim=pose_dim(flame)).double()
+    renderer = renderer_for(warp)
+    points = (torch.rand(2, 20, 3, dtype=torch.float64) - 0.5) * 0.6  # inside W's box
+    gradients, grads = [], []
+    for backend in ("omnifast", "reference"):
+        gradient = renderer.sdf_gradient(planes, decoder, points, params, backend=backend)
+        eikonal = (gradient.norm(dim=-1) - 1).square().mean()
+        grads.append(torch.autograd.grad(eikonal, [planes, *decoder.parameters()], allow_unused=True))
+        gradients.append(gradient)
+    torch.testing.assert_close(gradients[0], gradients[1], rtol=1e-9, atol=1e-10)
+    names = ["planes", *(n for n, _ in decoder.named_parameters())]
+    for name, x, y in zip(names, *grads):
+        if name.startswith("output") and x is None:  # only the correction's row reaches the SDF
+            continue
+        assert x.abs().max() > 0, name
+        torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-10, msg=name)
+
+    def final_sdf(p):
+        _, delta, prior = renderer.sample(planes, decoder, p, params, backend="reference")
+        return prior + delta[..., 0]
+    eps = 1e-6
+    for axis in range(3):
+        step = torch.zeros(3, dtype=torch.float64)
+        step[axis] = eps
+        finite = (final_sdf(points + step) - final_sdf(points - step)) / (2 * eps)
+        torch.testing.assert_close(gradients[0][..., axis], finite.detach(), rtol=1e-5, atol=1e-6)
+    assert not any(p.grad is not None for p in warp.parameters())
+    with pytest.raises(ValueError, match="MeshWarp has no gradient with respect to the points"):
+        renderer_for(MeshWarp(flame, sdf_warp.centre, sdf_warp.world_scale)).sdf_gradient(
+            planes, decoder, points, params)
+
+
 def test_mesh_warp_gives_the_mesh_distance_and_the_sdf_warp_its_fallback(flame, sdf_warp, mesh_warp):
     params = torch.zeros(1, flame.layout.size)
     far = torch.tensor([[[0.0, 0.0, 5.0], [0.49, 0.0, 0.0]]])

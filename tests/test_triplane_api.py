@@ -278,7 +278,7 @@ def test_cli_bench_all_ops(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(path.read_text())
     ops = {r["op"] for r in report["results"]}
-    assert ops == {"triplane_sample", "composite", "closest_point", "render"}
+    assert ops == {"triplane_sample", "composite", "closest_point", "render", "train"}
     impls = {r["impl"] for r in report["results"] if r["op"] == "closest_point"}
     assert {"omnifast", "omnifast (pseudonormal)", "brute force (torch)"} <= impls
     # every peer is either measured or reported missing, with the reason
@@ -312,6 +312,29 @@ def test_cli_bench_render_rows_and_budget(tmp_path):
     assert report["render_max_resolution"]["memory_budget_bytes"] == 2 ** 29
     assert "largest 1-image training render in 0.5 GiB" in result.stdout
     assert run_cli("bench", "render", "--memory-budget", "-1").returncode == 2
+
+
+def test_cli_bench_train_rows(tmp_path):
+    path = tmp_path / "bench.json"
+    result = run_cli("bench", "train", "--quick", "--device", "cpu", "--cases", "1", "--json", str(path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(path.read_text())
+    rows = report["results"]
+    assert {(r["op"], r["backend"], r["resolution"]) for r in rows} == {("train", b, 16) for b in ("omnifast", "reference")}
+    for row in rows:
+        amortised = (row["plain_iteration_seconds"] + row["phases"]["G_reg"] / 4 + row["phases"]["D_reg"] / 16)
+        assert row["seconds_per_iteration"] == pytest.approx(amortised)
+        assert row["images_per_second"] == pytest.approx(row["batch"] / row["seconds_per_iteration"])
+        assert row["kimg_per_day"] == pytest.approx(row["images_per_second"] * 86.4)
+        assert {"data", "G_main", "D_main", "G_reg", "D_reg"} <= set(row["phases"])
+        assert row["phases"]["D_reg"] > 0
+        assert row["peak_bytes"] == row["static_bytes"] + row["extra_peak_bytes"] > 0
+        parts = row["part_seconds"]
+        assert set(parts) == {"backbone", "warp", "renderer", "superresolution", "discriminator", "other"}
+        assert all(parts[p] > 0 for p in ("backbone", "warp", "renderer", "superresolution", "discriminator"))
+        assert sum(parts.values()) <= row["plain_iteration_seconds"] * 3  # profiled, so somewhat slower
+    assert rows[0]["speedup"] == pytest.approx(rows[1]["seconds_per_iteration"] / rows[0]["seconds_per_iteration"])
+    assert "kimg/day" in result.stdout
 
 
 def test_cli_rejects_unknown_pass():

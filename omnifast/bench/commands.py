@@ -140,14 +140,14 @@ def _bench_correspondence(device, quick, runs_each, max_cases=None, subset=2000)
     return rows, missing_all
 
 
-OPS = ("triplane", "composite", "correspondence", "render")
+OPS = ("triplane", "composite", "correspondence", "render", "train")
 
 
 def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=None, json_path=None, runs=None,
                    subset=2000, memory_budget=None):
     """Time omnifast against the PyTorch references (and any peers installed) and return the
     report; ``op``: one of OPS, "kernels" (every operator, no render) or "all"; ``cases``: only
-    the first N (smallest) cases of each op;
+    the first N (smallest) cases of each op ("train": one GAN iteration with full-size networks);
     ``passes``: a subset of the ops' passes; ``runs``: timed calls per contender (default 9, 3
     with ``quick``); ``subset``: queries the slow closest-point peers answer (times scaled);
     ``memory_budget``: bytes the render benchmark's largest resolution must fit (default: the
@@ -217,6 +217,10 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
         rows, limits, budget = run_render_bench(device, quick, cases, runs_given, memory_budget, passes)
         report["results"] += rows
         report["render_max_resolution"] = {"memory_budget_bytes": budget, **limits}
+    if op in ("all", "train"):
+        from .train import run_train_bench
+
+        report["results"] += run_train_bench(device, quick, cases, runs_given)
     if "copy_bandwidth_GBps" in report:  # how close the forward comes to the bytes it must move
         for row in report["results"]:
             if "omnifast_forward_GBps" in row:
@@ -233,7 +237,8 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
 def add_parsers(sub):
     bench = sub.add_parser("bench", help="omnifast vs the PyTorch reference, same run")
     bench.add_argument("op", nargs="?", default="all", choices=[*OPS, "kernels", "all"],
-                       help="one operator, the render, kernels (every operator) or all (default)")
+                       help="one operator, the render, a training iteration (train), kernels (every "
+                       "operator) or all (default)")
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (checks the harness)")

@@ -89,29 +89,55 @@ def return_large_blocks(threshold=1 << 20):
         return False
 
 
-def measure_peak_bytes(fn, device):
-    """Peak extra memory while fn() runs, over what was held before it.
+class PeakMeter:
+    """Peak memory over a baseline, read at any point and restarted without a new baseline.
 
     CUDA: the caching allocator's peak. CPU: the process's resident high-water mark, reset
     through /proc/self/clear_refs (Linux); None where that is unavailable.
     """
-    device = torch.device(device)
-    if device.type == "cuda":
-        _sync(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device)
-        fn()
-        _sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
-    try:
-        _release_freed_heap()
-        with open("/proc/self/clear_refs", "w") as refs:
-            refs.write("5")  # resets VmHWM to the current resident size
-        before = _status_kib("VmRSS")
-        fn()
-        return max(0, _status_kib("VmHWM") - before) * 1024
-    except OSError:
-        return None
+
+    def __init__(self, device):
+        self.device, self.base = torch.device(device), None
+
+    def start(self):
+        """The memory held now becomes the baseline; a new peak starts."""
+        if self.device.type == "cuda":
+            _sync(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            _release_freed_heap()
+            try:
+                self.base = _status_kib("VmRSS") * 1024
+            except OSError:
+                self.base = None
+        self.restart()
+
+    def restart(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        elif self.base is not None:
+            try:
+                with open("/proc/self/clear_refs", "w") as refs:
+                    refs.write("5")  # resets VmHWM to the current resident size
+            except OSError:
+                self.base = None
+
+    def peak(self):
+        """Bytes over the baseline at the highest point since the last start or restart."""
+        if self.device.type == "cuda":
+            _sync(self.device)
+            return torch.cuda.max_memory_allocated(self.device) - self.base
+        if self.base is None:
+            return None
+        return max(0, _status_kib("VmHWM") * 1024 - self.base)
+
+
+def measure_peak_bytes(fn, device):
+    """Peak extra memory while fn() runs, over what was held before it (:class:`PeakMeter`)."""
+    meter = PeakMeter(device)
+    meter.start()
+    fn()
+    return meter.peak()
 
 
 def measure_retained_bytes(fn, device):

@@ -46,6 +46,23 @@ def render_cases(device, quick=False):
             RenderCase(256, 16, 16, 1, "CPU: 16 + 16 samples per ray at 256^2")]
 
 
+def untrained_warps(device, network="small"):
+    """``{"sdf": SDFWarp, "mesh": MeshWarp}`` on the synthetic FLAME model (100 shape, 100
+    expression parameters) with a semantic SDF of the ``network`` preset, untrained: what a
+    warp costs does not depend on its weights."""
+    folder = tempfile.mkdtemp(prefix="omnifast-bench-flame-")
+    make_synthetic_flame(folder)
+    flame = Flame(folder, 100, 100)
+    sampler = SDFSampler(flame)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        sdf = SemanticSDF(flame.layout.size, sampler.box_min, sampler.box_max,
+                          config=NetworkConfig.preset(network)).eval()
+    scale = world_scale_for(float(sdf.scale), 1.0)
+    return {"sdf": SDFWarp(flame, sdf, scale).to(device),
+            "mesh": MeshWarp(flame, sdf.centre.detach(), scale).to(device)}
+
+
 class _TimedWarp(torch.nn.Module):
     """The renderer's warp, timed (the warp's share of a render)."""
 
@@ -74,19 +91,12 @@ class RenderBench:
     def __init__(self, device, network=None, grid=256):
         self.device = torch.device(device)
         self.network = network or ("full" if self.device.type == "cuda" else "small")
-        folder = tempfile.mkdtemp(prefix="omnifast-bench-flame-")
-        make_synthetic_flame(folder)
-        flame = Flame(folder, 100, 100)
-        sampler = SDFSampler(flame)
+        warps = untrained_warps(self.device, self.network)
+        self.warps = {name: _TimedWarp(warp, self.device) for name, warp in warps.items()}
+        self.layout, self.grid = warps["sdf"].flame.layout, grid
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            sdf = SemanticSDF(flame.layout.size, sampler.box_min, sampler.box_max,
-                              config=NetworkConfig.preset(self.network)).eval()
-            self.decoder = OSGDecoder(pose_dim=flame.layout.size - flame.layout.n_shape).to(self.device)
-        scale = world_scale_for(float(sdf.scale), 1.0)
-        self.warps = {"sdf": _TimedWarp(SDFWarp(flame, sdf, scale).to(self.device), self.device),
-                      "mesh": _TimedWarp(MeshWarp(flame, sdf.centre.detach(), scale).to(self.device), self.device)}
-        self.layout, self.grid = flame.layout, grid
+            self.decoder = OSGDecoder(pose_dim=self.layout.size - self.layout.n_shape).to(self.device)
 
     def inputs(self, case):
         g = torch.Generator().manual_seed(case.resolution)

@@ -1,5 +1,8 @@
-"""The ``omnifast train-gan`` command (one process, or several under torchrun)."""
+"""The ``omnifast train-gan`` (one process, or several under torchrun) and ``omnifast generate``
+commands."""
 import json
+
+import numpy as np
 
 
 def add_parsers(sub):
@@ -25,7 +28,135 @@ def add_parsers(sub):
     train.add_argument("--image-every", type=at_least(1), help="iterations between image grids (default 100)")
     train.add_argument("--checkpoint-every", type=at_least(1), help="iterations between checkpoints (default 100)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return {"train-gan": train_gan_command}
+    gen = sub.add_parser("generate", help="images, sweeps (video) and meshes from a trained stage II run")
+    gen.add_argument("run", help="a train-gan run folder")
+    gen.add_argument("--seeds", default="0-3", help="seeds and ranges, e.g. 0-7,12 (default 0-3)")
+    gen.add_argument("--out", required=True, help="the PNG grid: a row per seed, a column per setting")
+    gen.add_argument("--params", nargs="*", metavar="NAME=V1,V2",
+                     help="FLAME parameters by name (shape, expression, neck, jaw); a part's values fill its "
+                     "leading entries, the rest are zero")
+    gen.add_argument("--yaw", type=float, default=0.0, help="camera yaw off the front, radians")
+    gen.add_argument("--pitch", type=float, default=0.0, help="camera pitch off the front, radians")
+    gen.add_argument("--fov", type=positive_float, help="field of view in degrees (default: EG3D's FFHQ camera)")
+    gen.add_argument("--truncation", type=float, default=1.0, help="truncation psi (default 1: none)")
+    gen.add_argument("--sweep", choices=["jaw", "expression", "neck", "yaw"],
+                     help="move one control across its range, the identity fixed: a column per frame")
+    gen.add_argument("--frames", type=at_least(2), default=8, help="settings of a sweep (default 8)")
+    gen.add_argument("--video", help="the sweep as a video (.mp4 or .gif), the seeds side by side")
+    gen.add_argument("--mesh", help="PLY of the first seed's surface (final SDF) in FLAME's metres; "
+                     "NAME_canonical.ply beside it is the canonical one")
+    gen.add_argument("--mesh-resolution", type=at_least(16), default=128, help="marching cubes grid (default 128)")
+    gen.add_argument("--extras", action="store_true",
+                     help="also write the raw neural image, depth and normals grids beside --out")
+    gen.add_argument("--backend", choices=["omnifast", "reference"], default="omnifast")
+    gen.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    ev = sub.add_parser("eval-gan", help="control accuracy of a stage II run against the FLAME mesh")
+    ev.add_argument("run", help="a train-gan run folder")
+    ev.add_argument("--samples", type=at_least(1), default=8, help="random seeds, FLAME parameters and cameras (8)")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--mesh-resolution", type=at_least(16), default=64, help="marching cubes grid (default 64)")
+    ev.add_argument("--quality-images", type=at_least(0), default=64,
+                    help="dataset and generated images for the image quality (default 64; 0: skip)")
+    ev.add_argument("--inception", help="the Inception network for FID and KID: StyleGAN2-ADA's "
+                    "inception-2015-12-05.pt or StyleGAN3's .pkl (not downloaded; without it, only the proxy)")
+    ev.add_argument("--json", help="also write the table as JSON")
+    ev.add_argument("--backend", choices=["omnifast", "reference"], default="omnifast")
+    ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    return {"train-gan": train_gan_command, "generate": generate_command, "eval-gan": eval_gan_command}
+
+
+def eval_gan_command(args):
+    import sys
+
+    from ..runs import atomic_write
+    from ..sdf.commands import device_of
+    from .evaluate import evaluate_gan
+
+    result = evaluate_gan(args.run, args.samples, device_of(args.device), args.backend, args.seed,
+                          args.mesh_resolution, log=lambda text: print(text, file=sys.stderr),
+                          quality_images=args.quality_images, inception=args.inception)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        atomic_write(args.json, lambda f: f.write(text), binary=False)
+    print(text)
+    return 0
+
+
+def generate_command(args):
+    import os
+
+    import torch
+
+    from ..sdf.commands import device_of
+    from ..sdf.export import parse_params, write_ply
+    from .generate import HeadGenerator, grid, parse_seeds, to_uint8
+    from .train import write_png
+
+    seeds = parse_seeds(args.seeds)
+    if args.video and not args.sweep:
+        raise ValueError("--video needs --sweep (what the video moves)")
+    if args.video and os.path.splitext(args.video)[1].lower() not in (".mp4", ".gif"):
+        raise ValueError(f"--video must end in .mp4 or .gif, got {args.video!r}")
+    generator = HeadGenerator(args.run, device_of(args.device), args.backend)
+    base = parse_params(generator.layout, args.params)
+    if args.sweep:
+        params, yaws = generator.sweep_params(args.sweep, base, args.frames)
+    else:
+        params, yaws = base, torch.zeros(1)
+    settings = params.shape[0]
+    labels = torch.cat([generator.labels(params[i:i + 1], args.yaw + float(yaws[i]), args.pitch, args.fov)
+                        for i in range(settings)])
+    rows = {key: [] for key in ("image", "raw", "depth", "normals")}
+    for seed in seeds:  # a row: one seed under every setting
+        out = generator.synthesize([seed] * settings, labels, args.truncation)
+        near, far = generator.G.renderer.config.ray_start, generator.G.renderer.config.ray_end
+        depth = torch.where(out["opacity"] > 0.5, out["depth"], torch.full_like(out["depth"], far))
+        size = out["image"].shape[-2:]  # the neural images enlarged (nearest) to sit beside the final one
+        enlarge = lambda t, size=size: torch.nn.functional.interpolate(t, size=size, mode="nearest")  # noqa: E731
+        rows["image"].append(to_uint8(out["image"]))
+        rows["raw"].append(to_uint8(enlarge(out["raw"])))
+        rows["depth"].append(to_uint8(enlarge(depth), far, near))
+        rows["normals"].append(to_uint8(enlarge(out["normals"] * (out["opacity"] > 0.5))))
+    cells = {key: np.concatenate(value) for key, value in rows.items()}
+    write_png(args.out, grid(cells["image"], len(seeds)))
+    written = [args.out]
+    if args.extras:
+        stem, ext = os.path.splitext(args.out)
+        for key in ("raw", "depth", "normals"):
+            write_png(f"{stem}_{key}{ext}", grid(cells[key], len(seeds)))
+            written.append(f"{stem}_{key}{ext}")
+    if args.video:
+        frames = cells["image"].reshape(len(seeds), settings, *cells["image"].shape[1:])
+        write_video(args.video, [np.concatenate(list(frames[:, i]), axis=1) for i in range(settings)])
+        written.append(args.video)
+    if args.mesh:
+        for canonical, path in ((False, args.mesh), (True, os.path.splitext(args.mesh)[0] + "_canonical.ply")):
+            verts, faces = generator.mesh(seeds[0], base, args.mesh_resolution, args.truncation, canonical)
+            write_ply(path, verts, faces)
+            written.append(path)
+    print(json.dumps({"step": generator.step, "seeds": seeds, "settings": settings, "written": written}))
+    return 0
+
+
+def write_video(path, frames, fps=12):
+    """MP4 (through imageio's ffmpeg) or GIF, written to a temporary name and renamed."""
+    import os
+
+    import imageio.v2 as imageio
+
+    folder, name = os.path.split(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    ext = os.path.splitext(name)[1].lower()
+    partial = os.path.join(folder, f".{name}.partial{ext}")
+    try:
+        if ext == ".gif":
+            imageio.mimwrite(partial, frames, duration=1000 / fps, loop=0)
+        else:
+            imageio.mimwrite(partial, frames, fps=fps, macro_block_size=1)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 FLAGS = ("steps", "batch", "warp", "backend", "nrr_final", "lr_g", "lr_d", "seed", "image_every", "checkpoint_every")

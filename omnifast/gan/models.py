@@ -67,6 +67,9 @@ class Generator(nn.Module):
         self.decoder = OSGDecoder(c.grid_channels, pose_dim=self.param_dim - self.n_shape,
                                   out_features=c.feature_channels, activation=c.decoder_activation,
                                   pose_noise=c.pose_noise)
+        with torch.no_grad():  # the correction starts at zero: the first images show the prior's head
+            self.decoder.output.weight[0].zero_()
+            self.decoder.output.bias[0].zero_()
         self.renderer = Renderer(warp, render_config)
         self.background = (SynthesisNetwork(c.w_dim, c.background_resolution, c.feature_channels,
                                             c.channel_base // 4, c.channel_max // 2) if c.background else None)
@@ -85,7 +88,7 @@ class Generator(nn.Module):
         [-1, 1] (the super-resolved one and the raw one's RGB)."""
         self.renderer.split_labels(c)  # wrong labels fail before any work
         resolution = neural_rendering_resolution or self.neural_rendering_resolution
-        planes = self.planes(ws, noise_mode)
+        planes = self.renderer.prepare(self.planes(ws, noise_mode), backend)  # shared with the regularisers
         out = self.renderer(planes, self.decoder, c, resolution, backend=backend, generator=generator)
         features = out.features
         if self.background is not None:
@@ -110,7 +113,9 @@ class Generator(nn.Module):
 class DualDiscriminator(nn.Module):
     """EG3D's dual discriminator on 6 channels (the image and the raw image upsampled with an
     antialiased bilinear filter), conditioned by projection on the full label (camera and
-    FLAME), with a regression head for expression and jaw (OmniAvatar's control loss)."""
+    FLAME), with a regression head for expression and jaw (OmniAvatar's control loss). With
+    ``autocast`` it runs in bfloat16 (EG3D: fp16 in its top layers), answering in float32."""
+    autocast = False
 
     def __init__(self, resolution, c_dim, regress_dim, channel_base=32768, channel_max=512, cmap_dim=None,
                  mbstd_group=4):
@@ -140,10 +145,12 @@ class DualDiscriminator(nn.Module):
         """``(logits [N], regressed expression and jaw [N, regress_dim])``."""
         raw = F.interpolate(image_raw, size=image.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
         x, img = None, torch.cat([image, raw], 1)
-        for i, block in enumerate(self.blocks):
-            x = block(x, img if i == 0 else None)
-        x = lrelu(self.conv(self._minibatch_std(x)))
-        h = lrelu(self.fc(_flat(x)))
+        with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            for i, block in enumerate(self.blocks):
+                x = block(x, img if i == 0 else None)
+            x = lrelu(self.conv(self._minibatch_std(x)))
+            h = lrelu(self.fc(_flat(x)))
+        h = h.float()
         cmap = self.mapping(None, c)[:, 0]
         logits = (self.out(h) * cmap).sum(1) / math.sqrt(self.cmap_dim)
         return logits, self.regress(h)

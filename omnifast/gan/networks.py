@@ -1,7 +1,8 @@
 """StyleGAN2's networks in plain PyTorch (no custom CUDA plugins): the mapping network, the
 modulated-convolution synthesis network that emits the tri-grid, EG3D's super-resolution blocks
-and StyleGAN2's residual discriminator blocks. Upsampling is bilinear (the [1, 3, 3, 1] filter
-StyleGAN2's upfirdn2d applies), downsampling its average-pool twin."""
+and StyleGAN2's residual discriminator blocks. As in StyleGAN2, resampling convolutions work at
+the lower resolution: up, a transposed convolution (stride 2) and the [1, 3, 3, 1] blur; down,
+a 2 x 2 average then the convolution. Image branches upsample bilinearly (that same filter)."""
 import math
 
 import numpy as np
@@ -14,8 +15,26 @@ from ..render.decoder import FullyConnected
 LRELU_GAIN = math.sqrt(2)
 
 
+class _LeakyReLUGain(torch.autograd.Function):
+    """``leaky_relu(x, 0.2) * sqrt 2`` keeping only its output for the backward (as StyleGAN2's
+    bias_act does): the input, usually a sum nothing else needs, is freed at once. Its
+    backward is made of differentiable operations, so R1's double backward runs through it."""
+
+    @staticmethod
+    def forward(ctx, x):
+        y = F.leaky_relu(x, 0.2) * LRELU_GAIN
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        # where() keeps only the boolean mask for R1's double backward, not a float slope per element
+        return torch.where(y > 0, grad * LRELU_GAIN, grad * (0.2 * LRELU_GAIN))
+
+
 def lrelu(x):
-    return F.leaky_relu(x, 0.2) * LRELU_GAIN
+    return _LeakyReLUGain.apply(x)
 
 
 def normalize_2nd_moment(x, eps=1e-8):
@@ -28,6 +47,37 @@ def up2(x):
 
 def down2(x):
     return F.avg_pool2d(x, 2)
+
+
+def _blur_kernel():
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    return (taps[:, None] * taps[None, :]) / taps.sum() ** 2 * 4  # gain 4: the zeros a stride-2 transpose inserts
+
+
+class _Blur(torch.autograd.Function):
+    """The [1, 3, 3, 1] blur of each channel (``padding`` on every side). Linear with a constant
+    kernel, so its backward is the transposed blur and nothing is kept for it (a convolution
+    would keep its input, a full-resolution tensor per upsampling layer)."""
+
+    @staticmethod
+    def forward(ctx, x, padding):
+        ctx.padding, ctx.channels = padding, x.shape[1]
+        return F.conv2d(x, _blur_kernel().to(x).expand(x.shape[1], 1, 4, 4), padding=padding, groups=x.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        kernel = _blur_kernel().to(grad).expand(ctx.channels, 1, 4, 4)
+        return F.conv_transpose2d(grad, kernel, padding=ctx.padding, groups=ctx.channels), None
+
+
+def conv_up2(x, weight, groups=1):
+    """StyleGAN2's upsampling convolution: ``weight [out, in / groups, k, k]`` as a transposed
+    convolution of stride 2 (the cost of a convolution at the input's resolution), then the
+    [1, 3, 3, 1] blur; twice the input's size."""
+    out, k = weight.shape[0] // groups, weight.shape[-1]
+    transposed = weight.reshape(groups, out, -1, k, k).transpose(1, 2).reshape(-1, out, k, k)
+    x = F.conv_transpose2d(x, transposed, stride=2, groups=groups)  # [N, out * groups, 2H + k - 2, ...]
+    return _Blur.apply(x, (5 - k) // 2)  # (2H + k - 2) + 2 pad - 3 = 2H
 
 
 class MappingNetwork(nn.Module):
@@ -57,8 +107,9 @@ class MappingNetwork(nn.Module):
 
 
 class ModulatedConv(nn.Module):
-    """StyleGAN2's modulated convolution (weight demodulation), the per-sample styles applied to
-    the activations rather than the weights (as StyleGAN2 trains)."""
+    """StyleGAN2's modulated convolution with weight demodulation, the styles folded into each
+    sample's weights (a grouped convolution over the batch): the same result as scaling the
+    activations, with nothing but the input kept for the backward."""
 
     def __init__(self, in_channels, out_channels, w_dim, kernel=3, demodulate=True, up=False):
         super().__init__()
@@ -70,17 +121,19 @@ class ModulatedConv(nn.Module):
 
     def forward(self, x, w):
         styles = self.affine(w)
-        weight = self.weight
         if not self.demodulate:
             styles = styles * self.gain
-        x = x * styles[:, :, None, None].to(x.dtype)
-        if self.up:
-            x = up2(x)
-        x = F.conv2d(x, weight.to(x.dtype), padding=self.padding)
+        n, (out, channels, k, _) = x.shape[0], self.weight.shape
+        weight = self.weight[None] * styles[:, None, :, None, None]  # [N, out, in, k, k]
         if self.demodulate:
-            d = ((weight[None] * styles[:, None, :, None, None]).square().sum([2, 3, 4]) + 1e-8).rsqrt()
-            x = x * d[:, :, None, None].to(x.dtype)
-        return x
+            weight = weight * (weight.square().sum([2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+        weight = weight.reshape(n * out, channels, k, k).to(x.dtype)
+        x = x.reshape(1, n * channels, *x.shape[2:])
+        if self.up:
+            x = conv_up2(x, weight, groups=n)
+        else:
+            x = F.conv2d(x, weight, padding=self.padding, groups=n)
+        return x.reshape(n, out, *x.shape[2:])
 
 
 class SynthesisLayer(nn.Module):
@@ -166,7 +219,10 @@ class SynthesisNetwork(nn.Module):
 class SuperResolution(nn.Module):
     """EG3D's super-resolution: the raw feature image (and its RGB, the image branch's start)
     resized to the module's input resolution, so the neural rendering resolution may change
-    during training, then one synthesis block per doubling (2x, 4x or 8x), all on the last w."""
+    during training, then one synthesis block per doubling (2x, 4x or 8x), all on the last w.
+    With ``autocast`` the blocks run in bfloat16 (EG3D runs them in fp16), the image returns
+    in float32."""
+    autocast = False
 
     def __init__(self, channels, input_resolution, output_resolution, w_dim, img_channels=3, channel_base=32768,
                  channel_max=512):
@@ -189,9 +245,10 @@ class SuperResolution(nn.Module):
             t, size=size, mode="bilinear", align_corners=False, antialias=True)
         x, img = resize(features), resize(rgb)
         w = ws[:, -1:].expand(-1, 3, -1)
-        for block in self.blocks:
-            x, img = block(x, img, w, noise_mode)
-        return img
+        with torch.autocast(rgb.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            for block in self.blocks:
+                x, img = block(x, img, w, noise_mode)
+        return img.float()
 
 
 class DiscriminatorBlock(nn.Module):
@@ -207,7 +264,7 @@ class DiscriminatorBlock(nn.Module):
     def forward(self, x, img=None):
         if self.from_image is not None:
             x = lrelu(self.from_image(img))
-        y = down2(self.skip(x))
+        y = self.skip(down2(x))  # both at half resolution, as StyleGAN2 downsamples before convolving
         x = lrelu(self.conv0(x))
-        x = lrelu(down2(self.conv1(x)))
+        x = lrelu(self.conv1(down2(x)))
         return (x + y) * math.sqrt(0.5)

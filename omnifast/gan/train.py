@@ -18,11 +18,14 @@ from . import loss as L
 from .models import DualDiscriminator, Generator, GeneratorConfig
 
 TRAIN_LOG = "train_log.csv"
+TRAIN_COLUMNS = ("step", "seconds", "G", "D", "geometry_prior", "control", "D_control", "density_reg", "eikonal", "r1",
+                 "fd_random", "nrr", "blur", "beta")
 CHECKPOINT_KEYS = ("config", "step", "G", "D", "G_ema", "opt_G", "opt_D")
 RUN_DEFINING = ("dataset", "sdf_run", "warp", "generator", "render", "batch", "lr_g", "lr_d", "r1_gamma",
                 "r1_interval", "density_reg", "density_reg_interval", "geometry_prior", "control", "blur_sigma",
                 "blur_fade_steps", "nrr_initial", "nrr_final", "nrr_fade_steps", "gpc_prob", "ema_images", "seed",
-                "backend", "d_channel_base", "d_channel_max", "beta_lr_mul", "mbstd_group")
+                "backend", "d_channel_base", "d_channel_max", "beta_lr_mul", "mbstd_group", "eikonal",
+                "mixed_precision")
 
 TINY_GENERATOR = dict(z_dim=64, w_dim=64, grid_resolution=32, grid_channels=8, channel_base=2048, channel_max=64,
                       feature_channels=16, sr_channel_base=1024, sr_channel_max=32)
@@ -55,6 +58,7 @@ class GANConfig:
     density_reg_p_dist: float = 0.004
     geometry_prior: float = 1.0
     geometry_sigma: float = 0.05
+    eikonal: float = 0.0         # |grad (s + delta s)| = 1 at the density regulariser's points (SDF warp only)
     control: float = 1.0
     blur_sigma: float = 10.0
     blur_fade_steps: int = 200
@@ -68,6 +72,7 @@ class GANConfig:
     d_channel_max: int = 512
     mbstd_group: int = 4
     backend: str = "omnifast"
+    mixed_precision: bool = True  # CUDA: super-resolution and D in bfloat16 autocast (EG3D: their fp16 layers)
     seed: int = 0
     device: str = "cpu"
     log_every: int = 1
@@ -91,6 +96,11 @@ class GANConfig:
             raise ValueError(f"backend must be 'omnifast' or 'reference', got {self.backend!r}")
         if self.warp not in ("sdf", "mesh"):
             raise ValueError(f"warp must be 'sdf' or 'mesh', got {self.warp!r}")
+        if self.eikonal and self.warp != "sdf":
+            raise ValueError(f"eikonal needs warp 'sdf' (the FLAME mesh's closest point has no second "
+                             f"derivative), got warp {self.warp!r}")
+        if self.eikonal and self.render.get("density", "sdf") != "sdf":
+            raise ValueError(f"eikonal needs render density 'sdf' (a final SDF), got {self.render['density']!r}")
         unknown = set(self.generator) - {f.name for f in dataclasses.fields(GeneratorConfig)}
         unknown |= set(self.render) - {f.name for f in dataclasses.fields(RenderConfig)}
         if unknown:
@@ -111,21 +121,33 @@ class GANConfig:
             raise RunError(f"{source}: {error}") from None
 
 
+def nrr_at(config, step):
+    """The neural rendering resolution at ``step``: EG3D's linear fade from the initial to the
+    final one (rounded), or the initial one throughout."""
+    if not config.nrr_final:
+        return config.nrr_initial
+    t = min(1.0, step / config.nrr_fade_steps)
+    return int(round((1 - t) * config.nrr_initial + t * config.nrr_final))
+
+
 def _step_seed(seed, step, stream):
     return (seed * 1_000_003 + step * 7919 + stream) % (2 ** 63)
 
 
 class GANRun:
-    """The pieces of a run: the dataset, the frozen warp, G, D, G_ema and the optimisers."""
+    """The pieces of a run: the dataset, the frozen warp, G, D, G_ema and the optimisers.
+    ``warp`` and ``dataset`` stand in for the config's stage I run and dataset folder (the
+    benchmark trains on random images through an untrained W)."""
 
-    def __init__(self, config, rank=0, world_size=1):
+    def __init__(self, config, rank=0, world_size=1, *, warp=None, dataset=None):
         from ..data import ImageDataset
         from ..render import load_warp
 
         self.config, self.rank, self.world_size = config, rank, world_size
         device = self.device = torch.device(config.device)
-        warp = load_warp(config.sdf_run, config.warp, RenderConfig(**config.render).box_warp, device)
-        self.dataset = ImageDataset(config.dataset, warp.flame.layout)
+        if warp is None:
+            warp = load_warp(config.sdf_run, config.warp, RenderConfig(**config.render).box_warp, device)
+        self.dataset = dataset if dataset is not None else ImageDataset(config.dataset, warp.flame.layout)
         world = self.dataset.meta.get("world")
         if world is not None:
             centre = torch.tensor(world["centre"])
@@ -142,7 +164,10 @@ class GANRun:
             self.D = DualDiscriminator(resolution, LABEL_SIZE + warp.param_dim,
                                        warp.flame.layout.n_expr + 3, config.d_channel_base,
                                        config.d_channel_max, mbstd_group=config.mbstd_group).to(device)
-        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        amp = config.mixed_precision and device.type == "cuda"
+        self.G.superresolution.autocast = self.D.autocast = amp
+        # G_ema shares the frozen warp (its FLAME model and network) rather than holding a copy.
+        self.G_ema = copy.deepcopy(self.G, memo={id(warp): warp}).eval().requires_grad_(False)
         self.G_ddp, self.D_ddp = self.G, self.D
         if world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
@@ -152,7 +177,8 @@ class GANRun:
             # D's regression head takes no part in the fake images' pass.
             self.D_ddp = DDP(self.D, device_ids=ids, find_unused_parameters=True)
         # Lazy regularisation (StyleGAN2): the regularised phases' optimisers see scaled lr and betas.
-        ratio_g = config.density_reg_interval / (config.density_reg_interval + 1) if config.density_reg else 1
+        regularised_g = config.density_reg or config.eikonal
+        ratio_g = config.density_reg_interval / (config.density_reg_interval + 1) if regularised_g else 1
         ratio_d = config.r1_interval / (config.r1_interval + 1)
         beta = self.G.renderer.sigmoid_beta
         rest = [p for p in self.G.parameters() if p.requires_grad and p is not beta]
@@ -161,14 +187,11 @@ class GANRun:
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=config.lr_d * ratio_d, betas=(0.0, 0.99 ** ratio_d),
                                       eps=1e-8)
         self.step = 0
+        self.clock = None  # called with each phase's name as it starts, None at the end (the benchmark)
 
     # ---- schedules
     def nrr(self):
-        c = self.config
-        if not c.nrr_final:
-            return c.nrr_initial
-        t = min(1.0, self.step / c.nrr_fade_steps)
-        return int(round((1 - t) * c.nrr_initial + t * c.nrr_final))
+        return nrr_at(self.config, self.step)
 
     def blur_sigma(self):
         c = self.config
@@ -197,6 +220,7 @@ class GANRun:
     # ---- one iteration
     def train_step(self):
         c, terms = self.config, {}
+        self._phase("data")
         torch.manual_seed(_step_seed(c.seed, self.step, 2 + self.rank))  # noise inputs and ray jitter
         g = torch.Generator().manual_seed(_step_seed(c.seed, self.step, 0))
         real, real_c = self.real_batch()
@@ -205,6 +229,7 @@ class GANRun:
         target_real = L.control_target(real_c, self.n_shape)
 
         # G main: fool D, keep corrections small, and make the regressed controls match.
+        self._phase("G_main")
         z, gen_c, map_c = self.fake_inputs(g)
         self.D.requires_grad_(False)
         out = self._synthesis(self.G_ddp, z, gen_c, map_c)
@@ -213,17 +238,19 @@ class GANRun:
         prior = L.geometry_prior(out["delta"], out["prior_sdf"], c.geometry_sigma)
         control = (regressed - L.control_target(gen_c, self.n_shape)).square().mean()
         total = loss_g + c.geometry_prior * prior + c.control * control
-        if c.density_reg and self.step % c.density_reg_interval == 0:  # lazy: scaled by its interval
-            density = self._density_regulariser(z, gen_c, map_c, g)
-            total = total + density * c.density_reg * c.density_reg_interval
-            terms["density_reg"] = density.item()
+        if (c.density_reg or c.eikonal) and self.step % c.density_reg_interval == 0:  # lazy: scaled
+            for name, value in self._geometry_regularisers(out["planes"], gen_c, g).items():
+                total = total + value * getattr(c, name) * c.density_reg_interval
+                terms[name] = value.item()
         self.opt_G.zero_grad(set_to_none=True)
         total.backward()  # one backward, so DistributedDataParallel averages every term
         terms.update(G=loss_g.item(), geometry_prior=prior.item(), control=control.item())
+        del out, logits, regressed, total  # G main's images and corrections: not held through D's phases
         self._step(self.opt_G, self.G)
         self.D.requires_grad_(True)
 
         # D main: real vs fake, and the control head on real images.
+        self._phase("D_main")
         with torch.no_grad():
             z, gen_c, map_c = self.fake_inputs(g)
             fake = self._synthesis(self.G, z, gen_c, map_c)
@@ -231,39 +258,55 @@ class GANRun:
         logits_fake, _ = L.run_discriminator(self.D_ddp, fake["image"], fake["image_raw"], gen_c, sigma)
         loss_fake = torch.nn.functional.softplus(logits_fake).mean()
         loss_fake.backward()
+        del fake
         logits_real, regressed_real = L.run_discriminator(self.D_ddp, real, real_raw, real_c, sigma)
         loss_real = torch.nn.functional.softplus(-logits_real).mean()
         control_real = (regressed_real - target_real).square().mean()
         (loss_real + c.control * control_real).backward()
         terms.update(D=(loss_fake + loss_real).item(), D_control=control_real.item())
         if self.step % c.r1_interval == 0:
+            self._phase("D_reg")
             r1 = L.r1_penalty(self.D_ddp, real, real_raw, real_c, sigma).mean()
             (r1 * (c.r1_gamma / 2) * c.r1_interval).backward()
             terms["r1"] = r1.item()
         self._step(self.opt_D, self.D)
 
+        self._phase("other")
         self._update_ema()
         self.step += 1
         terms.update(nrr=self.nrr(), blur=sigma, beta=self.G.renderer.sigmoid_beta.item())
+        self._phase(None)
         return terms
+
+    def _phase(self, name):
+        if self.clock is not None:
+            self.clock(name)
 
     def _synthesis(self, G, z, c, c_map):
         return G(z, c, c_map=c_map, update_w_avg=torch.is_grad_enabled(), backend=self.config.backend,
                  neural_rendering_resolution=self.nrr())
 
-    def _density_regulariser(self, z, c, c_map, g):
-        """EG3D's density regularisation on the SDF correction: the correction at random points
-        of the box and at points moved by ``density_reg_p_dist`` should agree (L1)."""
-        G, cfg = self.G, self.config
-        ws = G.map(z, c_map)
-        planes = G.planes(ws)
+    def _geometry_regularisers(self, planes, c, g):
+        """On G main's tri-grid (EG3D maps and synthesises the same z again; sharing it saves
+        the backbone's time and memory), at 1000 random points of the box per image: EG3D's
+        density regularisation on the SDF correction (the correction there and at points moved
+        by ``density_reg_p_dist`` should agree, L1) and, when weighted, the eikonal loss on the
+        final SDF ``s + delta s`` (its gradient through the frozen W and the tri-grid's double
+        backward)."""
+        G, cfg, out = self.G, self.config, {}
         box = G.renderer.config.box_warp
         total, mine = cfg.batch * self.world_size, slice(self.rank, None, self.world_size)
         points = ((torch.rand(total, 1000, 3, generator=g) - 0.5) * box)[mine].to(self.device)
         moved = points + (torch.randn(total, 1000, 3, generator=g) * cfg.density_reg_p_dist)[mine].to(self.device)
-        _, delta, _ = G.renderer.sample(planes, G.decoder, torch.cat([points, moved], 1), c[:, LABEL_SIZE:],
-                                        backend=cfg.backend)
-        return (delta[:, :points.shape[1]] - delta[:, points.shape[1]:]).abs().mean()
+        params = c[:, LABEL_SIZE:]
+        if cfg.density_reg:
+            _, delta, _ = G.renderer.sample(planes, G.decoder, torch.cat([points, moved], 1), params,
+                                            backend=cfg.backend)
+            out["density_reg"] = (delta[:, :points.shape[1]] - delta[:, points.shape[1]:]).abs().mean()
+        if cfg.eikonal:
+            gradient = G.renderer.sdf_gradient(planes, G.decoder, points, params, backend=cfg.backend)
+            out["eikonal"] = (gradient.norm(dim=-1) - 1).square().mean()
+        return out
 
     def _step(self, optimizer, module):
         for p in module.parameters():
@@ -281,9 +324,13 @@ class GANRun:
 
     # ---- state
     def state(self):
+        """Everything to continue the run, and what generation needs without the dataset."""
+        meta = {"image_resolution": self.dataset.resolution, "nrr": self.nrr(),
+                "camera_pivot": self.dataset.meta.get("camera_pivot"),
+                "camera_radius": self.dataset.meta.get("camera_radius")}
         return {"config": self.config.to_dict(), "step": self.step, "G": self.G.state_dict(),
                 "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(), "opt_G": self.opt_G.state_dict(),
-                "opt_D": self.opt_D.state_dict()}
+                "opt_D": self.opt_D.state_dict(), "meta": meta}
 
     def load_state(self, state):
         for name in ("G", "D", "G_ema", "opt_G", "opt_D"):
@@ -305,6 +352,31 @@ class GANRun:
         grid = torch.cat([image, raw], 2)  # [N, 3, 2H, W]
         grid = grid.permute(2, 0, 3, 1).reshape(grid.shape[2], -1, 3)
         return ((grid.clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
+
+
+@torch.no_grad()
+def quality_proxy(run, count=32):
+    """The Frechet distance between :class:`omnifast.gan.metrics.RandomFeatures` of ``count``
+    dataset images and of as many G_ema images for fixed latents and the same images' labels
+    (EG3D's metrics condition on the dataset's labels): cheap, needs no weights, logged during
+    training as ``fd_random``."""
+    from .metrics import RandomFeatures, frechet_distance
+
+    if not hasattr(run, "_proxy"):
+        count = min(count, len(run.dataset))
+        features = RandomFeatures().to(run.device)
+        real = torch.stack([run.dataset[i][0] for i in range(count)]).float() / 127.5 - 1
+        run._proxy = features, features(real.to(run.device)), run.dataset.labels[:count]
+    features, real, labels = run._proxy
+    z = torch.randn(len(labels), run.G.config.z_dim, generator=torch.Generator().manual_seed(run.config.seed + 777))
+    images = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for start in range(0, len(labels), 8):
+            c = labels[start:start + 8].to(run.device)
+            images.append(run.G_ema(z[start:start + 8].to(run.device), c, noise_mode="const",
+                                    backend=run.config.backend, neural_rendering_resolution=run.nrr())["image"])
+    return frechet_distance(real, features(torch.cat(images)))
 
 
 def load_gan_run(run_dir, device=None, rank=0, world_size=1):
@@ -332,7 +404,7 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
                                     str(config.device).startswith("cuda") else "gloo")
         rank, world_size = dist.get_rank(), dist.get_world_size()
     folder = RunFolder(run_dir, create=rank == 0)
-    train_log = folder.log(TRAIN_LOG)
+    train_log = folder.log(TRAIN_LOG, TRAIN_COLUMNS)
     if resume:
         run = load_gan_run(run_dir, None if config is None else config.device, rank, world_size)
         if config is not None:
@@ -364,17 +436,20 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
     while run.step < until:
         terms = run.train_step()
         if rank == 0:
+            images_due = run.step % config.image_every == 0 or run.step == until
+            if images_due:
+                terms["fd_random"] = quality_proxy(run)
             if run.step % config.log_every == 0:
                 train_log.write({"step": run.step, "seconds": round(time.perf_counter() - start, 3), **terms})
                 if writer is not None:
                     for key, value in terms.items():
-                        writer.add_scalar(f"loss/{key}", value, run.step)
+                        writer.add_scalar(f"{'quality' if key == 'fd_random' else 'loss'}/{key}", value, run.step)
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix({k: f"{terms[k]:.3f}" for k in ("G", "D", "control") if k in terms}, refresh=False)
-            if run.step % config.image_every == 0 or run.step == until:
+            if images_due:
                 grid = run.image_grid()
-                _write_png(os.path.join(folder.path, "images", f"step{run.step:06d}.png"), grid)
+                write_png(os.path.join(folder.path, "images", f"step{run.step:06d}.png"), grid)
                 if writer is not None:
                     writer.add_image("G_ema", grid, run.step, dataformats="HWC")
             if run.step % config.checkpoint_every == 0 or run.step == until:
@@ -390,10 +465,10 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
     return terms
 
 
-def _write_png(path, array):
+def write_png(path, array):
     from PIL import Image
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 

@@ -45,7 +45,10 @@ class Reference:
 
     @staticmethod
     def triplane(planes, coords, box_warp):
-        return reference.triplane_sample(planes, coords, box_warp=box_warp, reduce="mean")
+        # grid_sample has no double backward: coordinates with gradients (the eikonal loss) take
+        # EG3D's gather-based sampler, as OmniAvatar's eikonal path does.
+        sample = reference.triplane_sample_gather if coords.requires_grad else reference.triplane_sample
+        return sample(planes, coords, box_warp=box_warp, reduce="mean")
 
     composite = staticmethod(reference.composite)
     merge = staticmethod(reference.merge_samples)

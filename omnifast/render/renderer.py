@@ -128,6 +128,28 @@ class Renderer(nn.Module):
                                        self.pose_bias(decoder, params, planes.dtype))
         return colour, delta, prior
 
+    @staticmethod
+    def prepare(planes, backend="omnifast"):
+        """The planes in the backend's layout (omnifast: feature-last, one copy). Rendering and
+        sampling prepared planes copy nothing more, so a caller that does both (a training step
+        with the density regulariser) prepares them once."""
+        return backend_named(backend).prepare(planes)
+
+    def sdf_gradient(self, planes, decoder, points, params, *, backend="omnifast"):
+        """The gradient of the final SDF ``s + delta s`` with respect to world ``points [N, M, 3]``
+        (through the frozen warp and the tri-grid), differentiable with respect to the tri-grid and
+        the decoder (the eikonal loss; it runs the tri-plane sampling's double backward)."""
+        if self.config.density != "sdf":
+            raise ValueError(f"sdf_gradient: render density must be 'sdf', got {self.config.density!r}")
+        backend = backend_named(backend)
+        with torch.enable_grad():
+            points = points.detach().requires_grad_(True)
+            prior, canonical = self.warp(points, params, backend.name, differentiable=True)
+            _, delta = decoder.decode(backend.triplane(planes, canonical.to(planes.dtype), self.config.box_warp),
+                                      self.pose_bias(decoder, params, planes.dtype))
+            sdf = prior.to(delta.dtype) + delta[..., 0]
+            return torch.autograd.grad(sdf.sum(), points, create_graph=True)[0]
+
     def stratified(self, origins, generator=None):
         """EG3D's ``sample_stratified`` for the config's scalar ray start/end: ``[N, M, S, 1]``."""
         c, (N, M) = self.config, origins.shape[:2]

@@ -16,6 +16,7 @@ from ..ops.mesh import mesh_index
 class Warp(nn.Module):
     """Shared parts: the FLAME model (for the head's rigid motion and the mesh), the world frame
     and the parameter count; subclasses define :meth:`flame_space`."""
+    differentiable = False
 
     def __init__(self, flame, centre, world_scale, chunk=16384):
         super().__init__()
@@ -39,11 +40,15 @@ class Warp(nn.Module):
     def to_flame(self, points):
         return points / self.world_scale + self.centre.to(points.dtype)
 
-    def forward(self, points, params, backend="omnifast"):
+    def forward(self, points, params, backend="omnifast", differentiable=False):
         """``points [N, M, 3]`` (world), ``params [N, P]`` -> ``(prior SDF [N, M], canonical
-        [N, M, 3])`` in world units, without gradients."""
+        [N, M, 3])`` in world units, without gradients; ``differentiable``: with gradients
+        with respect to the points (the eikonal loss), never to the warp's own weights."""
         self.check_params(params)
-        with torch.no_grad():
+        if differentiable and not self.differentiable:
+            raise ValueError(f"{type(self).__name__} has no gradient with respect to the points: "
+                             f"use the semantic SDF's warp")
+        with torch.set_grad_enabled(differentiable and torch.is_grad_enabled()):
             x = self.to_flame(points)
             sdf, canonical = self.flame_space(x, params, backend)
             return sdf * self.world_scale, (canonical - self.centre.to(x.dtype)) * self.world_scale
@@ -54,6 +59,7 @@ class SDFWarp(Warp):
     OmniAvatar's fallback: the identity correspondence and the distance to a sphere of half the
     box's half-width about its centre (positive, so the space outside the box stays empty). The
     network is evaluated only for points inside the box."""
+    differentiable = True
 
     def __init__(self, flame, sdf, world_scale, chunk=16384):
         super().__init__(flame, sdf.centre.detach().cpu(), world_scale, chunk)

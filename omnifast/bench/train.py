@@ -1,0 +1,276 @@
+"""The training benchmark: one full GAN iteration of stage II (G main, D main, and the lazy
+regularisers amortised: density every 4 iterations, R1 every 16) at neural rendering resolutions
+64^2, 128^2 and 256^2 with EG3D's full-size networks (512^2 images), for each renderer backend in
+the same run: seconds per iteration, images per second, projected kimg per day, peak memory, each
+phase's time, and each part's share (the profiler attributes every forward op and its backward to
+the module that ran it). Peak memory is the run's tensors (parameters, gradients, optimiser
+states, G_ema) plus the most the iteration adds, phase by phase.
+
+The backbone, super-resolution and discriminator are the same code under both backends; only
+the renderer differs. The images are random and W is untrained: an iteration's cost does not
+depend on either."""
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from ..gan.train import TINY_GENERATOR, GANConfig, GANRun
+from ..geometry import camera_labels, ffhq_intrinsics, orbit_cam2world
+from .measure import PeakMeter, _sync
+from .render import untrained_warps
+
+BACKENDS = ("omnifast", "reference")
+PARTS = ("backbone", "warp", "renderer", "superresolution", "discriminator", "other")
+
+
+@dataclass
+class TrainCase:
+    nrr: int
+    batch: int
+    coarse: int
+    fine: int
+    note: str = ""
+
+    @property
+    def name(self):
+        return f"{self.nrr}px {self.coarse}+{self.fine} x{self.batch}"
+
+
+def train_cases(device, quick=False):
+    """EG3D's 48 + 48 samples at 64^2 and 128^2 (batch 1 on the CPU, 4 on a GPU) and 256^2 (on
+    the CPU with 16 + 16 samples, which keeps the reference's iteration within minutes)."""
+    if quick:
+        return [TrainCase(16, 2, 6, 6, "harness check"), TrainCase(32, 2, 6, 6, "harness check")]
+    if torch.device(device).type == "cuda":
+        return [TrainCase(r, 4, 48, 48) for r in (64, 128, 256)]
+    return [TrainCase(64, 1, 48, 48), TrainCase(128, 1, 48, 48),
+            TrainCase(256, 1, 16, 16, "CPU: 16 + 16 samples per ray at 256^2")]
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """Random images with labels as a dataset has them (EG3D's FFHQ cameras, FLAME parameters)."""
+
+    def __init__(self, count, resolution, layout, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        cam2world = orbit_cam2world(math.pi / 2, math.pi / 2, yaw_std=0.3, pitch_std=0.15, batch=count, generator=g)
+        params = torch.randn(count, layout.size, generator=g) * 0.5
+        self.labels = torch.cat([camera_labels(cam2world, ffhq_intrinsics()), params], -1)
+        self.images = torch.randint(0, 256, (count, 3, resolution, resolution), dtype=torch.uint8, generator=g)
+        self.resolution, self.meta = resolution, {}
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+
+class PhaseClock:
+    """Seconds and peak memory (over the iteration's start) per phase of an iteration:
+    :class:`GANRun` calls it with each phase's name as the phase starts and None at the end."""
+
+    def __init__(self, device):
+        self.device, self.meter = device, PeakMeter(device)
+        self.seconds, self.peaks, self._phase, self._start = {}, {}, None, 0.0
+
+    def __call__(self, name):
+        _sync(self.device)
+        if self._phase is None:
+            self.seconds, self.peaks = {}, {}
+            self.meter.start()
+        else:
+            self.seconds[self._phase] = self.seconds.get(self._phase, 0.0) + time.perf_counter() - self._start
+            peak = self.meter.peak()
+            self.peaks[self._phase] = None if peak is None else max(peak, self.peaks.get(self._phase, 0))
+            self.meter.restart()
+        self._phase, self._start = name, time.perf_counter()
+
+    @property
+    def peak(self):
+        return None if None in self.peaks.values() else max(self.peaks.values(), default=0)
+
+
+def static_bytes(run):
+    """What a run holds between iterations: parameters and buffers of G, D and G_ema, gradients
+    and the optimisers' states (the same for both backends)."""
+    tensors = [*run.G.parameters(), *run.G.buffers(), *run.D.parameters(), *run.D.buffers(),
+               *run.G_ema.parameters(), *run.G_ema.buffers()]
+    tensors += [p.grad for p in (*run.G.parameters(), *run.D.parameters()) if p.requires_grad]
+    for optimizer in (run.opt_G, run.opt_D):
+        tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    unique = {t.data_ptr(): t.numel() * t.element_size() for t in tensors}  # G_ema shares the frozen warp
+    return sum(unique.values())
+
+
+def part_seconds(step, run, device):
+    """``{part: seconds}`` of one ``step()``: the profiler's time of every forward op inside a
+    part's modules and of every backward node those ops made (a recomputation in the backward
+    counts for the node that ran it), the rest as ``other``."""
+    from torch.autograd.profiler import record_function
+    from torch.profiler import ProfilerActivity, profile
+
+    modules = [("backbone", run.G.mapping), ("backbone", run.G.backbone), ("renderer", run.G.renderer),
+               ("warp", run.G.renderer.warp), ("superresolution", run.G.superresolution),
+               ("discriminator", run.D)]
+    scopes, hooks = [], []
+    for part, module in modules:
+        def enter(_module, _args, part=part):
+            scopes.append(record_function("part:" + part))
+            scopes[-1].__enter__()
+
+        def leave(_module, _args, _out):
+            scopes.pop().__exit__(None, None, None)
+        hooks += [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    try:
+        with profile(activities=activities) as prof:
+            step()
+            _sync(device)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    cuda = device.type == "cuda"
+    seconds_of = lambda e: (e.device_time_total if cuda else e.cpu_time_total) / 1e6  # noqa: E731
+    seconds, owner = defaultdict(float), {}
+
+    def forward(event, part):
+        if event.name.startswith("part:"):
+            if part is not None:  # a nested part's time is its own, not its parent's
+                seconds[part] -= seconds_of(event)
+            part = event.name[5:]
+            seconds[part] += seconds_of(event)
+        elif part is not None and event.sequence_nr >= 0:
+            owner[event.sequence_nr] = part
+        for child in event.cpu_children:
+            forward(child, part)
+
+    roots = [e for e in prof.events() if e.cpu_parent is None]
+    for event in roots:
+        if not event.name.startswith("autograd::engine::evaluate_function"):
+            forward(event, None)
+    for event in roots:  # backward nodes; those nested in another node belong to it
+        if event.name.startswith("autograd::engine::evaluate_function"):
+            seconds[owner.get(event.sequence_nr, "other")] += seconds_of(event)
+    total = sum(seconds_of(e) for e in roots)
+    seconds["other"] += total - sum(seconds.values())
+    return {part: max(0.0, seconds[part]) for part in PARTS}
+
+
+class TrainBench:
+    """EG3D's full-size generator and discriminator at 512^2 (a tiny configuration at 64^2 with
+    ``quick``), the untrained semantic SDF of the given size as W (``small`` on the CPU, ``full``
+    on a GPU) and random images."""
+
+    def __init__(self, device, quick=False, network=None):
+        self.device, self.quick = torch.device(device), quick
+        self.network = network or ("full" if self.device.type == "cuda" else "small")
+        self.warp = untrained_warps(self.device, self.network)["sdf"]
+        self.image_resolution = 64 if quick else 512
+        self.dataset = RandomImages(16, self.image_resolution, self.warp.flame.layout)
+
+    def config(self, case, backend):
+        sizes = dict(generator=TINY_GENERATOR, d_channel_base=1024, d_channel_max=64) if self.quick else {}
+        return GANConfig(dataset="random images", sdf_run=f"untrained W ({self.network})", preset="benchmark",
+                         render=dict(depth_resolution=case.coarse, depth_resolution_importance=case.fine),
+                         batch=case.batch, nrr_initial=case.nrr, backend=backend, device=str(self.device),
+                         mbstd_group=min(4, case.batch), **sizes)
+
+    def make_run(self, case, backend):
+        """A run as after its first iteration: the optimisers' states and the gradients exist
+        (Adam's first step on zero gradients moves nothing)."""
+        run = GANRun(self.config(case, backend), warp=self.warp, dataset=self.dataset)
+        for optimizer, module in ((run.opt_G, run.G), (run.opt_D, run.D)):
+            for p in module.parameters():
+                if p.requires_grad:
+                    p.grad = torch.zeros_like(p)
+            optimizer.step()
+        return run
+
+    def warm_up(self, case):
+        """One iteration of both backends with 4 + 4 samples per ray: the networks' one-time
+        costs (first allocations, kernel selection per shape) fall on no measured iteration."""
+        for backend in BACKENDS:
+            run = self.make_run(TrainCase(case.nrr, case.batch, 4, 4), backend)
+            run.step = 0
+            run.train_step()
+
+    def measure(self, case, backend, runs=1, warmup=0, shares=True):
+        """One backend on one case: a plain iteration (step 1) and one with every lazy
+        regulariser (step 0), each timed by phase; the amortised iteration; peak memory (the
+        larger of the two iterations', plus what the run holds between iterations); and with
+        ``shares``, each part's seconds in a profiled plain iteration."""
+        run = self.make_run(case, backend)
+        clock = run.clock = PhaseClock(self.device)
+        measured = {}
+        for label, step in (("plain", 1), ("regularised", 0)):
+            times, phases, peaks = [], [], []
+            for i in range(warmup + runs):
+                run.step = step
+                run.train_step()
+                if i >= warmup:
+                    times.append(sum(clock.seconds.values()))
+                    phases.append(dict(clock.seconds))
+                    peaks.append(dict(clock.peaks))
+            middle = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
+            measured[label] = {"seconds": times[middle], "phases": phases[middle], "peaks": peaks[middle]}
+        c, plain, full = run.config, measured["plain"], measured["regularised"]
+        g_reg = max(0.0, full["phases"]["G_main"] - plain["phases"]["G_main"])
+        d_reg = full["phases"].get("D_reg", 0.0)
+        seconds = plain["seconds"] + g_reg / c.density_reg_interval + d_reg / c.r1_interval
+        fixed = static_bytes(run)
+        phase_peaks = {**plain["peaks"], "G_main+G_reg": full["peaks"]["G_main"], "D_reg": full["peaks"].get("D_reg")}
+        peak = None if None in phase_peaks.values() else max(phase_peaks.values())
+        row = {"op": "train", "backend": backend, "resolution": case.nrr, "batch": case.batch,
+               "image_resolution": self.image_resolution, "samples_per_ray": [case.coarse, case.fine],
+               "sdf_network": self.network, "note": case.note, "pass": "forward+backward", "warp": "sdf",
+               "seconds_per_iteration": seconds, "images_per_second": case.batch / seconds,
+               "kimg_per_day": case.batch / seconds * 86400 / 1000,
+               "plain_iteration_seconds": plain["seconds"], "regularised_iteration_seconds": full["seconds"],
+               "phases": {**plain["phases"], "G_reg": g_reg, "D_reg": d_reg},
+               "extra_peak_bytes": peak, "phase_peak_bytes": phase_peaks, "static_bytes": fixed,
+               "peak_bytes": None if peak is None else peak + fixed}
+        if shares:
+            run.step = 1
+            row["part_seconds"] = part_seconds(run.train_step, run, self.device)
+        return row
+
+
+def run_train_bench(device, quick=False, cases=None, runs=None, shares=True):
+    """Every case and backend: the rows."""
+    from .measure import return_large_blocks
+
+    device = torch.device(device)
+    return_large_blocks()
+    bench = TrainBench(device, quick)
+    cuda = device.type == "cuda"
+    runs, warmup = runs or (3 if cuda else 1), 1 if cuda else 0
+    print(f"\ntrain: one GAN iteration, {'tiny' if quick else 'full-size'} networks, images "
+          f"{bench.image_resolution}^2, W '{bench.network}'; seconds amortise density (1/4) and R1 (1/16); "
+          f"peak = run's tensors + extra during the iteration", flush=True)
+    print(f"{'case':<22} {'backend':<10} {'s/iter':>8} {'img/s':>7} {'kimg/day':>9} {'speedup':>8} "
+          f"{'peak MiB':>9} {'memory':>7}  parts (share of a plain iteration)")
+    rows = []
+    for case in train_cases(device, quick)[:cases]:
+        bench.warm_up(case)
+        got = {b: bench.measure(case, b, runs, warmup, shares) for b in BACKENDS}
+        ref = got["reference"]
+        for backend, row in got.items():
+            row["speedup"] = ref["seconds_per_iteration"] / row["seconds_per_iteration"]
+            if row["peak_bytes"] and ref["peak_bytes"]:
+                row["memory_ratio"] = row["peak_bytes"] / ref["peak_bytes"]
+            rows.append(row)
+            parts = row.get("part_seconds")
+            shares_text = "" if not parts else " ".join(
+                f"{p} {s / max(sum(parts.values()), 1e-12):.0%}" for p, s in parts.items())
+            memory = row.get("memory_ratio")
+            print(f"{case.name:<22} {backend:<10} {row['seconds_per_iteration']:>8.2f} "
+                  f"{row['images_per_second']:>7.3f} {row['kimg_per_day']:>9.2f} {row['speedup']:>7.2f}x "
+                  f"{_mib(row['peak_bytes']):>9} {'n/a' if memory is None else f'{memory:.2f}':>7}  {shares_text}",
+                  flush=True)
+    return rows
+
+
+def _mib(value):
+    return "n/a" if value is None else f"{value / 2 ** 20:.0f}"
