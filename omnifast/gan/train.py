@@ -317,10 +317,13 @@ class GANRun:
     @torch.no_grad()
     def _update_ema(self):
         beta = 0.5 ** (self.config.batch * self.world_size / max(self.config.ema_images, 1e-8))
+        # The shared frozen warp's tensors are G's own: nothing to average or copy.
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
+            if p_ema is not p:
+                p_ema.copy_(p.detach().lerp(p_ema, beta))
         for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
-            b_ema.copy_(b)
+            if b_ema is not b:
+                b_ema.copy_(b)
 
     # ---- state
     def state(self):
