@@ -3,7 +3,7 @@
 #
 #   OUT=out bash benchmarks/gpu_session.sh build test     # CUDA build, SASS look, every test
 #   OUT=out bash benchmarks/gpu_session.sh bench          # `omnifast bench` with its peers
-#   OUT=out bash benchmarks/gpu_session.sh suite demo     # pytest-benchmark suite, stage I on the GPU
+#   OUT=out bash benchmarks/gpu_session.sh suite demo     # pytest-benchmark suite, the demo on the GPU
 #
 # (no stage named: all of them, in that order). Every stage builds first if this machine has no
 # CUDA build yet, so the stages also work one per fresh machine. Peers missing on the machine
@@ -51,11 +51,12 @@ stage_suite() {
   tail -5 "$out/bench-suite.log"
 }
 
-# Stage I on the GPU: the full-size network for the demo's CUDA step count (SDF_STEPS to change it), no
-# benchmark table.
+# The whole system on the GPU (the demo's CUDA settings) with step counts cut to fit one command:
+# SDF_STEPS stage I steps (default 1500 of the demo's 6000), GAN_STEPS stage II iterations (default
+# 200 of 2000); no benchmark table (the bench stage has it).
 stage_demo() {
-  python3 -m omnifast demo --out "$out/demo" ${SDF_STEPS:+--steps "$SDF_STEPS"} --bench none --no-progress \
-    > "$out/demo.log" 2>&1
+  python3 -m omnifast demo --out "$out/demo" --steps "${SDF_STEPS:-1500}" --gan-steps "${GAN_STEPS:-200}" \
+    --bench none --no-progress > "$out/demo.log" 2>&1
   tail -12 "$out/demo.log"
 }
 

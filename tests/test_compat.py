@@ -1,7 +1,6 @@
 """omnifast.eg3d.patch() on local copies of EG3D's and OmniAvatar's released renderer modules:
 whole coarse + importance + fine renders through the patched classes agree with the unpatched
 ones, forward and backward, on every ray-marching path; bad arguments are refused clearly."""
-import importlib.util
 import itertools
 import math
 import os
@@ -16,11 +15,18 @@ HERE = os.path.dirname(__file__)
 _copies = itertools.count()
 
 
-def fresh(name):
-    """A new copy of a local renderer module: patch() changes its classes for good."""
-    spec = importlib.util.spec_from_file_location(f"{name}_{next(_copies)}", os.path.join(HERE, f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+def fresh(name, dtype=torch.float32):
+    """A new copy of a local renderer module: patch() changes its classes for good. The released
+    code pins float32 in a few places (the sampling grid, the importance weights); a float64 copy
+    pins float64 there instead, so the whole unpatched render runs in float64."""
+    path = os.path.join(HERE, f"{name}.py")
+    with open(path) as f:
+        source = f.read()
+    if dtype == torch.float64:
+        source = source.replace(".float()", ".double()").replace("torch.float32", "torch.float64")
+    module = types.ModuleType(f"{name}_{next(_copies)}")
+    module.__file__ = path
+    exec(compile(source, path, "exec"), module.__dict__)
     return module
 
 
@@ -110,11 +116,23 @@ def test_patch_eg3d_renderer_whole_render(auto_bounds):
     assert_same(before, run(call, 0, inputs), 2e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("path", ["midpoint", "absorption", "force_background", "absorption+white_back"])
-def test_patch_omniavatar_renderer_whole_render(path):
-    """It raised AttributeError ('MipRayMarcher2' object has no attribute '_march') on every
-    path: the methods put on OmniAvatar's class called a helper only omnifast's class had."""
-    module = fresh("omniavatar_local")
+def test_patch_omniavatar_renderer_whole_render(path, dtype):
+    """The same images and gradients from OmniAvatar's generator renderer before and after the
+    patch: to float64's rounding, and in float32 to its. (It raised AttributeError
+    ('MipRayMarcher2' object has no attribute '_march') on every path once: the methods put on
+    OmniAvatar's class called a helper only omnifast's class had.)"""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # the decoder, the stand-in SDF, the rays and the depths
+    try:
+        _omniavatar_whole_render(path, dtype)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _omniavatar_whole_render(path, dtype):
+    module = fresh("omniavatar_local", dtype)
     depth = 3
     vol_planes = (torch.randn(2, 3, 8 * depth, 24, 24) * 2).requires_grad_()
     bi_planes = torch.zeros(2, 0, 8, 24, 24)
@@ -136,8 +154,9 @@ def test_patch_omniavatar_renderer_whole_render(path):
     assert replaced == ["sample_from_volplanes", "MipRayMarcher2.run_forward",
                         "MipRayMarcher2.run_forward_absorption", "ImportanceRenderer.sample_importance",
                         "ImportanceRenderer.unify_samples"]
-    # 1e-3: the learnt beta's gradient sums every sample's density gradient times 1 / beta^2.
-    assert_same(before, run(call, 0, inputs), 1e-3)
+    assert before[0][0].dtype == dtype
+    # float32 to 1e-3: the learnt beta's gradient sums every sample's density gradient times 1 / beta^2.
+    assert_same(before, run(call, 0, inputs), 1e-9 if dtype == torch.float64 else 1e-3)
 
 
 def test_patch_rejects_what_is_not_a_renderer_module():

@@ -83,59 +83,74 @@ def eval_gan_command(args):
 
 
 def generate_command(args):
-    import os
-
-    import torch
-
     from ..sdf.commands import device_of
-    from ..sdf.export import parse_params, write_ply
-    from .generate import HeadGenerator, grid, parse_seeds, to_uint8
-    from .train import write_png
+    from ..sdf.export import parse_params
+    from .generate import HeadGenerator, parse_seeds
 
     seeds = parse_seeds(args.seeds)
     if args.video and not args.sweep:
         raise ValueError("--video needs --sweep (what the video moves)")
-    if args.video and os.path.splitext(args.video)[1].lower() not in (".mp4", ".gif"):
-        raise ValueError(f"--video must end in .mp4 or .gif, got {args.video!r}")
     generator = HeadGenerator(args.run, device_of(args.device), args.backend)
-    base = parse_params(generator.layout, args.params)
-    if args.sweep:
-        params, yaws = generator.sweep_params(args.sweep, base, args.frames)
+    written, settings = write_generation(generator, seeds, parse_params(generator.layout, args.params), args.out,
+                                         sweep=args.sweep, frames=args.frames, yaw=args.yaw, pitch=args.pitch,
+                                         fov=args.fov, truncation=args.truncation, extras=args.extras,
+                                         video=args.video, mesh=args.mesh, mesh_resolution=args.mesh_resolution)
+    print(json.dumps({"step": generator.step, "seeds": seeds, "settings": settings, "written": written}))
+    return 0
+
+
+def write_generation(generator, seeds, base, out, *, sweep=None, frames=8, yaw=0.0, pitch=0.0, fov=None,
+                     truncation=1.0, extras=False, video=None, mesh=None, mesh_resolution=128):
+    """What ``omnifast generate`` writes for a loaded :class:`HeadGenerator`: the PNG grid at
+    ``out`` (a row per seed, a column per setting of ``sweep``), with ``extras`` the raw, depth
+    and normals grids beside it, the sweep as a ``video`` (.mp4 or .gif), and the first seed's
+    ``mesh`` (PLY, and its canonical twin). Returns ``(written paths, settings)``."""
+    import os
+
+    import torch
+
+    from ..sdf.export import write_ply
+    from .generate import grid, to_uint8
+    from .train import write_png
+
+    if video and os.path.splitext(video)[1].lower() not in (".mp4", ".gif"):
+        raise ValueError(f"--video must end in .mp4 or .gif, got {video!r}")
+    if sweep:
+        params, yaws = generator.sweep_params(sweep, base, frames)
     else:
         params, yaws = base, torch.zeros(1)
     settings = params.shape[0]
-    labels = torch.cat([generator.labels(params[i:i + 1], args.yaw + float(yaws[i]), args.pitch, args.fov)
+    labels = torch.cat([generator.labels(params[i:i + 1], yaw + float(yaws[i]), pitch, fov)
                         for i in range(settings)])
     rows = {key: [] for key in ("image", "raw", "depth", "normals")}
     for seed in seeds:  # a row: one seed under every setting
-        out = generator.synthesize([seed] * settings, labels, args.truncation)
+        out_images = generator.synthesize([seed] * settings, labels, truncation)
         near, far = generator.G.renderer.config.ray_start, generator.G.renderer.config.ray_end
-        depth = torch.where(out["opacity"] > 0.5, out["depth"], torch.full_like(out["depth"], far))
-        size = out["image"].shape[-2:]  # the neural images enlarged (nearest) to sit beside the final one
+        depth = torch.where(out_images["opacity"] > 0.5, out_images["depth"], torch.full_like(out_images["depth"], far))
+        size = out_images["image"].shape[-2:]  # the neural images enlarged (nearest) to sit beside the final one
         enlarge = lambda t, size=size: torch.nn.functional.interpolate(t, size=size, mode="nearest")  # noqa: E731
-        rows["image"].append(to_uint8(out["image"]))
-        rows["raw"].append(to_uint8(enlarge(out["raw"])))
+        rows["image"].append(to_uint8(out_images["image"]))
+        rows["raw"].append(to_uint8(enlarge(out_images["raw"])))
         rows["depth"].append(to_uint8(enlarge(depth), far, near))
-        rows["normals"].append(to_uint8(enlarge(out["normals"] * (out["opacity"] > 0.5))))
+        rows["normals"].append(to_uint8(enlarge(out_images["normals"] * (out_images["opacity"] > 0.5))))
     cells = {key: np.concatenate(value) for key, value in rows.items()}
-    write_png(args.out, grid(cells["image"], len(seeds)))
-    written = [args.out]
-    if args.extras:
-        stem, ext = os.path.splitext(args.out)
+    write_png(out, grid(cells["image"], len(seeds)))
+    written = [out]
+    if extras:
+        stem, ext = os.path.splitext(out)
         for key in ("raw", "depth", "normals"):
             write_png(f"{stem}_{key}{ext}", grid(cells[key], len(seeds)))
             written.append(f"{stem}_{key}{ext}")
-    if args.video:
-        frames = cells["image"].reshape(len(seeds), settings, *cells["image"].shape[1:])
-        write_video(args.video, [np.concatenate(list(frames[:, i]), axis=1) for i in range(settings)])
-        written.append(args.video)
-    if args.mesh:
-        for canonical, path in ((False, args.mesh), (True, os.path.splitext(args.mesh)[0] + "_canonical.ply")):
-            verts, faces = generator.mesh(seeds[0], base, args.mesh_resolution, args.truncation, canonical)
+    if video:
+        by_seed = cells["image"].reshape(len(seeds), settings, *cells["image"].shape[1:])
+        write_video(video, [np.concatenate(list(by_seed[:, i]), axis=1) for i in range(settings)])
+        written.append(video)
+    if mesh:
+        for canonical, path in ((False, mesh), (True, os.path.splitext(mesh)[0] + "_canonical.ply")):
+            verts, faces = generator.mesh(seeds[0], base, mesh_resolution, truncation, canonical)
             write_ply(path, verts, faces)
             written.append(path)
-    print(json.dumps({"step": generator.step, "seeds": seeds, "settings": settings, "written": written}))
-    return 0
+    return written, settings
 
 
 def write_video(path, frames, fps=12):

@@ -4,7 +4,6 @@ expression, jaw, neck or camera with the identity fixed, and the generated head'
 final SDF ``s + delta s``) as a mesh in observation and canonical space."""
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -112,7 +111,7 @@ class HeadGenerator:
         """The zero level set of the final SDF for a seed, in FLAME's metres: ``(verts [V, 3],
         faces [F, 3])`` posed by ``params [1, P]`` or, with ``canonical``, in canonical space
         (the neutral head: no expression or pose, mean shape)."""
-        from skimage.measure import marching_cubes
+        from ..sdf.export import zero_level_set
 
         if canonical:
             params = torch.zeros_like(params)
@@ -120,15 +119,9 @@ class HeadGenerator:
         axis = torch.linspace(-half, half, resolution)
         grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
         values = self.final_sdf(seed, params, grid, truncation).reshape(resolution, resolution, resolution)
-        v = values.numpy()
-        if not (v.min() < 0 < v.max()):
-            raise ValueError(f"mesh: the generated SDF has no zero crossing in the box (min {v.min():.4g}, "
-                             f"max {v.max():.4g})")
-        spacing = float(axis[1] - axis[0])
-        verts, faces, _, _ = marching_cubes(v, level=0.0, spacing=(spacing,) * 3)
-        verts = torch.from_numpy(verts.astype(np.float32)) - half
-        verts = self.warp.to_flame(verts.to(self.warp.centre)).cpu()
-        return verts, torch.from_numpy(faces[:, ::-1].astype(np.int64))
+        verts, faces = zero_level_set(values, (axis,) * 3, "mesh: the generated SDF",
+                                      "the run has not learnt a head (yet)")
+        return self.warp.to_flame(verts.to(self.warp.centre)).cpu(), faces
 
     def sweep_params(self, kind, base, frames):
         """``(params [frames, P], yaws [frames])`` moving one control from its range's start to

@@ -247,10 +247,10 @@ def closest_point(points, verts, faces, *, sign="pseudonormal"):
                         torch.where(found.unsqueeze(-1), point, nan.unsqueeze(-1)).to(dtype))
 
 
-def correspondence(points, verts, canonical_verts, faces):
+def correspondence(points, verts, canonical_verts, faces, *, sign="pseudonormal"):
     """Brute-force twin of :func:`omnifast.correspondence` (``offset="normal"``, batched inputs):
     ``(canonical points [B, N, 3], signed distance [B, N])``, in the dtype of ``points``."""
-    hit = closest_point(points, verts, faces)
+    hit = closest_point(points, verts, faces, sign=sign)
     faces = faces.long().to(verts.device)
     canonical = canonical_verts.double().expand(verts.shape[0], -1, -1)
     vertex_n, _ = vertex_pseudonormals(canonical, faces)

@@ -11,6 +11,7 @@ from torch import nn
 
 from .. import reference
 from ..ops.mesh import mesh_index
+from ..sdf.data import PRIOR_SIGN as SIGN
 
 
 class Warp(nn.Module):
@@ -101,9 +102,9 @@ class MeshWarp(Warp):
         canonical_verts = caps.verts(self.flame.canonical_verts()).to(x.dtype)
         if backend == "reference":
             canonical, distance = reference.mesh.correspondence(x, verts, canonical_verts,
-                                                                self.faces.to(x.device))
+                                                                self.faces.to(x.device), sign=SIGN)
             return distance, canonical
-        out = self.index.correspondence(x, verts, canonical_verts)
+        out = self.index.correspondence(x, verts, canonical_verts, sign=SIGN)
         return out.distance, out.canonical_points
 
 

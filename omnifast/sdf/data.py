@@ -9,6 +9,11 @@ import torch
 from ..geometry import jitter, surface_samples
 from ..ops.mesh import MeshIndex, barycentric_interpolate
 
+# The sign of the prior's distance: the winding number, not the pseudonormal. FLAME's expressions
+# fold the surface here and there (the lips, the nose); a folded vertex's pseudonormal points the
+# wrong way, and every point whose closest feature it is (up to centimetres away) reads inside.
+PRIOR_SIGN = "winding"
+
 SDFBatch = namedtuple("SDFBatch", [
     "params",             # [B, P]
     "frames",             # [B, 4, 4] rigid head motion from canonical (Flame.head_frame)
@@ -96,7 +101,7 @@ class SDFSampler:
         verts, points, face, bary, canonical = self.surface(params, self.surface_points, generator)
         normals = self.index.surface_normals(verts, face, bary)
         space = self._space_points(verts, self.index.faces(device), generator)
-        hit = self.index.correspondence(space, verts, self.canonical_verts, sign="pseudonormal")
+        hit = self.index.correspondence(space, verts, self.canonical_verts, sign=PRIOR_SIGN)
         return SDFBatch(params, flame.head_frame(params), points, normals, canonical, flame.caps.on_cap(face), space,
                         hit.distance, hit.canonical_points, flame.caps.on_cap(hit.face))
 

@@ -2,6 +2,7 @@
 import torch
 
 from ..geometry import jitter
+from .data import PRIOR_SIGN
 
 HELD_OUT_SEED = 1_000_003  # offset from the training seed: held-out draws never repeat the stream
 NEAR_SCALE = 0.01          # near-surface queries: surface samples + N(0, (1% of the diagonal)^2)
@@ -38,7 +39,7 @@ def evaluate(run, params, points_per_mesh=4096):
         with torch.no_grad():
             verts, surface, face, _, canonical = sampler.surface(p, points_per_mesh, g)
             near = jitter(surface, NEAR_SCALE * sampler.diagonal, g)
-            truth = sampler.index.closest_point(near, verts, sign="pseudonormal").distance
+            truth = sampler.index.closest_point(near, verts, sign=PRIOR_SIGN).distance
             out_near = model(near, p, frames)
             out_surface = model(surface, p, frames)
         near_err.append((out_near.sdf - truth).abs().flatten())

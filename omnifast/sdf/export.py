@@ -55,13 +55,19 @@ def sdf_grid(model, flame, params, resolution=128, chunk=65536):
 def extract_mesh(model, flame, params, resolution=128):
     """The zero level set: ``(verts [V, 3] float32 metres, faces [F, 3] int64)``, faces
     outward."""
+    values, axes = sdf_grid(model, flame, params, resolution)
+    return zero_level_set(values, axes, "export: the field", "the network is not a head (yet)")
+
+
+def zero_level_set(values, axes, what, hint):
+    """Marching cubes of signed distances ``values [X, Y, Z]`` sampled at the coordinates
+    ``axes`` (three 1-D tensors): ``(verts [V, 3] float32, faces [F, 3] int64)``, faces outward;
+    a field with no zero crossing is a ValueError naming ``what`` with the ``hint``."""
     from skimage.measure import marching_cubes
 
-    values, axes = sdf_grid(model, flame, params, resolution)
     v = values.numpy()
     if not (v.min() < 0 < v.max()):
-        raise ValueError(f"export: the field has no zero crossing in its box (min {v.min():.4g}, "
-                         f"max {v.max():.4g}): the network is not a head (yet)")
+        raise ValueError(f"{what} has no zero crossing in its box (min {v.min():.4g}, max {v.max():.4g}): {hint}")
     spacing = [float(a[1] - a[0]) for a in axes]
     verts, faces, _, _ = marching_cubes(v, level=0.0, spacing=spacing)
     verts = verts + np.array([float(a[0]) for a in axes])
