@@ -118,10 +118,10 @@ def run_demo(args):
     write_ply(mesh_path, verts, faces)
     write_previews(run.model, run.flame, preview_path, size=args.preview_size or plan["sizes"])
     print(f"   wrote {mesh_path} ({verts.shape[0]} vertices) and {preview_path}")
-    sdf_passed = metrics["near_mean_pct"] < 1.0 and metrics["correspondence_mean_pct"] < 2.0
+    targets = {"near_mean_pct": 1.0, "correspondence_mean_pct": 2.0}
+    sdf_passed = all(metrics[key] < bound for key, bound in targets.items())
     stage_one = {"steps": config.steps, "train_seconds": sdf_seconds, "seconds_per_step": sdf_seconds / config.steps,
-                 "metrics": metrics, "targets": {"near_mean_pct": 1.0, "correspondence_mean_pct": 2.0},
-                 "passed": sdf_passed, "config": config.to_dict()}
+                 "metrics": metrics, "targets": targets, "passed": sdf_passed, "config": config.to_dict()}
 
     # 4. The dataset
     stage(4, f"synthetic dataset: {plan['images']} images at {plan['image_resolution']}^2 -> {paths['data']}")
@@ -237,16 +237,17 @@ CONTROL_ROWS = (  # (group, key, what it measures)
 )
 
 
+def _control_rows(control):
+    """The control evaluation as ``(measure, mean, p95)`` text rows, the image quality last."""
+    rows = [(text, f"{control[g][k]['mean']:.2f}", f"{control[g][k]['p95']:.2f}") for g, k, text in CONTROL_ROWS]
+    quality = control.get("quality", {})
+    return rows + [(f"{k} over {quality['images']} images", f"{v:.3f}", "")
+                   for k, v in quality.items() if k != "images"]
+
+
 def control_table(control):
     """The control evaluation as aligned text lines."""
-    lines = [f"{'measure':<64} {'mean':>8} {'p95':>8}"]
-    for group, key, text in CONTROL_ROWS:
-        stats = control[group][key]
-        lines.append(f"{text:<64} {stats['mean']:>8.2f} {stats['p95']:>8.2f}")
-    for key, value in control.get("quality", {}).items():
-        if key != "images":
-            lines.append(f"{key + ' over ' + str(control['quality']['images']) + ' images':<64} {value:>8.3f}")
-    return "\n".join(lines)
+    return "\n".join(f"{a:<64} {b:>8} {c:>8}" for a, b, c in [("measure", "mean", "p95"), *_control_rows(control)])
 
 
 def _bench_rows(report):
@@ -308,12 +309,8 @@ def index_html(summary, out):
     m = one["metrics"]
     metric_rows = [(text, f"{m[key] * 1000:.2f}", f"{m[key + '_pct']:.2f}%") for key, text in STAGE_ONE_ROWS]
     metric_rows.append(("eikonal residual mean", "", f"{m['eikonal_residual']:.3f}"))
-    control_rows = [(text, f"{control[g][k]['mean']:.2f}", f"{control[g][k]['p95']:.2f}")
-                    for g, k, text in CONTROL_ROWS]
-    control_rows += [(f"{k} over {control['quality']['images']} images", f"{v:.3f}", "")
-                     for k, v in control.get("quality", {}).items() if k != "images"]
-    grids = sorted(f for f in os.listdir(os.path.join(out, "gan-run", "images"))) if os.path.isdir(
-        os.path.join(out, "gan-run", "images")) else []
+    images = os.path.join(out, "gan-run", "images")
+    grids = sorted(os.listdir(images)) if os.path.isdir(images) else []
     front = os.path.join(out, "generated", "front.png")
     with Image.open(front) as opened:
         video_width = opened.size[1]  # a column of square cells, one per seed: the video puts them side by side
@@ -351,7 +348,7 @@ demo.json.</p>
 <p>Meshes: generated/head.ply (observation space), generated/head_canonical.ply (canonical space),
 sdf_head.ply (stage I).</p>
 <h2>Control evaluation ({control['samples']} samples)</h2>
-{_table(('measure', 'mean', 'p95'), control_rows)}
+{_table(('measure', 'mean', 'p95'), _control_rows(control))}
 <h2>Benchmarks (omnifast vs the PyTorch reference, same run)</h2>
 {_table(('op', 'case', 'pass', 'omnifast ms', 'reference ms', 'speedup', 'peak MiB', 'ref peak MiB'), bench_rows)
  if bench_rows else '<p>not run</p>'}

@@ -122,10 +122,10 @@ def write_generation(generator, seeds, base, out, *, sweep=None, frames=8, yaw=0
     settings = params.shape[0]
     labels = torch.cat([generator.labels(params[i:i + 1], yaw + float(yaws[i]), pitch, fov)
                         for i in range(settings)])
+    near, far = generator.G.renderer.config.ray_start, generator.G.renderer.config.ray_end
     rows = {key: [] for key in ("image", "raw", "depth", "normals")}
     for seed in seeds:  # a row: one seed under every setting
         out_images = generator.synthesize([seed] * settings, labels, truncation)
-        near, far = generator.G.renderer.config.ray_start, generator.G.renderer.config.ray_end
         depth = torch.where(out_images["opacity"] > 0.5, out_images["depth"], torch.full_like(out_images["depth"], far))
         size = out_images["image"].shape[-2:]  # the neural images enlarged (nearest) to sit beside the final one
         enlarge = lambda t, size=size: torch.nn.functional.interpolate(t, size=size, mode="nearest")  # noqa: E731
