@@ -8,6 +8,9 @@
 #include "composite/composite.h"
 #include "mesh/mesh_launch.h"
 #include "triplane/triplane.h"
+#ifdef OMNIFAST_WITH_SIMT
+#include "simt/simt_control.h"
+#endif
 
 #ifndef OMNIFAST_CUDA_ARCHS
 #define OMNIFAST_CUDA_ARCHS ""
@@ -34,6 +37,34 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("WITH_CUDA") = true;
 #else
   m.attr("WITH_CUDA") = false;
+#endif
+#ifdef OMNIFAST_WITH_SIMT
+  // The SIMT build: the CUDA kernels run on the CPU (csrc/simt/simt.h) for CPU tensors while
+  // the routing is on.
+  m.attr("WITH_SIMT") = true;
+  m.attr("SIMT_CUDA_INCLUDE") = OMNIFAST_SIMT_CUDA_INCLUDE;
+  m.def(
+      "_simt_route", [](bool on) { return simt_routing().exchange(on); },
+      "Routes CPU tensors through the CUDA launchers (or back); returns the previous setting.");
+  m.def("_simt_routing", [] { return simt_routing().load(); }, "Whether the routing is on.");
+  m.def("_simt_seed", &simt_set_seed, "Seeds the order blocks and threads run in.");
+  m.def(
+      "_simt_stats",
+      [] {
+        const SimtStats s = simt_stats();
+        py::dict d;
+        d["launches"] = s.launches;
+        d["blocks"] = s.blocks;
+        d["threads"] = s.threads;
+        d["barriers"] = s.barriers;
+        d["shuffles"] = s.shuffles;
+        d["atomics"] = s.atomics;
+        d["vector_atomics"] = s.vector_atomics;
+        return d;
+      },
+      "What the emulated kernels did since the module was loaded.");
+#else
+  m.attr("WITH_SIMT") = false;
 #endif
   m.attr("CUDA_ARCHS") = OMNIFAST_CUDA_ARCHS;  // as given to the build, e.g. "8.0;9.0"
 

@@ -37,6 +37,7 @@ def info():
         "omnifast": __version__,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "backends": ["cpu"] + ([f"cuda (sm {', '.join(backends['cuda_archs'])})"] if backends["cuda"] else []),
+        "backends": ["cpu"] + ([f"cuda (sm {', '.join(backends['cuda_archs'])})"] if backends["cuda"] else [])
+        + (["simt (the CUDA kernels on the CPU, for tests)"] if backends["simt"] else []),
         "devices": devices,
     }

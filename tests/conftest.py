@@ -11,12 +11,57 @@ CUDA_READY = torch.cuda.is_available() and omnifast._C_loader.compiled_backends(
 CUDA_SKIP_REASON = (
     "no CUDA device visible" if not torch.cuda.is_available()
     else "this build of omnifast has no CUDA kernels")
+SIMT_READY = omnifast._C_loader.compiled_backends()["simt"]
+SIMT_SKIP_REASON = ("this build of omnifast is not the SIMT build "
+                    "(OMNIFAST_SIMT=1 pip install --no-build-isolation -e .)")
 
-DEVICES = [
-    "cpu",
+# The CUDA kernels, on a GPU ("cuda") or run thread by thread on the CPU by the SIMT build
+# ("simt": the test gets device "cpu", and omnifast's ops hand its CPU tensors to the CUDA
+# launchers for the whole test).
+KERNEL_DEVICES = [
     pytest.param("cuda", marks=[pytest.mark.cuda,
                                 pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)]),
+    pytest.param("simt", marks=[pytest.mark.simt,
+                                pytest.mark.skipif(not SIMT_READY, reason=SIMT_SKIP_REASON)]),
 ]
+DEVICES = ["cpu", *KERNEL_DEVICES]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_pyfunc_call(pyfuncitem):
+    """A "simt" test runs on CPU tensors with the CUDA kernels routed in."""
+    if pyfuncitem.funcargs.get("device") != "simt":
+        yield
+        return
+    pyfuncitem.funcargs["device"] = "cpu"
+    with omnifast._C_loader.simt_kernels():
+        yield
+
+
+@contextlib.contextmanager
+def cpu_twin():
+    """The CPU loops, also inside a "simt" test (where the CUDA kernels take CPU tensors)."""
+    if not SIMT_READY:
+        yield
+        return
+    with omnifast._C_loader.simt_kernels(False):
+        yield
+
+
+def simt_active():
+    """Inside a "simt" test: the CUDA kernels run on the CPU, thread by thread (keep sizes small)."""
+    return SIMT_READY and omnifast._C_loader.C._simt_routing()
+
+
+def reseed_scheduler(seed):
+    """A new order for the blocks and threads of the SIMT build's kernels (nothing on a GPU)."""
+    if simt_active():
+        omnifast._C_loader.C._simt_seed(seed)
+
+
+def twin_and_kernels(device):
+    """[(torch device, context)] for the CPU twin and for the CUDA kernels on `device`."""
+    return [("cpu", cpu_twin), (device, contextlib.nullcontext)]
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ from test_triplane import assert_close
 import omnifast
 from omnifast import reference
 
-from conftest import CUDA_READY, CUDA_SKIP_REASON, DEVICES, poisoned_outputs
+from conftest import DEVICES, KERNEL_DEVICES, poisoned_outputs, twin_and_kernels
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-5}
 FIELDS = ["sdf", "sdf_laplace", "density"]
@@ -181,6 +181,26 @@ def test_opcheck(device, mode):
                            log_t, 0, mode), test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("device", KERNEL_DEVICES[:1])  # two devices: a GPU beside the CPU
+def test_every_saved_tensor_of_the_backward_is_checked_for_its_device(device):
+    features, field, depths, delta = (t.reshape(5, 6, -1).contiguous()
+                                      for t in make_rays((5,), 6, 3, torch.float64, device))
+    field, depths, delta = field[..., 0], depths[..., 0], delta[..., 0]
+    beta = torch.tensor([0.05], dtype=torch.float64, device=device)
+    _, opacity, depth_raw, _, log_t = torch.ops.omnifast.composite(features, field, depths, beta,
+                                                                   delta, 0, 0, False)
+    grads = (torch.randn(5, 3, dtype=torch.float64, device=device),
+             torch.randn(5, dtype=torch.float64, device=device),
+             torch.randn(5, dtype=torch.float64, device=device), None)
+    saved = {"opacity": opacity, "depth_raw": depth_raw, "log_transmittance": log_t}
+    for name in saved:
+        moved = {k: (v.cpu() if k == name else v) for k, v in saved.items()}
+        with pytest.raises(RuntimeError, match=f"{name} must be on the device of features"):
+            torch.ops.omnifast.composite_backward(*grads, features, field, depths, beta, delta,
+                                                  moved["opacity"], moved["depth_raw"],
+                                                  moved["log_transmittance"], 0, 0)
+
+
 def test_torch_compile_fullgraph():
     features, field, depths, delta = make_rays((3, 10), 8, 4, torch.float32, "cpu")
     features.requires_grad_()
@@ -236,28 +256,27 @@ def test_bad_input(overrides, error, pattern):
 # ---------------------------------------------------------------------------------------------
 # CUDA
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("mode", MODES)
-def test_cuda_matches_cpu_twin(mode):
+def test_cuda_matches_cpu_twin(device, mode):
     inputs = make_rays((4, 300), 40, 33, torch.float64, "cpu")
     results = []
-    for device in ("cpu", "cuda"):
-        leaves = [t.to(device).requires_grad_() for t in inputs]
-        beta = torch.tensor([0.01], dtype=torch.float64, device=device, requires_grad=True)
-        out = omnifast.composite(*leaves[:3], beta=beta, density_delta=leaves[3], mode=mode,
-                                 return_weights=True)
-        grads = torch.autograd.grad(sum(t.square().sum() for t in out), (*leaves, beta))
+    for target, context in twin_and_kernels(device):
+        with context():
+            leaves = [t.to(target).requires_grad_() for t in inputs]
+            beta = torch.tensor([0.01], dtype=torch.float64, device=target, requires_grad=True)
+            out = omnifast.composite(*leaves[:3], beta=beta, density_delta=leaves[3], mode=mode,
+                                     return_weights=True)
+            grads = torch.autograd.grad(sum(t.square().sum() for t in out), (*leaves, beta))
         results.append([t.detach().cpu() for t in (*out, *grads)])
     for cpu, cuda in zip(*results):
         assert_close(cuda, cpu, 1e-10)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_16bit_features(dtype):
-    features, field, depths, _ = make_rays((8, 64), 48, 32, torch.float32, "cuda")
+def test_cuda_16bit_features(device, dtype):
+    features, field, depths, _ = make_rays((8, 64), 48, 32, torch.float32, device)
     half = features.to(dtype).requires_grad_()
     out = omnifast.composite(half, field, depths, beta=0.02)
     ref = reference.composite(half.detach().float(), field, depths, beta=0.02)
@@ -265,6 +284,16 @@ def test_cuda_16bit_features(dtype):
     assert_close(out.features.float(), ref.features, 1e-2)
     (grad,) = torch.autograd.grad(out.features.float().sum(), half)
     assert grad.dtype == dtype and torch.isfinite(grad.float()).all()
+
+
+@pytest.mark.parametrize("device", KERNEL_DEVICES)
+def test_non_positive_beta_on_the_kernels_is_a_catchable_error(device):
+    features, field, depths, _ = make_rays((2, 16), 8, 4, torch.float32, device)
+    for beta in (0.0, -0.5):
+        with pytest.raises(RuntimeError, match="beta must be positive"):
+            omnifast.composite(features, field, depths, beta=torch.tensor([beta], device=device))
+    out = omnifast.composite(features, field, depths, beta=0.02)  # the device still works
+    assert torch.isfinite(out.features).all()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -210,6 +210,76 @@ def test_train_gan_command(stage_one, tmp_path):
     assert changed.returncode == 2 and "lr_g" in changed.stderr
 
 
+def test_resume_honours_the_operational_settings_it_is_given(stage_one, tmp_path):
+    out = str(tmp_path / "run")
+    train_gan(config_for(stage_one, steps=1), out, progress=False)
+    train_gan(config_for(stage_one, steps=3, image_every=1, checkpoint_every=1), out, resume=True, progress=False)
+    assert sorted(os.listdir(tmp_path / "run" / "images")) == ["step000001.png", "step000002.png", "step000003.png"]
+    assert RunFolder(out).read_config()["image_every"] == 1
+
+
+def test_train_gan_command_resumes_with_the_command_lines_device_and_schedules(tmp_path, monkeypatch):
+    import omnifast.gan.train as train_module
+    from omnifast.cli import main
+
+    out = str(tmp_path / "run")
+    RunFolder(out, create=True).write_config(config_for(tmp_path, steps=5, device="cuda:0").to_dict())
+    seen = []
+    monkeypatch.setattr(train_module, "train_gan", lambda config, run_dir, **options: seen.append((config, options)) or {})
+    assert main(["train-gan", "--out", out, "--resume", "--device", "meta", "--image-every", "3",
+                 "--checkpoint-every", "4", "--steps", "7", "--no-progress"]) == 0
+    config, options = seen[-1]
+    assert (config.device, config.image_every, config.checkpoint_every, config.steps) == ("meta", 3, 4, 7)
+    assert options == dict(resume=True, steps=7, progress=False)
+    assert {k: v for k, v in config.to_dict().items() if k in train_module.RUN_DEFINING} == \
+        {k: v for k, v in config_for(tmp_path).to_dict().items() if k in train_module.RUN_DEFINING}
+    assert main(["train-gan", "--out", out, "--resume"]) == 0  # no --device: as for a new run
+    assert seen[-1][0].device == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert seen[-1][1]["progress"]
+
+
+def test_torchrun_ranks_take_their_own_gpu_and_nccl(tmp_path, monkeypatch):
+    import omnifast.gan.train as train_module
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: calls.append(("set_device", torch.device(device))))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda backend, **kw: calls.append(("init", backend)))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 3)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 4)
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    mine = torch.device("cuda", 1)
+    for given in ("cuda", "cuda:0"):  # cuda:0: a resumed run's saved device (its rank 0's)
+        calls.clear()
+        assert train_module.setup_distributed(given) == (3, 4, mine)
+        assert calls == [("set_device", mine), ("init", "nccl")]
+    calls.clear()
+    assert train_module.setup_distributed("cpu") == (3, 4, torch.device("cpu")) and calls == [("init", "gloo")]
+
+    # train_gan: the device is set and the group made before anything is built.
+    class Built(Exception):
+        pass
+
+    def built(config, rank, world_size):
+        calls.append(("run", config.device, rank, world_size))
+        raise Built
+
+    monkeypatch.setattr(train_module, "GANRun", built)
+    calls.clear()
+    with pytest.raises(Built):
+        train_gan(config_for(tmp_path, device="cuda"), str(tmp_path / "run"), progress=False)
+    assert calls == [("set_device", mine), ("init", "nccl"), ("run", "cuda:1", 3, 4)]
+
+    monkeypatch.delenv("LOCAL_RANK")
+    with pytest.raises(RunError, match="LOCAL_RANK is not set"):
+        train_module.setup_distributed("cuda")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    calls.clear()
+    assert train_module.setup_distributed("cuda") == (0, 1, torch.device("cuda")) and calls == []
+
+
 # ---- generation
 
 

@@ -338,6 +338,37 @@ def test_mesh_warp_gives_the_mesh_distance_and_the_sdf_warp_its_fallback(flame, 
     assert mesh_warp(inside, params)[0][0, 0] < 0
 
 
+def _sdf_warp_per_image(warp, points, params):
+    """The SDF warp as it was first written: per image, the network on the points inside the box."""
+    x = warp.to_flame(points)
+    centre, half = warp.sdf.centre, warp.sdf.scale
+    sdf, canonical = (x - centre).norm(dim=-1) - half / 2, x.clone()
+    frames = warp.flame.head_frame(params)
+    for n in range(x.shape[0]):
+        idx = ((x[n] - centre).abs() <= half).all(-1).nonzero()[:, 0]
+        out = warp.sdf(x[n:n + 1, idx], params[n:n + 1], frames[n:n + 1])
+        sdf[n, idx], canonical[n, idx] = out.sdf[0], out.canonical[0]
+    return sdf * warp.world_scale, (canonical - warp.centre) * warp.world_scale
+
+
+def test_sdf_warp_needs_no_host_sync_and_equals_the_per_image_warp(flame, sdf_warp, monkeypatch):
+    torch.manual_seed(3)
+    points = (torch.rand(3, 50, 3) - 0.5) * 1.6  # both sides of W's box (half-width 0.5)
+    params = torch.randn(3, flame.layout.size) * 0.3
+    expected = _sdf_warp_per_image(sdf_warp, points, params)
+    inside = ((sdf_warp.to_flame(points) - sdf_warp.sdf.centre).abs() <= sdf_warp.sdf.scale).all(-1)
+    assert inside.any() and not inside.all()
+    small_chunks = SDFWarp(flame, sdf_warp.sdf, sdf_warp.world_scale, chunk=7)  # several chunks, one short
+    # nonzero() waits for the GPU (the size of its result): the render path must not call it.
+    def no_sync(*args, **kwargs):
+        raise AssertionError("nonzero() in the render path")
+    monkeypatch.setattr(torch.Tensor, "nonzero", no_sync)
+    monkeypatch.setattr(torch, "nonzero", no_sync)
+    for warp in (sdf_warp, small_chunks):
+        for got, want in zip(warp(points, params), expected):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 def test_load_warp_from_a_stage_one_run(flame_dir, tmp_path):
     from omnifast.sdf.train import TrainConfig, train
 

@@ -15,10 +15,12 @@
 #endif
 
 // Loop unrolling hint for nvcc; host compilers unroll on their own and would warn about it.
-#if defined(__CUDA_ARCH__)
+#if defined(__CUDA_ARCH__) && !defined(OMNIFAST_SIMT)
 #define OMNIFAST_UNROLL _Pragma("unroll")
+#define OMNIFAST_NO_UNROLL _Pragma("unroll 1")
 #else
 #define OMNIFAST_UNROLL
+#define OMNIFAST_NO_UNROLL
 #endif
 
 // Loop over the first `count` of a chunk of VEC channels. On the device the trip count is the
@@ -26,7 +28,7 @@
 // `count` (a plain loop the compiler vectorises).
 #if defined(__CUDA_ARCH__)
 #define OMNIFAST_CHANNEL_LOOP(v, count, VEC) \
-  _Pragma("unroll") for (int v = 0; v < (VEC); ++v) if (v < (count))
+  OMNIFAST_UNROLL for (int v = 0; v < (VEC); ++v) if (v < (count))
 #else
 #define OMNIFAST_CHANNEL_LOOP(v, count, VEC) for (int v = 0; v < (count); ++v)
 #endif

@@ -67,13 +67,15 @@ const char* launch_typed(const CompositeShape& s, const CompositeTensors& t, cud
   if (s.rays == 0) return nullptr;
   const int lanes = lanes_for(s.channels);
   const int64_t total = whole_warps(s.rays * lanes);
-  if constexpr (PASS == Pass::kForward)
-    forward_kernel<scalar_t, acc_t>
-        <<<grid_for(total), kThreads, 0, stream>>>(s, t, lanes, log2_of(lanes), s.rays * lanes);
-  else
-    backward_kernel<scalar_t, acc_t>
-        <<<grid_for(total), kThreads, 0, stream>>>(s, t, lanes, log2_of(lanes), total);
-  return last_error();
+  return launched([&] {
+    if constexpr (PASS == Pass::kForward) {
+      OMNIFAST_LAUNCH(grid_for(total), kThreads, stream, forward_kernel<scalar_t, acc_t>)
+      (s, t, lanes, log2_of(lanes), s.rays * lanes);
+    } else {
+      OMNIFAST_LAUNCH(grid_for(total), kThreads, stream, backward_kernel<scalar_t, acc_t>)
+      (s, t, lanes, log2_of(lanes), total);
+    }
+  });
 }
 
 template <Pass PASS>
@@ -99,15 +101,17 @@ const char* importance_sample_cuda(const SamplingShape& s, bool is_double, const
                                    const void* weights, const void* u, void* out, void* stream) {
   if (s.rays == 0) return nullptr;
   auto cuda_stream = static_cast<cudaStream_t>(stream);
-  if (is_double)
-    importance_kernel<double><<<grid_for(s.rays), kThreads, 0, cuda_stream>>>(
-        s, static_cast<const double*>(depths), static_cast<const double*>(weights),
-        static_cast<const double*>(u), static_cast<double*>(out));
-  else
-    importance_kernel<float><<<grid_for(s.rays), kThreads, 0, cuda_stream>>>(
-        s, static_cast<const float*>(depths), static_cast<const float*>(weights),
-        static_cast<const float*>(u), static_cast<float*>(out));
-  return last_error();
+  return launched([&] {
+    if (is_double) {
+      OMNIFAST_LAUNCH(grid_for(s.rays), kThreads, cuda_stream, importance_kernel<double>)
+      (s, static_cast<const double*>(depths), static_cast<const double*>(weights),
+       static_cast<const double*>(u), static_cast<double*>(out));
+    } else {
+      OMNIFAST_LAUNCH(grid_for(s.rays), kThreads, cuda_stream, importance_kernel<float>)
+      (s, static_cast<const float*>(depths), static_cast<const float*>(weights),
+       static_cast<const float*>(u), static_cast<float*>(out));
+    }
+  });
 }
 
 const char* merge_order_cuda(int64_t rays, int64_t coarse, int64_t fine, bool is_double,
@@ -115,15 +119,17 @@ const char* merge_order_cuda(int64_t rays, int64_t coarse, int64_t fine, bool is
                              void* stream) {
   if (rays == 0) return nullptr;
   auto cuda_stream = static_cast<cudaStream_t>(stream);
-  if (is_double)
-    merge_kernel<double><<<grid_for(rays), kThreads, 0, cuda_stream>>>(
-        rays, coarse, fine, static_cast<const double*>(coarse_depths),
-        static_cast<const double*>(fine_depths), order);
-  else
-    merge_kernel<float><<<grid_for(rays), kThreads, 0, cuda_stream>>>(
-        rays, coarse, fine, static_cast<const float*>(coarse_depths),
-        static_cast<const float*>(fine_depths), order);
-  return last_error();
+  return launched([&] {
+    if (is_double) {
+      OMNIFAST_LAUNCH(grid_for(rays), kThreads, cuda_stream, merge_kernel<double>)
+      (rays, coarse, fine, static_cast<const double*>(coarse_depths),
+       static_cast<const double*>(fine_depths), order);
+    } else {
+      OMNIFAST_LAUNCH(grid_for(rays), kThreads, cuda_stream, merge_kernel<float>)
+      (rays, coarse, fine, static_cast<const float*>(coarse_depths),
+       static_cast<const float*>(fine_depths), order);
+    }
+  });
 }
 
 const char* composite_forward_cuda(const CompositeShape& s, StorageType type,

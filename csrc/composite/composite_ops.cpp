@@ -47,7 +47,7 @@ Prepared prepare(const at::Tensor& features, const at::Tensor& field, const at::
   const auto dtype = features.scalar_type();
   OMNIFAST_CHECK_ARG(dtype == at::kFloat || dtype == at::kDouble || is_16bit(dtype), kOp,
                      "features", "float32, float64, float16 or bfloat16", dtype);
-  OMNIFAST_CHECK_ARG(!is_16bit(dtype) || features.is_cuda(), kOp, "features",
+  OMNIFAST_CHECK_ARG(!is_16bit(dtype) || runs_cuda_kernels(features), kOp, "features",
                      "float32 or float64 on the CPU (16-bit features are CUDA-only)", dtype);
   OMNIFAST_CHECK_ARG(features.is_cpu() || features.is_cuda(), kOp, "features",
                      "on a CPU or CUDA device", features.device().str());
@@ -83,14 +83,11 @@ Prepared prepare(const at::Tensor& features, const at::Tensor& field, const at::
                        std::string(c10::toString(acc_type)) + " (from features)",
                        beta->scalar_type());
     p.beta = beta->contiguous();
+    // Read on the host on every device: a device-side assert would kill the process's CUDA
+    // context, where this is an error the caller can catch.
     if (needs_beta) {
-      // Positive beta: read on the CPU; asserted on the device without a host sync on CUDA.
-      if (p.beta.is_cpu()) {
-        OMNIFAST_CHECK_ARG(p.beta.item<double>() > 0, kOp, "beta", "positive",
-                           p.beta.item<double>());
-      } else {
-        at::_assert_async(at::gt(p.beta, 0).all(), "omnifast.composite: beta must be positive");
-      }
+      const double value = p.beta.item<double>();
+      OMNIFAST_CHECK_ARG(value > 0, kOp, "beta", "positive", value);
     }
   }
   return p;
@@ -153,6 +150,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> composite
   const at::Tensor saved_opacity = per_ray(p, "opacity", opacity, {s.rays});
   const at::Tensor saved_depth = per_ray(p, "depth_raw", depth_raw, {s.rays});
   check_defined(kOp, "log_transmittance", log_transmittance);
+  check_same_device(kOp, "log_transmittance", log_transmittance, "features", features);
   check_shape(kOp, "log_transmittance", log_transmittance, {s.rays});
   const at::Tensor saved_log_t = log_transmittance.to(at::kDouble).contiguous();
   at::Tensor g_weights;

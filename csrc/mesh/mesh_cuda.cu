@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cuda/atomic>
 
 #include "../common/cuda_launch.cuh"
 #include "mesh_launch.h"
@@ -46,7 +47,7 @@ __global__ void morton_keys_kernel(MeshDims d, const T* verts, MeshTopology topo
     }
   }
   __syncthreads();
-  for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+  for (unsigned stride = kThreads / 2; stride > 0; stride /= 2) {
     if (threadIdx.x < stride)
       for (int a = 0; a < 3; ++a) {
         lo[a][threadIdx.x] = min_of(lo[a][threadIdx.x], lo[a][threadIdx.x + stride]);
@@ -80,15 +81,17 @@ __global__ void gather_kernel(MeshDims d, const T* verts, MeshTopology topo, Bvh
 }
 
 // The bounds pass: a thread per leaf climbs while it is the second to arrive at a node. The
-// fence publishes its slot before the arrival is counted; the winner reads slots past L1.
+// arrival is an acquire-release add: it publishes the slot this thread wrote (release) and, for
+// the second to arrive, orders its reads of the sibling's slot after the first's writes
+// (acquire); those reads also go past L1.
 template <typename T>
 __global__ void bounds_kernel(MeshDims d, BvhArrays bvh, int32_t* counters) {
   OMNIFAST_THREAD_LOOP(i, d.batch * d.faces) {
     const int64_t b = i / d.faces, leaf = i - b * d.faces;
     if (leaf >= bvh.counts[2 * b + 1]) continue;
     bounds_item<T>(d, bvh, counters, b, leaf, [](int32_t* counter) {
-      __threadfence();
-      return atomicAdd(counter, 1);
+      return cuda::atomic_ref<int32_t, cuda::thread_scope_device>(*counter).fetch_add(
+          1, cuda::memory_order_acq_rel);
     });
   }
 }
@@ -104,16 +107,20 @@ template <typename T>
 const char* normals_typed(const MeshDims& d, const T* verts, const MeshTopology& topo,
                           const NormalArrays& out, cudaStream_t stream) {
   T* face = static_cast<T*>(out.face);
-  if (d.batch * d.faces > 0)
-    face_normals_kernel<T>
-        <<<grid_for(d.batch * d.faces), kThreads, 0, stream>>>(d, verts, topo, face);
-  if (d.batch * d.verts > 0)
-    vertex_normals_kernel<T><<<grid_for(d.batch * d.verts), kThreads, 0, stream>>>(
-        d, verts, topo, face, static_cast<T*>(out.vertex));
-  if (d.batch * d.edges > 0)
-    edge_normals_kernel<T><<<grid_for(d.batch * d.edges), kThreads, 0, stream>>>(
-        d, topo, face, static_cast<T*>(out.edge));
-  return last_error();
+  return launched([&] {
+    if (d.batch * d.faces > 0) {
+      OMNIFAST_LAUNCH(grid_for(d.batch * d.faces), kThreads, stream, face_normals_kernel<T>)
+      (d, verts, topo, face);
+    }
+    if (d.batch * d.verts > 0) {
+      OMNIFAST_LAUNCH(grid_for(d.batch * d.verts), kThreads, stream, vertex_normals_kernel<T>)
+      (d, verts, topo, face, static_cast<T*>(out.vertex));
+    }
+    if (d.batch * d.edges > 0) {
+      OMNIFAST_LAUNCH(grid_for(d.batch * d.edges), kThreads, stream, edge_normals_kernel<T>)
+      (d, topo, face, static_cast<T*>(out.edge));
+    }
+  });
 }
 
 template <typename T>
@@ -121,9 +128,10 @@ const char* refit_typed(const MeshDims& d, const T* verts, const MeshTopology& t
                         const BvhArrays& bvh, int32_t* counters, cudaStream_t stream) {
   const int64_t items = d.batch * d.faces;
   if (items == 0) return nullptr;
-  gather_kernel<T><<<grid_for(items), kThreads, 0, stream>>>(d, verts, topo, bvh);
-  bounds_kernel<T><<<grid_for(items), kThreads, 0, stream>>>(d, bvh, counters);
-  return last_error();
+  return launched([&] {
+    OMNIFAST_LAUNCH(grid_for(items), kThreads, stream, gather_kernel<T>)(d, verts, topo, bvh);
+    OMNIFAST_LAUNCH(grid_for(items), kThreads, stream, bounds_kernel<T>)(d, bvh, counters);
+  });
 }
 
 cudaStream_t as_stream(void* stream) { return static_cast<cudaStream_t>(stream); }
@@ -140,22 +148,25 @@ const char* mesh_normals_cuda(const MeshDims& d, bool is_double, const void* ver
 const char* mesh_morton_keys_cuda(const MeshDims& d, bool is_double, const void* verts,
                                   const MeshTopology& topo, int64_t* keys, void* stream) {
   if (d.batch == 0) return nullptr;
-  if (is_double)
-    morton_keys_kernel<double><<<d.batch, kThreads, 0, as_stream(stream)>>>(
-        d, static_cast<const double*>(verts), topo, keys);
-  else
-    morton_keys_kernel<float><<<d.batch, kThreads, 0, as_stream(stream)>>>(
-        d, static_cast<const float*>(verts), topo, keys);
-  return last_error();
+  return launched([&] {
+    if (is_double) {
+      OMNIFAST_LAUNCH(d.batch, kThreads, as_stream(stream), morton_keys_kernel<double>)
+      (d, static_cast<const double*>(verts), topo, keys);
+    } else {
+      OMNIFAST_LAUNCH(d.batch, kThreads, as_stream(stream), morton_keys_kernel<float>)
+      (d, static_cast<const float*>(verts), topo, keys);
+    }
+  });
 }
 
 const char* mesh_lbvh_links_cuda(const MeshDims& d, const int64_t* sorted_keys,
                                  const BvhArrays& bvh, void* stream) {
   const int64_t internal = lbvh_internal(lbvh_leaves(d.faces));
   if (d.batch == 0) return nullptr;
-  lbvh_links_kernel<<<grid_for(d.batch * internal), kThreads, 0, as_stream(stream)>>>(
-      d, sorted_keys, bvh, internal);
-  return last_error();
+  return launched([&] {
+    OMNIFAST_LAUNCH(grid_for(d.batch * internal), kThreads, as_stream(stream), lbvh_links_kernel)
+    (d, sorted_keys, bvh, internal);
+  });
 }
 
 const char* mesh_refit_cuda(const MeshDims& d, bool is_double, const void* verts,
@@ -172,13 +183,15 @@ const char* mesh_closest_point_cuda(const MeshDims& d, bool is_double, const Mes
                                     int sign_mode, const QueryArrays& q, void* stream) {
   const int64_t total = d.batch * q.per_mesh;
   if (total == 0) return nullptr;
-  if (is_double)
-    closest_point_kernel<double>
-        <<<grid_for(total), kThreads, 0, as_stream(stream)>>>(d, topo, bvh, normals, sign_mode, q);
-  else
-    closest_point_kernel<float>
-        <<<grid_for(total), kThreads, 0, as_stream(stream)>>>(d, topo, bvh, normals, sign_mode, q);
-  return last_error();
+  return launched([&] {
+    if (is_double) {
+      OMNIFAST_LAUNCH(grid_for(total), kThreads, as_stream(stream), closest_point_kernel<double>)
+      (d, topo, bvh, normals, sign_mode, q);
+    } else {
+      OMNIFAST_LAUNCH(grid_for(total), kThreads, as_stream(stream), closest_point_kernel<float>)
+      (d, topo, bvh, normals, sign_mode, q);
+    }
+  });
 }
 
 }  // namespace omnifast

@@ -9,6 +9,9 @@
 // floor and floor + 1, out-of-range corners contribute nothing, weights are not renormalised.
 #pragma once
 
+#include <cstdint>
+#include <type_traits>
+
 #include "../common/host_device.h"
 
 namespace omnifast {
@@ -121,7 +124,8 @@ OMNIFAST_HD void visit_corners(const TriplaneShape& s, int64_t n, int plane, con
     OMNIFAST_UNROLL
     for (int a = 0; a < DIMS; ++a) c.w *= w1[a];
     // Indices into dw/d2w stay compile-time constants (comp[] is compared, never used as an
-    // index) so that nvcc keeps them in registers.
+    // index) and the updates are selects, not conditional stores, so that nvcc keeps the corner
+    // in registers (a conditional store to an element is an indexed local-memory store).
     if (ORDER >= 1) {
       OMNIFAST_UNROLL
       for (int j = 0; j < 3; ++j) c.dw[j] = acc_t(0);
@@ -132,8 +136,7 @@ OMNIFAST_HD void visit_corners(const TriplaneShape& s, int64_t n, int plane, con
         for (int b = 0; b < DIMS; ++b)
           if (b != a) d *= w1[b];
         OMNIFAST_UNROLL
-        for (int j = 0; j < 3; ++j)
-          if (comp[a] == j) c.dw[j] = d;
+        for (int j = 0; j < 3; ++j) c.dw[j] = comp[a] == j ? d : c.dw[j];
       }
     }
     if (ORDER >= 2) {
@@ -149,8 +152,10 @@ OMNIFAST_HD void visit_corners(const TriplaneShape& s, int64_t n, int plane, con
           if (e != a && e != b) d *= w1[e];
         OMNIFAST_UNROLL
         for (int i = 0; i < 3; ++i) OMNIFAST_UNROLL
-        for (int j = 0; j < 3; ++j)
-          if ((comp[a] == i && comp[b] == j) || (comp[a] == j && comp[b] == i)) c.d2w[i][j] = d;
+        for (int j = 0; j < 3; ++j) {
+          const bool pair = (comp[a] == i && comp[b] == j) || (comp[a] == j && comp[b] == i);
+          c.d2w[i][j] = pair ? d : c.d2w[i][j];
+        }
       }
     }
     visit(c);
@@ -186,6 +191,22 @@ struct ChunkRange {
   int64_t first, step;
 };
 
+// Up to VEC channels of one texel, in the accumulation type. On the device a whole float32 chunk
+// at a 16-byte boundary (the channel count a multiple of 4) is one 16-byte load.
+template <int VEC, typename scalar_t, typename acc_t>
+OMNIFAST_HD void load_chunk(const scalar_t* src, int nch, acc_t out[VEC]) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (std::is_same<scalar_t, float>::value && VEC == 4) {
+    if (nch == 4 && (reinterpret_cast<uintptr_t>(src) & 15) == 0) {
+      const float4 x = *reinterpret_cast<const float4*>(src);
+      out[0] = x.x, out[1] = x.y, out[2] = x.z, out[3] = x.w;
+      return;
+    }
+  }
+#endif
+  OMNIFAST_CHANNEL_LOOP(v, nch, VEC) out[v] = load_as<acc_t>(src[v]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward: out[n, (p), m, c] = factor * sum_p sum_corners w * planes[corner, c].
 template <int DIMS, int VEC, typename scalar_t, typename acc_t>
@@ -205,8 +226,9 @@ OMNIFAST_HD void triplane_forward_point(const TriplaneShape& s, const scalar_t* 
     OMNIFAST_UNROLL
     for (int p = 0; p < 3; ++p) {
       visit_corners<DIMS, 0>(s, n, p, xyz, [&](const Corner<acc_t>& k) {
-        const scalar_t* src = planes + k.texel * C + c0;
-        OMNIFAST_CHANNEL_LOOP(v, nch, VEC) acc[v] += k.w * load_as<acc_t>(src[v]);
+        acc_t texel[VEC];
+        load_chunk<VEC>(planes + k.texel * C + c0, nch, texel);
+        OMNIFAST_CHANNEL_LOOP(v, nch, VEC) acc[v] += k.w * texel[v];
       });
       if (s.reduce == kReduceNone) {
         scalar_t* dst = out + ((n * 3 + p) * s.points + m) * C + c0;
@@ -278,9 +300,10 @@ OMNIFAST_HD void triplane_backward_point(const TriplaneShape& s, const scalar_t*
       load_grad_chunk<VEC>(grad_out, gs, n, p, m, c0, nch, factor, g);
       visit_corners<DIMS, 1>(s, n, p, xyz, [&](const Corner<acc_t>& k) {
         if (want_coords) {
-          const scalar_t* src = planes + k.texel * C + c0;
+          acc_t texel[VEC];
+          load_chunk<VEC>(planes + k.texel * C + c0, nch, texel);
           OMNIFAST_CHANNEL_LOOP(v, nch, VEC) {
-            const acc_t gp = g[v] * load_as<acc_t>(src[v]);
+            const acc_t gp = g[v] * texel[v];
             partial.sum[0][v] += k.dw[0] * gp;
             partial.sum[1][v] += k.dw[1] * gp;
             partial.sum[2][v] += k.dw[2] * gp;
@@ -400,13 +423,18 @@ OMNIFAST_HD int64_t lowest_row_key(const TriplaneShape& s, int plane, const acc_
   return depth_row * (s.size[1] + 1) + pos.base[1] + 1;
 }
 
-// Sort key of point m on plane p of image n: plane-major, then row.
+// Sort key of point m on plane p of image n: plane-major, then row. The plane is dispatched to
+// constants, so that the shape's axes are read at static indices (a runtime index would copy
+// the whole shape to local memory on the device).
 template <int DIMS, typename acc_t>
 OMNIFAST_HD int64_t row_sort_key(const TriplaneShape& s, const acc_t* coords, CoordStrides cs,
                                  int64_t n, int p, int64_t m) {
   acc_t xyz[3];
   load_point(coords, cs, n, m, xyz);
-  return (n * 3 + p) * row_keys_per_plane(s) + lowest_row_key<DIMS>(s, p, xyz);
+  const int64_t row = p == 0   ? lowest_row_key<DIMS>(s, 0, xyz)
+                      : p == 1 ? lowest_row_key<DIMS>(s, 1, xyz)
+                               : lowest_row_key<DIMS>(s, 2, xyz);
+  return (n * 3 + p) * row_keys_per_plane(s) + row;
 }
 
 // Adds only inside [begin, end): the elements of the row a worker owns.
@@ -432,8 +460,9 @@ OMNIFAST_HD void walk_row(const TriplaneShape& s, int64_t row, const int64_t* or
   acc_t* row_begin = grad_planes + row * row_elements;
   const RowAdd<VEC, acc_t> row_add{row_begin, row_begin + row_elements};
   const int64_t plane_key0 = np * row_keys_per_plane(s);
-  OMNIFAST_UNROLL
-  for (int dd = 0; dd < (DIMS == 3 ? 2 : 1); ++dd) OMNIFAST_UNROLL
+  // Not unrolled: each copy would repeat the whole per-point body (compile time, code size).
+  OMNIFAST_NO_UNROLL
+  for (int dd = 0; dd < (DIMS == 3 ? 2 : 1); ++dd) OMNIFAST_NO_UNROLL
   for (int dy = 0; dy < 2; ++dy) {
     // Lowest-corner rows (d - dd, y - dy) reach row (d, y); keys shift both by one.
     const int64_t depth_row = DIMS == 3 ? d - dd + 1 : 0;

@@ -38,7 +38,7 @@ Prepared prepare(const at::Tensor& planes, const at::Tensor& coords, at::IntArra
   const auto dtype = planes.scalar_type();
   OMNIFAST_CHECK_ARG(dtype == at::kFloat || dtype == at::kDouble || is_16bit(dtype), kOp, "planes",
                      "float32, float64, float16 or bfloat16", dtype);
-  OMNIFAST_CHECK_ARG(!is_16bit(dtype) || planes.is_cuda(), kOp, "planes",
+  OMNIFAST_CHECK_ARG(!is_16bit(dtype) || runs_cuda_kernels(planes), kOp, "planes",
                      "float32 or float64 on the CPU (16-bit planes are CUDA-only)", dtype);
   OMNIFAST_CHECK_ARG(planes.is_cpu() || planes.is_cuda(), kOp, "planes", "on a CPU or CUDA device",
                      planes.device().str());
@@ -134,8 +134,9 @@ at::Tensor zero_plane_grad(const Prepared& p) {
 // The buffer the backward kernels accumulate into: the CUDA kernels add into zeros; the CPU
 // workers zero their own shares just before adding to them.
 at::Tensor plane_grad_buffer(const Prepared& p) {
-  return p.planes.is_cpu() ? empty_output(p.planes.sizes(), p.planes.options().dtype(p.acc_type))
-                           : zero_plane_grad(p);
+  return !runs_cuda_kernels(p.planes)
+             ? empty_output(p.planes.sizes(), p.planes.options().dtype(p.acc_type))
+             : zero_plane_grad(p);
 }
 
 // The pointers every pass reads: planes and coordinates, and for the backward passes grad_out.
@@ -195,7 +196,7 @@ at::Tensor plane_grad_by_rows(const Prepared& p, TriplaneTensors t) {
 
 // CUDA adds plane gradients with atomics unless deterministic algorithms are requested.
 bool use_row_walk(const at::Tensor& planes) {
-  return planes.is_cuda() && at::globalContext().deterministicAlgorithms();
+  return runs_cuda_kernels(planes) && at::globalContext().deterministicAlgorithms();
 }
 
 at::Tensor triplane_sample(const at::Tensor& planes, const at::Tensor& coords, at::IntArrayRef axes,

@@ -24,7 +24,8 @@ def add_parsers(sub):
     train.add_argument("--lr-g", type=positive_float)
     train.add_argument("--lr-d", type=positive_float)
     train.add_argument("--seed", type=int)
-    train.add_argument("--device", help="cpu or cuda (under torchrun: cuda:LOCAL_RANK)")
+    train.add_argument("--device", help="cpu or cuda, also when resuming (default: cuda when available; "
+                       "under torchrun: cuda:LOCAL_RANK)")
     train.add_argument("--image-every", type=at_least(1), help="iterations between image grids (default 100)")
     train.add_argument("--checkpoint-every", type=at_least(1), help="iterations between checkpoints (default 100)")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -178,30 +179,27 @@ FLAGS = ("steps", "batch", "warp", "backend", "nrr_final", "lr_g", "lr_d", "seed
 
 
 def train_gan_command(args):
-    import os
-
-    from ..runs import RunError, read_json
+    from ..runs import RunError, RunFolder, read_json
     from ..sdf.commands import device_of
     from .train import GANConfig, train_gan
 
+    # A resumed run starts from its own settings and a new one from the preset; then --config and
+    # the flags, so that every flag given is honoured (train_gan refuses one that would change
+    # what a resumed run trains). The device is the command line's, as for a new run.
     device = device_of(args.device)
-    if device == "cuda" and "LOCAL_RANK" in os.environ:
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-    settings = {}
+    settings = RunFolder(args.out).read_config() if args.resume else {}
     if args.config:
         settings.update(read_json(args.config))
     settings.update({k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None})
-    if args.resume and not (args.data or args.sdf_run or args.config or args.preset):
-        config = None
-    else:
-        if not (args.data or "dataset" in settings) or not (args.sdf_run or "sdf_run" in settings):
-            raise RunError("a new run needs --data and --sdf-run (or a --config naming them)")
-        if args.data:
-            settings["dataset"] = args.data
-        if args.sdf_run:
-            settings["sdf_run"] = args.sdf_run
-        preset = args.preset or settings.pop("preset", None) or ("64" if device.startswith("cuda") else "tiny")
-        config = GANConfig.with_preset(preset, device=device, **settings)
+    if args.data:
+        settings["dataset"] = args.data
+    if args.sdf_run:
+        settings["sdf_run"] = args.sdf_run
+    if "dataset" not in settings or "sdf_run" not in settings:
+        raise RunError("a new run needs --data and --sdf-run (or a --config naming them)")
+    preset = settings.pop("preset", None)
+    preset = args.preset or preset or ("64" if device.startswith("cuda") else "tiny")
+    config = GANConfig.with_preset(preset, **{**settings, "device": device})
     terms = train_gan(config, args.out, resume=args.resume, steps=args.steps, progress=not args.no_progress)
     print(json.dumps({k: round(v, 5) for k, v in terms.items()}))
     return 0

@@ -21,12 +21,6 @@ TRAIN_LOG = "train_log.csv"
 TRAIN_COLUMNS = ("step", "seconds", "G", "D", "geometry_prior", "control", "D_control", "density_reg", "eikonal", "r1",
                  "fd_random", "nrr", "blur", "beta")
 CHECKPOINT_KEYS = ("config", "step", "G", "D", "G_ema", "opt_G", "opt_D")
-RUN_DEFINING = ("dataset", "sdf_run", "warp", "generator", "render", "batch", "lr_g", "lr_d", "r1_gamma",
-                "r1_interval", "density_reg", "density_reg_interval", "geometry_prior", "control", "blur_sigma",
-                "blur_fade_steps", "nrr_initial", "nrr_final", "nrr_fade_steps", "gpc_prob", "ema_images", "seed",
-                "backend", "d_channel_base", "d_channel_max", "beta_lr_mul", "mbstd_group", "eikonal",
-                "mixed_precision")
-
 TINY_GENERATOR = dict(z_dim=64, w_dim=64, grid_resolution=32, grid_channels=8, channel_base=2048, channel_max=64,
                       feature_channels=16, sr_channel_base=1024, sr_channel_max=32)
 PRESETS = {  # neural rendering resolution, network sizes, samples per ray, batch
@@ -94,6 +88,10 @@ class GANConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.backend not in ("omnifast", "reference"):
             raise ValueError(f"backend must be 'omnifast' or 'reference', got {self.backend!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {self.device!r}") from None
         if self.warp not in ("sdf", "mesh"):
             raise ValueError(f"warp must be 'sdf' or 'mesh', got {self.warp!r}")
         if self.eikonal and self.warp != "sdf":
@@ -119,6 +117,12 @@ class GANConfig:
             return GANConfig(**data)
         except (TypeError, ValueError) as error:
             raise RunError(f"{source}: {error}") from None
+
+
+# How a run is carried out, not what it trains: resuming may change these; every other setting
+# must match the run's own (RUN_DEFINING).
+OPERATIONAL = ("steps", "device", "log_every", "image_every", "checkpoint_every")
+RUN_DEFINING = tuple(f.name for f in dataclasses.fields(GANConfig) if f.name not in OPERATIONAL)
 
 
 def nrr_at(config, step):
@@ -382,42 +386,71 @@ def quality_proxy(run, count=32):
     return frechet_distance(real, features(torch.cat(images)))
 
 
-def load_gan_run(run_dir, device=None, rank=0, world_size=1):
+def read_gan_checkpoint(run_dir):
+    """``(the checkpoint's state on the CPU, its GANConfig)`` of a run folder."""
     folder = RunFolder(run_dir)
     state = folder.load_checkpoint(CHECKPOINT_KEYS)
-    config = GANConfig.from_dict(state["config"], source=folder.file("checkpoint.pt"))
-    if device is not None:
-        config.device = str(device)
-    run = GANRun(config, rank, world_size)
+    return state, GANConfig.from_dict(state["config"], source=folder.file("checkpoint.pt"))
+
+
+def _restore(run, state, run_dir):
     try:
         run.load_state(state)
     except (RuntimeError, KeyError, ValueError) as error:
-        raise RunError(f"{folder.file('checkpoint.pt')}: does not fit its own settings ({error})") from None
+        raise RunError(f"{os.path.join(run_dir, 'checkpoint.pt')}: does not fit its own settings ({error})") from None
     return run
+
+
+def load_gan_run(run_dir, device=None, rank=0, world_size=1):
+    state, config = read_gan_checkpoint(run_dir)
+    if device is not None:
+        config.device = str(device)
+    return _restore(GANRun(config, rank, world_size), state, run_dir)
+
+
+def setup_distributed(device):
+    """``(rank, world size, this process's device)``. Under torchrun (WORLD_SIZE > 1) a CUDA
+    device means this process's own GPU, cuda:LOCAL_RANK (whatever index it names: a resumed
+    run's saved device is its rank 0's), made current before anything is allocated, and the
+    processes talk through NCCL; on the CPU through gloo."""
+    device = torch.device(device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        if "LOCAL_RANK" not in os.environ:
+            raise RunError("LOCAL_RANK is not set: start the processes with torchrun")
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)  # else every rank's context, NCCL's included, is made on cuda:0
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
 
 
 def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=print, stop_after=None):
     """Train (or continue) a GAN run in ``run_dir``; under torchrun, every process trains its
     share of each batch through DistributedDataParallel and rank 0 writes the run folder.
+    Resuming, ``config`` (None: the run's own) may change only the OPERATIONAL settings (the
+    device, the length, the logging) and must match the run's in every other one.
     Returns the last step's losses."""
-    rank, world_size = 0, 1
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() and config is not None and
-                                    str(config.device).startswith("cuda") else "gloo")
-        rank, world_size = dist.get_rank(), dist.get_world_size()
+    if resume:
+        state, saved = read_gan_checkpoint(run_dir)
+        if config is not None:
+            ours, theirs = saved.to_dict(), config.to_dict()
+            changed = [k for k in RUN_DEFINING if ours[k] != theirs[k]]
+            if changed:
+                raise RunError(f"{os.path.join(run_dir, 'config.json')}: the run has "
+                               f"{changed[0]}={ours[changed[0]]!r}; "
+                               f"resuming keeps a run's settings, got {theirs[changed[0]]!r}")
+        config = saved if config is None else config
+        config = dataclasses.replace(config, steps=steps or config.steps)
+    elif config is None:
+        raise ValueError("train_gan: a new run needs a config")
+    rank, world_size, device = setup_distributed(config.device)
+    config = dataclasses.replace(config, device=str(device))
     folder = RunFolder(run_dir, create=rank == 0)
     train_log = folder.log(TRAIN_LOG, TRAIN_COLUMNS)
     if resume:
-        run = load_gan_run(run_dir, None if config is None else config.device, rank, world_size)
-        if config is not None:
-            ours, theirs = run.config.to_dict(), config.to_dict()
-            changed = [k for k in RUN_DEFINING if ours[k] != theirs[k]]
-            if changed:
-                raise RunError(f"{folder.file('config.json')}: the run has {changed[0]}={ours[changed[0]]!r}; "
-                               f"resuming keeps a run's settings, got {theirs[changed[0]]!r}")
-        config = run.config
-        config.steps = steps or config.steps
+        run = _restore(GANRun(config, rank, world_size), state, run_dir)
         if rank == 0:
             train_log.truncate(run.step)
     else:

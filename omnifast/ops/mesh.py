@@ -110,7 +110,7 @@ class MeshIndex:
         batched = isinstance(verts, torch.Tensor) and verts.dim() == 3
         v = self._verts("MeshIndex.build", verts, batched).detach().contiguous()
         if builder is None:
-            builder = "sah" if v.device.type == "cpu" else "lbvh"
+            builder = "lbvh" if _C_loader.runs_cuda_kernels(v) else "sah"
         _check_choice("MeshIndex.build", "builder", builder, BUILDERS)
         tree = torch.ops.omnifast.mesh_build(v, self.topology(v.device, v.shape[1]),
                                              BUILDERS[builder])

@@ -43,7 +43,7 @@ def check_tensors(planes, coords, op="triplane_sample"):
     if planes.dtype not in FLOAT_TYPES:
         raise TypeError(f"omnifast.{op}: planes must be float32, float64, float16 or bfloat16, "
                         f"got {planes.dtype}")
-    if planes.dtype in HALF_TYPES and planes.device.type != "cuda":
+    if planes.dtype in HALF_TYPES and not _C_loader.runs_cuda_kernels(planes):
         raise TypeError(f"omnifast.{op}: planes must be float32 or float64 on the CPU (16-bit "
                         f"planes are CUDA-only), got {planes.dtype}")
     if coords.device != planes.device:

@@ -59,7 +59,8 @@ class SDFWarp(Warp):
     """OmniAvatar's warp: the semantic SDF network inside its box (in chunks), and outside it
     OmniAvatar's fallback: the identity correspondence and the distance to a sphere of half the
     box's half-width about its centre (positive, so the space outside the box stays empty). The
-    network is evaluated only for points inside the box."""
+    network runs on every point, the whole batch at once, and the box mask picks its answer:
+    gathering the points inside would cost a host synchronisation (``nonzero``) per call."""
     differentiable = True
 
     def __init__(self, flame, sdf, world_scale, chunk=16384):
@@ -75,13 +76,12 @@ class SDFWarp(Warp):
         sdf = (x - centre).norm(dim=-1) - half / 2
         canonical = x.clone()
         inside = ((x - centre).abs() <= half).all(-1)
-        for n in range(x.shape[0]):
-            idx = inside[n].nonzero()[:, 0]
-            for start in range(0, idx.numel(), self.chunk):
-                part = idx[start:start + self.chunk]
-                out = self.sdf(x[n:n + 1, part].to(dtype), params[n:n + 1].to(dtype), frames[n:n + 1])
-                sdf[n, part] = out.sdf[0].to(x.dtype)
-                canonical[n, part] = out.canonical[0].to(x.dtype)
+        step = max(1, self.chunk // max(1, x.shape[0]))  # about ``chunk`` points per network call
+        for start in range(0, x.shape[1], step):
+            part, keep = slice(start, start + step), inside[:, start:start + step]
+            out = self.sdf(x[:, part].to(dtype), params.to(dtype), frames)
+            sdf[:, part] = torch.where(keep, out.sdf.to(x.dtype), sdf[:, part])
+            canonical[:, part] = torch.where(keep[..., None], out.canonical.to(x.dtype), canonical[:, part])
         return sdf, canonical
 
 

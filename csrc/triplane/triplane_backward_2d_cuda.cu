@@ -1,0 +1,11 @@
+// Tri-plane CUDA kernels: Backward 2-D (triplane_kernels.cuh).
+#define OMNIFAST_TRIPLANE_PASS_FILE
+#include "triplane_kernels.cuh"
+
+namespace omnifast {
+namespace triplane_cuda {
+
+OMNIFAST_TRIPLANE_PASS(kBackward, 2);
+
+}  // namespace triplane_cuda
+}  // namespace omnifast
