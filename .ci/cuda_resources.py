@@ -36,10 +36,11 @@ def kernels(log, arch):
 
 
 def short(demangled):
-    head = demangled.split("(")[0]
-    for prefix in ("omnifast::(anonymous namespace)::", "omnifast::triplane_cuda::", "omnifast::"):
-        head = head.replace(prefix, "")
-    return head
+    """void omnifast::(anonymous namespace)::forward_kernel<2, float, float>(...) ->
+    forward_kernel<2, float, float>"""
+    for prefix in ("(anonymous namespace)::", "omnifast::", "triplane_cuda::"):
+        demangled = demangled.replace(prefix, "")
+    return demangled.split("(")[0].removeprefix("void ")
 
 
 def main():

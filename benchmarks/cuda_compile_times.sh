@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CPU and wall seconds of each .cu file's compile for one architecture (default sm_90), as
 # setup.py's CUDA build compiles them (torch's half-conversion defines, -O3), one at a time, and
-# the ptxas report of its kernels. Optionally the same for another checkout's csrc/ (a baseline).
+# the table of this checkout's kernels from the ptxas report (.ci/cuda_resources.py). Optionally
+# the times of another checkout's csrc/ too (a baseline).
 #   bash benchmarks/cuda_compile_times.sh [ARCH] [OTHER_CSRC] > times.txt
 set -euo pipefail
 arch=${1:-sm_90}
@@ -12,7 +13,7 @@ compile() {  # $1: the .cu file, $2: its csrc/ root
     -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ -D__CUDA_NO_BFLOAT16_CONVERSIONS__ \
     -D__CUDA_NO_HALF2_OPERATORS__ -Xptxas=-v -c "$1" -o "$out/k.o" 2> "$out/ptxas"
   awk -v f="$1" '{ printf "%-52s %8.1f %8.1f\n", f, $1 + $2, $3 }' "$out/time"
-  cat "$out/ptxas" >> "$out/all-ptxas.log"
+  [ "$2" != csrc ] || cat "$out/ptxas" >> "$out/all-ptxas.log"  # the table: this checkout's kernels
 }
 printf '%-52s %8s %8s\n' "file ($arch)" "CPU s" "wall s"
 for f in $(ls csrc/*/*.cu); do compile "$f" csrc; done

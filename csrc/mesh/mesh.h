@@ -161,10 +161,19 @@ OMNIFAST_HD Vec3<T> unit_normal(const Vec3<T>& ab, const Vec3<T>& ac) {
   return (T(1) / length(s)) * s;
 }
 
+// Corner (r + k) % 3 of c, picked with selects: a runtime index into a local array would put
+// the array in local memory on the device.
+template <typename T>
+OMNIFAST_HD Vec3<T> corner_after(const Vec3<T> c[3], int r, int k) {
+  const int j = (r + k) % 3;
+  return j == 0 ? c[0] : j == 1 ? c[1] : c[2];
+}
+
 template <typename T>
 OMNIFAST_HD Vec3<T> face_unit_normal(const Vec3<T> c[3]) {
   const int r = longest_edge(c);
-  return unit_normal(c[(r + 1) % 3] - c[r], c[(r + 2) % 3] - c[r]);
+  const Vec3<T> a = corner_after(c, r, 0);
+  return unit_normal(corner_after(c, r, 1) - a, corner_after(c, r, 2) - a);
 }
 
 // A triangle as the queries read it: in an orthonormal frame (e1, e2, n) with its longest edge
@@ -179,7 +188,8 @@ template <typename T>
 OMNIFAST_HD void write_triangle(const Vec3<T>& a0, const Vec3<T>& b0, const Vec3<T>& c0, T* out) {
   const Vec3<T> corner[3] = {a0, b0, c0};
   const int r = longest_edge(corner);
-  const Vec3<T> a = corner[r], ab = corner[(r + 1) % 3] - a, ac = corner[(r + 2) % 3] - a;
+  const Vec3<T> a = corner_after(corner, r, 0), ab = corner_after(corner, r, 1) - a,
+                ac = corner_after(corner, r, 2) - a;
   const Vec3<T> n = unit_normal(ab, ac);
   const T length_ab = scaled_length(ab);
   const Vec3<T> e1 = length_ab > T(0)
