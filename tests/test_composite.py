@@ -181,6 +181,20 @@ def test_opcheck(device, mode):
                            log_t, 0, mode), test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_depth_without_the_global_clamp(device):
+    features, field, depths, _ = make_rays((2, 5), 8, 3, torch.float64, device)
+    depths[1, 0, 0, 0] = float("nan")  # one NaN depth: EG3D's clamp spreads it to every ray
+    clamped = omnifast.composite(features, field, depths, beta=0.01)
+    assert torch.isnan(clamped.depth).all()
+    outs = [impl(features, field, depths, beta=0.01, clamp_depth=False)
+            for impl in (omnifast.composite, reference.composite)]
+    for out in outs:
+        assert not torch.isfinite(out.depth[1, 0]).any()
+        assert torch.isfinite(out.depth[0]).all() and torch.isfinite(out.depth[1, 1:]).all()
+    torch.testing.assert_close(outs[0].depth, outs[1].depth, equal_nan=True)
+
+
 @pytest.mark.parametrize("device", KERNEL_DEVICES[:1])  # two devices: a GPU beside the CPU
 def test_every_saved_tensor_of_the_backward_is_checked_for_its_device(device):
     features, field, depths, delta = (t.reshape(5, 6, -1).contiguous()

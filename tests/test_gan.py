@@ -119,6 +119,24 @@ def test_resume_continues_exactly(stage_one, tmp_path):
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
 
 
+def test_a_non_finite_loss_is_reported_before_anything_is_written(stage_one, tmp_path, monkeypatch):
+    out = str(tmp_path / "run")
+    config = config_for(stage_one, steps=3, checkpoint_every=1, log_every=1, image_every=1)
+    real_step = GANRun.train_step
+
+    def step(run):
+        terms = real_step(run)
+        return {**terms, "r1": float("nan")} if run.step == 2 else terms
+
+    monkeypatch.setattr(GANRun, "train_step", step)
+    with pytest.raises(RunError, match="'r1' is nan at step 2.*the checkpoint of step 1 is kept"):
+        train_gan(config, out, progress=False)
+    assert RunFolder(out).load_checkpoint()["step"] == 1
+    rows = open(os.path.join(out, "train_log.csv")).read().splitlines()
+    assert len(rows) == 2 and "nan" not in rows[-1]  # the header and step 1
+    assert sorted(os.listdir(os.path.join(out, "images"))) == ["step000001.png"]
+
+
 def _ddp_worker(rank, world_size, port, root, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)

@@ -239,6 +239,22 @@ def test_backends_agree_in_float64(flame, sdf_warp, mesh_warp, density, warp_kin
         torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-9, msg=name)
 
 
+@pytest.mark.parametrize("backend", ["omnifast", "reference"])
+def test_a_bad_image_does_not_spoil_the_others(flame, sdf_warp, backend):
+    planes, labels, *_ = scene(flame, 4, batch=3)
+    decoder = OSGDecoder(8, pose_dim=pose_dim(flame)).double()
+    renderer = renderer_for(sdf_warp, depth_resolution=8, depth_resolution_importance=4)
+    good = renderer(planes, decoder, labels, 4, backend=backend, generator=torch.Generator().manual_seed(1))
+    labels = labels.clone()
+    labels[1, 3] = float("nan")  # image 1's camera position
+    bad = renderer(planes, decoder, labels, 4, backend=backend, generator=torch.Generator().manual_seed(1))
+    assert not torch.isfinite(bad.depth[1]).all()
+    for image in (0, 2):
+        for name in ("features", "depth", "opacity"):
+            assert torch.isfinite(getattr(bad, name)[image]).all(), (name, image)
+            torch.testing.assert_close(getattr(bad, name)[image], getattr(good, name)[image], msg=name)
+
+
 def test_backends_agree_on_eg3d_triplanes(flame, sdf_warp):
     planes, labels, *_ = scene(flame, 4, depth=None)
     decoder = OSGDecoder(8, pose_dim=pose_dim(flame)).double()

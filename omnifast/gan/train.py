@@ -469,8 +469,17 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
                    mininterval=1.0)
     until = config.steps if stop_after is None else min(stop_after, config.steps)
     start, terms = time.perf_counter(), {}
+    saved_step = run.step if folder.has_checkpoint() else None
     while run.step < until:
         terms = run.train_step()
+        # Checked before anything is written: a non-finite step leaves the last good checkpoint
+        # and the log as they were.
+        bad = [name for name, value in terms.items() if not math.isfinite(value)]
+        if bad:
+            kept = "no checkpoint was written" if saved_step is None else f"the checkpoint of step {saved_step} is kept"
+            raise RunError(f"train-gan: the loss term {bad[0]!r} is {terms[bad[0]]} at step {run.step} "
+                           f"(non-finite: {', '.join(bad)}); nothing of this step was written and {kept}: "
+                           "lower the learning rates or check the data")
         if rank == 0:
             images_due = run.step % config.image_every == 0 or run.step == until
             if images_due:
@@ -490,8 +499,7 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
                     writer.add_image("G_ema", grid, run.step, dataformats="HWC")
             if run.step % config.checkpoint_every == 0 or run.step == until:
                 folder.save_checkpoint(run.state())
-        if not all(math.isfinite(v) for v in terms.values()):
-            raise FloatingPointError(f"train-gan: a loss is not finite at step {run.step}: {terms}")
+                saved_step = run.step
     if bar is not None:
         bar.close()
     if writer is not None:

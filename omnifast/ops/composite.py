@@ -52,7 +52,7 @@ def _check(features, field, depths, density_delta, field_type, mode, beta):
 
 
 def composite(features, field, depths, *, field_type="sdf", beta=None, density_delta=None,
-              mode="midpoint", white_back=False, return_weights=False):
+              mode="midpoint", white_back=False, return_weights=False, clamp_depth=True):
     """Composite per-sample features along rays, from an SDF or a density, in one fused pass.
 
     Reproduces EG3D's ``MipRayMarcher2`` (midpoint mode) and OmniAvatar's absorption mode
@@ -73,6 +73,9 @@ def composite(features, field, depths, *, field_type="sdf", beta=None, density_d
             ``"absorption"`` (S intervals, the last 1e10 long; OmniAvatar).
         white_back: add ``1 - opacity`` to every feature channel.
         return_weights: also return the per-interval weights (for importance sampling).
+        clamp_depth: ``False`` leaves out EG3D's clamp of ``depth`` to the range of the whole
+            ``depths`` tensor (which a single NaN depth turns NaN for every ray); the caller
+            clamps, for example per image.
 
     Returns:
         ``CompositeResult(features [..., C], depth [..., 1], opacity [..., 1], weights)``;
@@ -95,7 +98,7 @@ def composite(features, field, depths, *, field_type="sdf", beta=None, density_d
         MODES[mode], return_weights)
     # EG3D's depth finish, on the per-ray values: the clamp spans the whole depths tensor.
     depth = torch.nan_to_num(depth_raw, float("inf"))
-    if depths.numel():
+    if clamp_depth and depths.numel():
         depth = torch.clamp(depth, depths.min(), depths.max())
     out = out.reshape(*lead, channels)
     opacity = opacity.reshape(*lead, 1)

@@ -31,7 +31,7 @@ def raw_density(field, field_type, beta, density_delta):
 
 
 def march(colors, densities, depths, *, mode="midpoint", white_back=False,
-          force_background=False):
+          force_background=False, clamp_depth=True):
     """EG3D's MipRayMarcher2.run_forward (midpoint) or OmniAvatar's run_forward_absorption,
     without the final x2 - 1. Inputs [..., S, C], [..., S, 1], [..., S, 1]. force_background
     (OmniAvatar): the last weight becomes 1 minus the sum of the others."""
@@ -55,14 +55,15 @@ def march(colors, densities, depths, *, mode="midpoint", white_back=False,
     weight_total = weights.sum(-2)
     depth = torch.sum(weights * depths_used, -2) / weight_total
     depth = torch.nan_to_num(depth, float("inf"))
-    depth = torch.clamp(depth, torch.min(depths), torch.max(depths))
+    if clamp_depth:
+        depth = torch.clamp(depth, torch.min(depths), torch.max(depths))
     if white_back:
         composite = composite + 1 - weight_total
     return composite, depth, weight_total, weights
 
 
 def composite(features, field, depths, *, field_type="sdf", beta=None, density_delta=None,
-              mode="midpoint", white_back=False, return_weights=False):
+              mode="midpoint", white_back=False, return_weights=False, clamp_depth=True):
     """Reference of :func:`omnifast.composite` (same arguments, a named tuple with the same fields)."""
     squeeze = field.dim() == features.dim() - 1
     per_sample = lambda t: t.unsqueeze(-1) if t.dim() == features.dim() - 1 else t  # noqa: E731
@@ -70,7 +71,7 @@ def composite(features, field, depths, *, field_type="sdf", beta=None, density_d
     delta = None if density_delta is None else per_sample(density_delta)
     densities = raw_density(field, field_type, beta, delta)
     out, depth, opacity, weights = march(features, densities, depths, mode=mode,
-                                         white_back=white_back)
+                                         white_back=white_back, clamp_depth=clamp_depth)
     if return_weights:
         weights = weights.squeeze(-1) if squeeze else weights
     return CompositeResult(out, depth, opacity, weights if return_weights else None)

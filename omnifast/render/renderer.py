@@ -179,13 +179,14 @@ class Renderer(nn.Module):
         c, (N, M, S) = self.config, depths.shape[:3]
         colour, delta = decoder.decode(backend.triplane(planes, canonical.reshape(N, M * S, 3), c.box_warp), bias)
         colour, delta = colour.reshape(N, M, S, -1), delta.reshape(N, M, S, 1)
-        common = dict(field_type="sdf", beta=beta, mode=c.mode, white_back=c.white_back, return_weights=want_weights)
+        common = dict(field_type="sdf", beta=beta, mode=c.mode, white_back=c.white_back, return_weights=want_weights,
+                      clamp_depth=False)
         if c.density == "sdf":
             out = backend.composite(colour, prior + delta, depths, **common)
         else:
             out = backend.composite(colour, prior, depths, density_delta=delta, **common)
-        # The composite clamps depth to these samples' range: a ray's own depth lies inside it,
-        # and an empty ray's (0 / 0) is marked NaN here and given the whole batch's maximum later.
+        # A ray's own depth lies inside its samples' range; an empty ray's (0 / 0) is marked NaN
+        # here and given its image's maximum sample depth later.
         depth = torch.where(out.opacity == 0, torch.full_like(out.depth, math.nan), out.depth)
         return out.features, depth, out.opacity, delta[..., 0], None if out.weights is None else out.weights[..., 0]
 
@@ -216,5 +217,9 @@ class Renderer(nn.Module):
             depths, (canonical, prior) = backend.merge(depths, fine, (canonical, prior), (fine_canonical, fine_prior))
         features, depth, opacity, delta, weights = in_chunks(backend, shade(return_weights), c.chunk, canonical,
                                                              prior, depths, shared=(planes, bias, beta))
-        depth = torch.clamp(torch.nan_to_num(depth, float("inf")), depths.min(), depths.max())
+        # Each image within its own samples' range: a NaN in one image's rays stays in that image.
+        per_image = depths.flatten(1)
+        shape = (-1,) + (1,) * (depth.dim() - 1)
+        depth = torch.clamp(torch.nan_to_num(depth, float("inf")), per_image.amin(1).view(shape),
+                            per_image.amax(1).view(shape))
         return RenderOutput(features, depth, opacity, delta, prior[..., 0], depths[..., 0], weights)
