@@ -436,9 +436,47 @@ def test_eval_gan_image_quality_with_a_user_detector(gan_run, tmp_path):
     assert torch.equal(InceptionFeatures(str(scripted))(images), InceptionFeatures(str(pickled))(images))
     report = evaluate_gan(str(gan_run), samples=1, mesh_resolution=32, log=lambda *a: None, quality_images=8,
                           inception=str(scripted))
+    assert report["control"]["expression_mm"]["mean"] > 0  # one sample's expression change is a real change
     quality = report["quality"]
     assert quality["images"] == 8 and all(math.isfinite(quality[k]) for k in ("fd_random", "fid", "kid"))
     assert quality["fid"] > 0 and quality["fd_random"] > 0
     (tmp_path / "junk.pt").write_bytes(b"not a network")
     with pytest.raises(ValueError, match="--inception: .*junk.pt is neither a TorchScript file"):
         InceptionFeatures(str(tmp_path / "junk.pt"))
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".gif"])
+def test_a_failed_video_write_keeps_the_old_file(tmp_path, monkeypatch, ext):
+    import imageio.v2 as imageio
+
+    from omnifast.gan.commands import write_video
+
+    path = tmp_path / f"sweep{ext}"
+    frames = [np.full((16, 16, 3), v, dtype=np.uint8) for v in (0, 128, 255)]
+    write_video(str(path), frames)
+    before = path.read_bytes()
+    assert len(before) > 0
+    # ffmpeg failing on a full disk: the writer returns, having written nothing
+    monkeypatch.setattr(imageio, "mimwrite", lambda target, *args, **kwargs: open(target, "wb").close())
+    with pytest.raises(OSError, match="could not be written"):
+        write_video(str(path), frames)
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == [path.name]  # no temporary left
+
+
+def test_a_new_run_refuses_a_folder_that_is_not_a_stage_two_run(stage_one, tmp_path):
+    for folder in (stage_one / "sdf", stage_one / "data"):  # a stage I run, a dataset
+        before = {name: os.path.getmtime(folder / name) for name in os.listdir(folder)}
+        with pytest.raises(RunError, match="is not empty and not a stage II run"):
+            train_gan(config_for(stage_one, steps=1), str(folder), progress=False)
+        assert {name: os.path.getmtime(folder / name) for name in os.listdir(folder)} == before
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "todo.txt").write_text("keep me")
+    with pytest.raises(RunError, match=r"notes is not empty and not a stage II run \(it holds todo.txt\)"):
+        train_gan(config_for(stage_one, steps=1), str(mine), progress=False)
+    assert (mine / "todo.txt").read_text() == "keep me"
+    run = str(tmp_path / "run")
+    train_gan(config_for(stage_one, steps=1), run, progress=False)
+    with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
+        train_gan(config_for(stage_one, steps=1), run, progress=False)

@@ -169,6 +169,12 @@ def write_video(path, frames, fps=12):
             imageio.mimwrite(partial, frames, duration=1000 / fps, loop=0)
         else:
             imageio.mimwrite(partial, frames, fps=fps, macro_block_size=1)
+        # ffmpeg can fail (a full disk) without imageio raising: an empty result is an error, and
+        # the file already at `path` stays.
+        if not os.path.isfile(partial) or os.path.getsize(partial) == 0:
+            raise OSError(f"{path}: the video could not be written (nothing came out; is the disk full?)")
+        with open(partial, "rb") as f:
+            os.fsync(f.fileno())
         os.replace(partial, path)
     finally:
         if os.path.exists(partial):

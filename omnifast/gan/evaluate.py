@@ -116,6 +116,9 @@ def evaluate_gan(run_dir, samples=8, device="cpu", backend="omnifast", seed=0, m
     g = torch.Generator().manual_seed(seed)
     params = ParamDistribution().sample(layout, samples, g)
     yaws, pitches = torch.randn(samples, generator=g) * 0.3, torch.randn(samples, generator=g) * 0.12
+    # The changed expressions are draws of their own: another sample's would be the same one when
+    # there is a single sample (an error of 0).
+    new_expressions = ParamDistribution().sample(layout, samples, g)[:, layout.slices["expression"]]
     jaw_index = layout.slices["jaw"].start
     depth_errors, surface_errors, moved = [], [], {"expression": [], "jaw": []}
     identity = []
@@ -135,7 +138,7 @@ def evaluate_gan(run_dir, samples=8, device="cpu", backend="omnifast", seed=0, m
         surface_errors.append(distance.cpu().double() * 1000)
         # Control: only the expression (a new draw), or only the jaw (opened by 0.2 rad), changes.
         changed = {"expression": base.clone(), "jaw": base.clone()}
-        changed["expression"][:, layout.slices["expression"]] = params[(n + 1) % samples, layout.slices["expression"]]
+        changed["expression"][:, layout.slices["expression"]] = new_expressions[n]
         changed["jaw"][:, jaw_index] = (base[:, jaw_index] + 0.2).clamp(max=0.5)
         for kind, other in changed.items():
             other_labels = torch.cat([labels[:, :25], other.to(labels)], -1)

@@ -426,6 +426,22 @@ def setup_distributed(device):
     return dist.get_rank(), dist.get_world_size(), device
 
 
+def _check_new_run_folder(run_dir):
+    """A new run goes into a new or empty folder, or a stage II run folder that has no checkpoint
+    yet; anything else (a stage I run, a dataset, a folder of the user's) would be overwritten."""
+    if not os.path.isdir(run_dir) or not os.listdir(run_dir):
+        return
+    folder = RunFolder(run_dir)
+    try:
+        GANConfig.from_dict(folder.read_config(), folder.file("config.json"))
+    except (RunError, OSError, ValueError, TypeError):
+        held = sorted(os.listdir(run_dir))
+        raise RunError(f"{run_dir} is not empty and not a stage II run (it holds {', '.join(held[:4])}"
+                       f"{', ...' if len(held) > 4 else ''}): give a new or empty folder") from None
+    if folder.has_checkpoint():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it")
+
+
 def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=print, stop_after=None):
     """Train (or continue) a GAN run in ``run_dir``; under torchrun, every process trains its
     share of each batch through DistributedDataParallel and rank 0 writes the run folder.
@@ -445,6 +461,8 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
         config = dataclasses.replace(config, steps=steps or config.steps)
     elif config is None:
         raise ValueError("train_gan: a new run needs a config")
+    else:
+        _check_new_run_folder(run_dir)
     rank, world_size, device = setup_distributed(config.device)
     config = dataclasses.replace(config, device=str(device))
     folder = RunFolder(run_dir, create=rank == 0)
@@ -454,8 +472,6 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
         if rank == 0:
             train_log.truncate(run.step)
     else:
-        if folder.has_checkpoint():
-            raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it")
         run = GANRun(config, rank, world_size)
         if rank == 0:
             train_log.remove()
