@@ -480,3 +480,17 @@ def test_a_new_run_refuses_a_folder_that_is_not_a_stage_two_run(stage_one, tmp_p
     train_gan(config_for(stage_one, steps=1), run, progress=False)
     with pytest.raises(FileExistsError, match="already holds a run; pass --resume"):
         train_gan(config_for(stage_one, steps=1), run, progress=False)
+
+
+@pytest.mark.parametrize("name, value, message", [
+    ("geometry_prior", float("nan"), "geometry_prior must be a finite number >= 0, got nan"),
+    ("lr_g", -0.001, "lr_g must be a finite number > 0, got -0.001"),
+    ("lr_d", float("inf"), "lr_d must be a finite number > 0, got inf"),
+    ("r1_gamma", "1", "r1_gamma must be a finite number >= 0, got '1'"),
+    ("gpc_prob", 1.5, r"gpc_prob must be a probability in \[0, 1\], got 1.5"),
+    ("seed", 2 ** 64, r"seed must be an integer in \[0, 2\^63\), got 18446744073709551616"),
+    ("nrr_fade_steps", 0, "nrr_fade_steps must be a positive integer, got 0"),
+])
+def test_nonsense_settings_are_refused_by_name(tmp_path, name, value, message):
+    with pytest.raises(RunError, match=message):
+        config_for(tmp_path, **{name: value})

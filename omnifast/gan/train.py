@@ -82,10 +82,30 @@ class GANConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch", "r1_interval", "density_reg_interval", "nrr_initial", "log_every",
-                     "image_every", "checkpoint_every", "ema_images"):
+                     "image_every", "checkpoint_every", "ema_images", "nrr_fade_steps", "d_channel_base",
+                     "d_channel_max", "mbstd_group"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("blur_fade_steps", "nrr_final"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
+        # Numbers: finite (a NaN weight would silently turn its loss off), and in range.
+        for name, low, inclusive in (("lr_g", 0, False), ("lr_d", 0, False), ("geometry_sigma", 0, False),
+                                     ("r1_gamma", 0, True), ("density_reg", 0, True),
+                                     ("density_reg_p_dist", 0, True), ("geometry_prior", 0, True),
+                                     ("eikonal", 0, True), ("control", 0, True), ("blur_sigma", 0, True),
+                                     ("beta_lr_mul", 0, True), ("gpc_prob", 0, True)):
+            value = getattr(self, name)
+            number = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not number or not math.isfinite(value) or value < low or (value == low and not inclusive):
+                bound = f">= {low}" if inclusive else f"> {low}"
+                raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+        if self.gpc_prob > 1:
+            raise ValueError(f"gpc_prob must be a probability in [0, 1], got {self.gpc_prob!r}")
         if self.backend not in ("omnifast", "reference"):
             raise ValueError(f"backend must be 'omnifast' or 'reference', got {self.backend!r}")
         try:
