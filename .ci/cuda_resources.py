@@ -15,23 +15,29 @@ REGISTERS_PER_SM = 65536
 THREADS_PER_BLOCK = 256
 
 ENTRY = re.compile(r"Compiling entry function '(\S+)' for '(sm_\d+)'")
+PROPERTIES = re.compile(r"Function properties for (\S+)")
 FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 USED = re.compile(r"Used (\d+) registers")
 
 
 def kernels(log, arch):
-    """{mangled name: {registers, stack, spill_stores, spill_loads}} for `arch`."""
-    found, name = {}, None
+    """{mangled name: {registers, stack, spill_stores, spill_loads}} for `arch`'s kernels, and
+    the same for any function ptxas reports properties of (a callee nvcc did not inline)."""
+    found, entry, current = {}, None, None
     for line in log.splitlines():
         if m := ENTRY.search(line):
-            name = m.group(1) if m.group(2) == arch else None
-            if name:
-                found[name] = {}
-        elif name and (m := FRAME.search(line)):
-            found[name].update(stack=int(m.group(1)), spill_stores=int(m.group(2)),
-                               spill_loads=int(m.group(3)))
-        elif name and (m := USED.search(line)):
-            found[name]["registers"] = int(m.group(1))
+            entry = m.group(1) if m.group(2) == arch else None
+            current = None
+            if entry:
+                found[entry] = {"registers": 0, "stack": 0, "spill_stores": 0, "spill_loads": 0}
+        elif entry and (m := PROPERTIES.search(line)):
+            current = m.group(1)
+            found.setdefault(current, {"registers": 0, "stack": 0, "spill_stores": 0, "spill_loads": 0})
+        elif entry and current and (m := FRAME.search(line)):
+            found[current].update(stack=int(m.group(1)), spill_stores=int(m.group(2)),
+                                  spill_loads=int(m.group(3)))
+        elif entry and (m := USED.search(line)):
+            found[entry]["registers"] = int(m.group(1))
     return found
 
 

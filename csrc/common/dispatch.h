@@ -37,6 +37,9 @@ void run_on(const char* op, const at::Tensor& on, CpuFn cpu, CudaFn cuda) {
   const char* err = cuda(static_cast<void*>(c10::cuda::getCurrentCUDAStream().stream()));
   TORCH_CHECK(err == nullptr, "omnifast.", op, ": CUDA kernel launch failed: ", err);
 #elif defined(OMNIFAST_WITH_SIMT)
+  TORCH_CHECK(on.is_cpu(), "omnifast.", op,
+              ": the SIMT build runs its CUDA kernels on CPU tensors only, got a tensor on ",
+              on.device().str(), "; reinstall without OMNIFAST_SIMT=1 for a GPU");
   const char* err = cuda(nullptr);
   TORCH_CHECK(err == nullptr, "omnifast.", op, ": CUDA kernel failed (SIMT execution): ", err);
 #else

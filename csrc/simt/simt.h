@@ -14,7 +14,8 @@
 // - An error stops the launch and is returned by cudaGetLastError, as a CUDA fault would be.
 //
 // What it cannot show: weak memory ordering, truly concurrent races, code generation (registers,
-// spills, vector loads), nvcc's math and FMA contraction, streams, performance.
+// spills, vector loads), nvcc's math and FMA contraction, streams, performance; shared memory
+// keeps the previous block's contents (a read before a write sees stale values, not garbage).
 #pragma once
 
 // CUDA's 16-bit and vector types have host implementations: include them before the macros
@@ -76,13 +77,23 @@ struct Runtime {
   dim3 block_dim, grid_dim;
   std::function<void()> body;
   std::vector<uint64_t> exchange[2];  // a value per thread, double-buffered by shuffle round
-  cudaError_t last_error = cudaSuccess;
-  std::string message;  // what went wrong, for cudaGetErrorString
 };
 
 inline Runtime& runtime() {
   static Runtime r;
   return r;
+}
+
+// The last error and its text, per host thread as CUDA keeps them (a launch's fibers run on the
+// thread that launched it).
+struct ErrorState {
+  cudaError_t last_error = cudaSuccess;
+  std::string message;  // what went wrong, for cudaGetErrorString
+};
+
+inline ErrorState& errors() {
+  static thread_local ErrorState e;
+  return e;
 }
 
 // Fiber stacks: kernel frames are small, but the sanitizers' redzones are not.
@@ -101,9 +112,9 @@ inline void switch_to_scheduler() {
 // (its fiber is never resumed) and the launch ends at the next scheduling point.
 inline void fail(cudaError_t code, const std::string& what) {
   Runtime& r = runtime();
-  if (r.last_error == cudaSuccess) {
-    r.last_error = code;
-    r.message = "simt: " + what;
+  if (errors().last_error == cudaSuccess) {
+    errors().last_error = code;
+    errors().message = "simt: " + what;
   }
   if (r.current != nullptr) {
     r.current->wait = Wait::kExited;
@@ -152,6 +163,8 @@ inline bool release_waiting() {
     }
     if (shuffle == 0) continue;
     if (shuffle == 32) {
+      // Lanes are released together, so each is at its n-th shuffle; whether all are at the
+      // same call of it is not checked (see the README's "What it cannot check").
       for (int l = w * 32; l < w * 32 + 32; ++l) r.fibers[l].wait = Wait::kRunnable;
       released = true;
     } else {
@@ -190,7 +203,7 @@ inline void run_block() {
   }
   std::vector<int> order(n);
   for (int i = 0; i < n; ++i) order[i] = i;
-  while (r.last_error == cudaSuccess) {
+  while (errors().last_error == cudaSuccess) {
     std::shuffle(order.begin(), order.end(), r.rng);
     bool ran = false;
     for (int i : order) {
@@ -200,7 +213,7 @@ inline void run_block() {
       swapcontext(&r.scheduler, &f.context);
       r.current = nullptr;
       ran = true;
-      if (r.last_error != cudaSuccess) return;
+      if (errors().last_error != cudaSuccess) return;
     }
     if (ran) continue;
     if (std::all_of(r.fibers.begin(), r.fibers.end(),
@@ -216,12 +229,11 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t,
                    std::function<void()> body) {
   Runtime& r = runtime();
   const std::lock_guard<std::mutex> lock(r.launch_mutex);
-  if (r.last_error != cudaSuccess) return;  // errors are sticky until read
+  if (errors().last_error != cudaSuccess) return;  // errors are sticky until read
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || threads == 0 || threads > 1024 || block.z > 64 ||
       grid.y > 65535 || grid.z > 65535 || shared_bytes > 48 * 1024) {
-    r.last_error = cudaErrorInvalidConfiguration;
-    r.message = "invalid configuration argument";
+    fail(cudaErrorInvalidConfiguration, "invalid configuration argument");
     return;
   }
   if (block.y != 1 || block.z != 1 || grid.y != 1 || grid.z != 1) {
@@ -244,7 +256,7 @@ inline void launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t,
   for (uint32_t b : blocks) {
     r.block_idx = uint3{b, 0, 0};
     run_block();
-    if (r.last_error != cudaSuccess) break;
+    if (errors().last_error != cudaSuccess) break;
     ++r.stats.blocks;
     r.stats.threads += threads;
   }
@@ -361,13 +373,13 @@ inline float4 atomicAdd(float4* p, float4 v) {
   return old;
 }
 
-inline cudaError_t cudaPeekAtLastError() { return ::omnifast::simt::runtime().last_error; }
+inline cudaError_t cudaPeekAtLastError() { return ::omnifast::simt::errors().last_error; }
 inline cudaError_t cudaGetLastError() {
-  auto& r = ::omnifast::simt::runtime();
-  const cudaError_t e = r.last_error;
-  r.last_error = cudaSuccess;
-  return e;
+  auto& e = ::omnifast::simt::errors();
+  const cudaError_t last = e.last_error;
+  e.last_error = cudaSuccess;
+  return last;
 }
 inline const char* cudaGetErrorString(cudaError_t e) {
-  return e == cudaSuccess ? "no error" : ::omnifast::simt::runtime().message.c_str();
+  return e == cudaSuccess ? "no error" : ::omnifast::simt::errors().message.c_str();
 }
