@@ -16,7 +16,7 @@ namespace omnifast {
 // Whether the op runs its CUDA launchers for tensors on the device of `on`: CUDA tensors, and in
 // a SIMT build CPU tensors while the routing is on (the kernels then run on the CPU, with host
 // memory standing in for device memory). Everything that differs between the CPU loops and the
-// CUDA kernels (zero-filled buffers, 16-bit storage, the builders, the row walk) asks this.
+// CUDA kernels (zero-filled buffers, 16-bit storage, the row walk) asks this.
 inline bool runs_cuda_kernels(const at::Tensor& on) {
 #ifdef OMNIFAST_WITH_SIMT
   if (on.is_cpu() && simt_routing().load()) return true;
