@@ -51,6 +51,14 @@ def main(argv=None):
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"omnifast {args.command}: {message}", file=sys.stderr)
         return 2
+    except (RuntimeError, MemoryError) as error:  # what the size checks could not foresee
+        text = str(error)
+        if os.environ.get("OMNIFAST_TRACEBACK") or not (isinstance(error, MemoryError) or "out of memory" in text
+                                                        or "can't allocate memory" in text):
+            raise
+        print(f"omnifast {args.command}: out of memory ({text.strip().splitlines()[0][:200] if text.strip() else ''}); "
+              "lower the resolution, the batch or the number of seeds", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

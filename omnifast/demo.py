@@ -69,7 +69,7 @@ def run_demo(args):
     from .gan.evaluate import evaluate_gan
     from .gan.generate import HeadGenerator, parse_seeds
     from .gan.train import GANConfig, train_gan
-    from .runs import read_json
+    from .runs import check_output, read_settings
     from .sdf.commands import config_from, device_of, evaluate_run
     from .sdf.export import extract_mesh, parse_params, write_ply, write_previews
     from .sdf.train import train
@@ -80,6 +80,7 @@ def run_demo(args):
     plan = {key: (getattr(args, key, None) if getattr(args, key, None) is not None else value)
             for key, value in DEMO[kind].items()}
     out = args.out
+    check_output(out, "--out", what="folder")
     os.makedirs(out, exist_ok=True)
     paths = {name: os.path.join(out, name) for name in ("sdf-run", "data", "gan-run", "generated")}
     stages = {}
@@ -133,7 +134,7 @@ def run_demo(args):
     dataset["path"] = os.path.relpath(dataset["path"], out)
 
     # 5. Stage II
-    settings = read_json(args.gan_config) if args.gan_config else {}
+    settings = read_settings(args.gan_config) if args.gan_config else {}
     gan_config = GANConfig.with_preset(plan["gan_preset"], **{
         "image_every": max(1, plan["gan_steps"] // 2), "checkpoint_every": max(1, plan["gan_steps"] // 2),
         **settings, "dataset": paths["data"], "sdf_run": paths["sdf-run"], "steps": plan["gan_steps"],

@@ -18,6 +18,8 @@ import torch
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 _TEMPORARY = re.compile(r"\.tmp(\d+)$")
+# The settings of every kind of run that name a file or folder the run depends on.
+PATH_SETTINGS = ("dataset", "sdf_run", "flame_dir")
 
 
 class RunError(ValueError):
@@ -34,6 +36,14 @@ def atomic_write(path, write, binary=True):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as error:
+        # A full disk, a lost mount, a read-only folder (torch.save reports its failed writes as
+        # RuntimeError): one error that names the file and says what is left of it.
+        if isinstance(error, RuntimeError) and "writ" not in str(error).lower():
+            raise
+        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1]
+        kept = "the file already there is kept" if os.path.exists(path) else "nothing was written"
+        raise OSError(f"{path}: could not be written ({reason}); {kept}") from error
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -63,6 +73,124 @@ def read_json(path, what="settings"):
     return data
 
 
+RELATIVE = "relative_paths"  # beside the absolute ones in config.json and the checkpoint
+
+
+def stored_paths(settings, run_dir):
+    """``settings`` as a run folder records them: each PATH_SETTINGS entry absolute (resolved
+    when the run is made: a shared dataset stays found when the run is copied elsewhere), and
+    under ``relative_paths`` relative to the run (a project folder moved or copied as a whole
+    finds its own dataset, stage I run and FLAME folder)."""
+    if not isinstance(settings, dict):
+        return settings
+    named = {k: os.path.abspath(v) for k, v in settings.items() if k in PATH_SETTINGS and isinstance(v, str)}
+    if not named:
+        return settings
+    run = os.path.abspath(run_dir)
+    return {**settings, **named, RELATIVE: {k: os.path.relpath(v, run) for k, v in named.items()}}
+
+
+def resolved_paths(settings, run_dir):
+    """The recorded settings with each path absolute, from any working directory: the one
+    relative to the run where it exists, else the absolute one (else, for a run recorded
+    before, the path as typed from the working directory, or the relative one to report)."""
+    if not isinstance(settings, dict):
+        return settings
+    settings = dict(settings)
+    relative = settings.pop(RELATIVE, None) or {}
+    run = os.path.abspath(run_dir)
+    for key in PATH_SETTINGS:
+        recorded = settings.get(key)
+        if not isinstance(recorded, str):
+            continue
+        candidates = [os.path.normpath(os.path.join(run, relative[key]))] if key in relative else []
+        candidates += [os.path.normpath(os.path.join(run, recorded)), os.path.abspath(recorded)]
+        settings[key] = next((c for c in candidates if os.path.exists(c)), candidates[0])
+    return settings
+
+
+def read_settings(path):
+    """A ``--config`` file of settings (a run's ``config.json`` or one of the user's): its paths
+    resolved as a run folder's are, from the file's own folder."""
+    return resolved_paths(read_json(path), os.path.dirname(os.path.abspath(path)))
+
+
+def check_output(path, flag, extensions=None, what="file"):
+    """Before any work, refuse an output the command could not write at the end: a ``path``
+    whose extension is not one of ``extensions`` (what is written, e.g. ``(".png",)``), that is
+    a folder, or whose folder cannot be made or written in. ``what="folder"``: ``path`` is a
+    folder the command makes (a run folder)."""
+    if what == "file" and os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a folder; give a file name")
+    if extensions and os.path.splitext(str(path))[1].lower() not in extensions:
+        raise ValueError(f"{flag} must end in {' or '.join(extensions)} (the format written), got {str(path)!r}")
+    path = os.path.abspath(path)
+    if what == "folder" and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag} {path} is a file; give a folder")
+    nearest = path if what == "folder" else os.path.dirname(path)
+    while not os.path.exists(nearest):
+        nearest = os.path.dirname(nearest)
+    if not os.path.isdir(nearest):
+        raise ValueError(f"{flag} {path}: {nearest} is a file, so no folder can be made there")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        raise PermissionError(f"{flag} {path}: {nearest} is not writable")
+
+
+def available_memory(device="cpu"):
+    """Bytes that can still be allocated on ``device`` (CUDA: free device memory; CPU:
+    MemAvailable), or None when unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(needed, what, device="cpu"):
+    """Refuse, before the work, something that would need more than the ``device``'s available
+    memory: the error says how much it needs and how much there is."""
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise ValueError(f"{what} would need about {needed / 2 ** 30:.1f} GiB of {torch.device(device).type} memory; "
+                         f"{free / 2 ** 30:.1f} GiB is available")
+
+
+def check_steps_left(run_dir, done, steps):
+    """A resumed run trains from step ``done`` to ``steps``: refuse (before anything is written)
+    a length it has already reached."""
+    if steps < done:
+        raise RunError(f"{run_dir}: the run has done {done} steps, more than --steps {steps}: a run is not "
+                       f"shortened (its checkpoint is of step {done}; start a new run for a shorter one)")
+    if steps == done:
+        raise RunError(f"{run_dir}: nothing left to train: the run has done all of its {done} steps "
+                       f"(pass --steps above {done} to train on)")
+
+
+def check_new_run_folder(run_dir, kind, accepts):
+    """A new run goes into a new or empty folder, or a run folder of its ``kind`` (``accepts``
+    its config.json's settings without raising) that has no checkpoint yet; anything else (a
+    run of another kind, a dataset, a folder of the user's) would be overwritten."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise RunError(f"{run_dir} is a file, not a folder: give a new or empty folder for the {kind} run")
+    folder = RunFolder(run_dir)  # removes a killed write's temporary files first
+    held = sorted(name for name in os.listdir(run_dir) if not _TEMPORARY.search(name)) if os.path.isdir(run_dir) else []
+    if not held:
+        return
+    try:
+        accepts(folder.read_config())
+    except (RunError, OSError, ValueError, TypeError):
+        raise RunError(f"{run_dir} is not empty and not a {kind} run (it holds {', '.join(held[:4])}"
+                       f"{', ...' if len(held) > 4 else ''}): give a new or empty folder") from None
+    if folder.has_checkpoint():
+        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it")
+
+
 class RunFolder:
     """One run's folder; ``create`` makes it if missing (a run that writes), else reading a
     folder that is not there leaves nothing behind."""
@@ -86,12 +214,14 @@ class RunFolder:
 
     # ---- settings
 
+    # The settings in config.json and the checkpoint record their files (PATH_SETTINGS) as
+    # stored_paths does; read back, they are absolute (resolved_paths).
     def write_config(self, config):
-        text = json.dumps(config, indent=2)
+        text = json.dumps(stored_paths(config, self.path), indent=2)
         atomic_write(self.file(CONFIG), lambda f: f.write(text), binary=False)
 
     def read_config(self):
-        return read_json(self.file(CONFIG))
+        return resolved_paths(read_json(self.file(CONFIG)), self.path)
 
     # ---- checkpoint
 
@@ -100,6 +230,8 @@ class RunFolder:
 
     def save_checkpoint(self, state):
         """``state``: a dict of tensors and plain data (numbers, strings, lists, dicts)."""
+        if "config" in state:
+            state = {**state, "config": stored_paths(state["config"], self.path)}
         atomic_write(self.file(CHECKPOINT), lambda f: torch.save(state, f))
 
     def load_checkpoint(self, required=()):
@@ -119,6 +251,8 @@ class RunFolder:
         missing = [key for key in required if key not in state]
         if missing:
             raise RunError(f"{path}: incomplete checkpoint, missing {', '.join(map(repr, missing))}")
+        if "config" in state:
+            state["config"] = resolved_paths(state["config"], self.path)
         return state
 
     # ---- logs

@@ -137,41 +137,102 @@ def test_a_non_finite_loss_is_reported_before_anything_is_written(stage_one, tmp
     assert sorted(os.listdir(os.path.join(out, "images"))) == ["step000001.png"]
 
 
+STEPS_EVERY_PHASE = 3  # r1_interval and density_reg_interval 2: steps 0 and 2 regularise, step 1 does not
+
+
+def _grads(run):
+    return {key: {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+            for key, module in (("G", run.G), ("D", run.D))}
+
+
 def _ddp_worker(rank, world_size, port, root, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size))
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         run = GANRun(GANConfig.from_dict(root), rank, world_size)
-        run.train_step()
+        steps = []
+        for _ in range(STEPS_EVERY_PHASE):
+            run.train_step()
+            steps.append(_grads(run))
         if rank == 0:
-            torch.save({key: {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
-                        for key, module in (("G", run.G), ("D", run.D))}, out)
+            torch.save({"steps": steps, "w_avg": run.G.mapping.w_avg}, out)
     finally:
         torch.distributed.destroy_process_group()
 
 
 def test_two_processes_make_the_single_process_update(stage_one, tmp_path):
     # Deterministic depths and minibatch-std groups that match the processes' shares, so the only
-    # difference could be the gradient exchange; G's step is kept tiny because Adam's first step is
-    # lr * sign(gradient), which would amplify rounding in near-zero gradients into the fakes D sees.
-    settings = config_for(stage_one, batch=2, mbstd_group=2, r1_interval=1, density_reg_interval=1, lr_g=1e-12,
-                          render=dict(depth_resolution=6, depth_resolution_importance=6, det_sampling=True)).to_dict()
+    # difference could be the gradient exchange; the steps are kept tiny because Adam's first step is
+    # lr * sign(gradient), which would amplify rounding in near-zero gradients into later steps.
+    settings = config_for(stage_one, batch=2, mbstd_group=2, r1_interval=2, density_reg_interval=2, lr_g=1e-12,
+                          lr_d=1e-12, render=dict(depth_resolution=6, depth_resolution_importance=6,
+                                                  det_sampling=True)).to_dict()
     single = GANRun(GANConfig.from_dict({**settings, "batch": 4}))
-    single.train_step()
+    single_steps = []
+    for _ in range(STEPS_EVERY_PHASE):
+        single.train_step()
+        single_steps.append(_grads(single))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = str(tmp_path / "ddp.pt")
     mp.spawn(_ddp_worker, args=(2, port, settings, out), nprocs=2, join=True)
     ddp = torch.load(out, weights_only=True)
-    # The exchanged gradients (what the optimiser steps with) equal the combined batch's.
-    for key, module in (("G", single.G), ("D", single.D)):
-        for name, p in module.named_parameters():
-            if p.grad is None or "noise_strength" in name:  # its gradient is each process's own noise
-                continue
-            scale = float(p.grad.abs().max()) + 1e-12
-            torch.testing.assert_close(ddp[key][name], p.grad, rtol=1e-3, atol=1e-4 * scale, msg=f"{key}.{name}")
+    # At every step, regularised or not, the exchanged gradients (what the optimiser steps with)
+    # equal the combined batch's, and so does the tracked mean w.
+    for step, (ours, theirs) in enumerate(zip(ddp["steps"], single_steps)):
+        for key in ("G", "D"):
+            assert set(ours[key]) == set(theirs[key]), (step, key)
+            for name, grad in theirs[key].items():
+                if "noise_strength" in name:  # its gradient is each process's own noise
+                    continue
+                scale = float(grad.abs().max()) + 1e-12
+                torch.testing.assert_close(ours[key][name], grad, rtol=1e-3, atol=1e-4 * scale,
+                                           msg=f"step {step}: {key}.{name}")
+    torch.testing.assert_close(ddp["w_avg"], single.G.mapping.w_avg, rtol=1e-5, atol=1e-6)
+
+
+def _torchrun(*args):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(_free_port()), "-m", "omnifast", "train-gan", "--no-progress", "--device", "cpu", *args]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_trains_every_phase_with_grids_and_resumes_exactly(stage_one, tmp_path):
+    # Through the real command: R1 and the density regulariser every 2 steps, image grids and
+    # checkpoints every 2; a run stopped at step 3 and resumed to 5 equals one that ran 5 straight.
+    settings = config_for(stage_one, r1_interval=2, density_reg_interval=2, image_every=2, checkpoint_every=2).to_dict()
+    config = tmp_path / "config.json"
+    config.write_text(__import__("json").dumps({k: settings[k] for k in ("dataset", "sdf_run", "nrr_initial", "render",
+                                                                          "batch", "r1_interval",
+                                                                          "density_reg_interval")}))
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    _torchrun("--config", str(config), "--out", straight, "--steps", "5", "--image-every", "2")
+    _torchrun("--config", str(config), "--out", resumed, "--steps", "3", "--image-every", "2")
+    _torchrun("--out", resumed, "--resume", "--steps", "5")
+    a, b = RunFolder(straight).load_checkpoint(), RunFolder(resumed).load_checkpoint()
+    assert a["step"] == b["step"] == 5 and a["config"]["batch"] == 2
+    for key in ("G", "D", "G_ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    assert sorted(os.listdir(os.path.join(straight, "images"))) == ["step000002.png", "step000004.png",
+                                                                    "step000005.png"]
+    rows = open(os.path.join(straight, "train_log.csv")).read().splitlines()
+    header = rows[0].split(",")
+    assert len(rows) == 6 and all(row.split(",")[header.index("r1")] for row in rows[1::2])  # steps 1, 3, 5 ran R1
 
 
 def test_a_tiny_run_trains_and_logs(stage_one, tmp_path):
@@ -244,10 +305,10 @@ def test_train_gan_command_resumes_with_the_command_lines_device_and_schedules(t
     RunFolder(out, create=True).write_config(config_for(tmp_path, steps=5, device="cuda:0").to_dict())
     seen = []
     monkeypatch.setattr(train_module, "train_gan", lambda config, run_dir, **options: seen.append((config, options)) or {})
-    assert main(["train-gan", "--out", out, "--resume", "--device", "meta", "--image-every", "3",
+    assert main(["train-gan", "--out", out, "--resume", "--device", "cpu", "--image-every", "3",
                  "--checkpoint-every", "4", "--steps", "7", "--no-progress"]) == 0
     config, options = seen[-1]
-    assert (config.device, config.image_every, config.checkpoint_every, config.steps) == ("meta", 3, 4, 7)
+    assert (config.device, config.image_every, config.checkpoint_every, config.steps) == ("cpu", 3, 4, 7)
     assert options == dict(resume=True, steps=7, progress=False)
     assert {k: v for k, v in config.to_dict().items() if k in train_module.RUN_DEFINING} == \
         {k: v for k, v in config_for(tmp_path).to_dict().items() if k in train_module.RUN_DEFINING}

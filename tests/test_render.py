@@ -245,8 +245,12 @@ def test_a_bad_image_does_not_spoil_the_others(flame, sdf_warp, backend):
     decoder = OSGDecoder(8, pose_dim=pose_dim(flame)).double()
     renderer = renderer_for(sdf_warp, depth_resolution=8, depth_resolution_importance=4)
     good = renderer(planes, decoder, labels, 4, backend=backend, generator=torch.Generator().manual_seed(1))
-    labels = labels.clone()
-    labels[1, 3] = float("nan")  # image 1's camera position
+    nan_label = labels.clone()
+    nan_label[1, 3] = float("nan")  # image 1's camera position: no camera, refused by name
+    with pytest.raises(ValueError, match="labels: row 1 has a cam2world that is not finite"):
+        renderer(planes, decoder, nan_label, 4, backend=backend)
+    planes = planes.detach().clone()
+    planes[1, 0, 0] = float("nan")  # image 1's planes
     bad = renderer(planes, decoder, labels, 4, backend=backend, generator=torch.Generator().manual_seed(1))
     assert not torch.isfinite(bad.depth[1]).all()
     for image in (0, 2):

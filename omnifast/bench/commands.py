@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from ..runs import atomic_write
+from ..runs import atomic_write, check_output
 
 
 def _device_name(device):
@@ -164,6 +164,8 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
     )
     from .triplane import TRIPLANE_PASSES, triplane_cases, triplane_runner
 
+    if json_path:
+        check_output(json_path, "--json", (".json",))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not omnifast._C_loader.compiled_backends()["cuda"]:
         raise ValueError("--device cuda: this build of omnifast has no CUDA kernels")

@@ -74,6 +74,10 @@ class _TimedWarp(torch.nn.Module):
     def param_dim(self):
         return self.inner.param_dim
 
+    @property
+    def flame(self):
+        return self.inner.flame
+
     def forward(self, points, params, backend="omnifast"):
         _sync(self.device)
         start = time.perf_counter()

@@ -20,10 +20,15 @@ def add_parsers(sub):
 
 
 def make_dataset_command(args):
+    from ..runs import check_memory, check_output
     from ..sdf.commands import device_of
     from .make import make_dataset
 
+    as_zip = args.out.lower().endswith(".zip")
+    check_output(args.out, "out", what="file" if as_zip else "folder")
+    # The images are held (as PNG, at most their raw size) until the dataset is written at once.
+    check_memory(args.count * 3 * args.resolution ** 2, f"{args.count} images at --resolution {args.resolution}")
     make_dataset(args.out, args.flame_dir, args.count, args.resolution, n_shape=args.n_shape, n_expr=args.n_expr,
-                 seed=args.seed, batch=args.batch, as_zip=args.out.lower().endswith(".zip"),
+                 seed=args.seed, batch=args.batch, as_zip=as_zip,
                  device=device_of(args.device), progress=not args.no_progress)
     return 0

@@ -6,11 +6,13 @@ import io
 import json
 import os
 import zipfile
+import zlib
 
 import numpy as np
 import torch
 
-from ..geometry.cameras import LABEL_SIZE
+from ..flame.model import ParamLayout
+from ..geometry.cameras import LABEL_SIZE, check_camera_labels
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -39,6 +41,9 @@ class ImageDataset(torch.utils.data.Dataset):
                              "and expression coefficients, which FLAME's bases do not define")
         self.path = os.fspath(path)
         self.is_zip = os.path.isfile(self.path) and zipfile.is_zipfile(self.path)
+        if os.path.isfile(self.path) and not self.is_zip:
+            raise ValueError(f"{self.path}: not a readable zip (truncated or damaged?); a dataset is a folder or "
+                             "a .zip with dataset.json")
         if not self.is_zip and not os.path.isdir(self.path):
             raise FileNotFoundError(f"dataset not found: {self.path} (a folder or a .zip with dataset.json)")
         self._zip = None
@@ -76,8 +81,14 @@ class ImageDataset(torch.utils.data.Dataset):
         self.labels = torch.tensor(rows, dtype=torch.float32)
         if not torch.isfinite(self.labels).all():
             raise ValueError(f"{self.path}/dataset.json: labels must be finite numbers")
-        first = self[0][0]
-        self.resolution = first.shape[-1]
+        where = f"{self.path}/dataset.json labels"
+        check_camera_labels(self.labels, where, self.files)
+        if layout is None and stored is not None:
+            layout = ParamLayout(stored["n_shape"], stored["n_expr"], stored["global_pose"])
+        if layout is not None:
+            layout.check(self.labels[:, LABEL_SIZE:], where, self.files)
+        self.resolution = None
+        self.resolution = self[0][0].shape[-1]
 
     def _names(self):
         if self.is_zip:
@@ -92,7 +103,10 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def _read(self, name):
         if self.is_zip:
-            return self._zipfile().read(name)
+            try:
+                return self._zipfile().read(name)
+            except (zipfile.BadZipFile, EOFError, zlib.error) as error:
+                raise OSError(f"{self.path}: {name} cannot be read from the zip (damaged? {error})") from None
         with open(os.path.join(self.path, name), "rb") as f:
             return f.read()
 
@@ -112,4 +126,8 @@ class ImageDataset(torch.utils.data.Dataset):
             raise OSError(f"{self.path}: image {name} cannot be read ({error})") from None
         if image.shape[0] != image.shape[1]:
             raise ValueError(f"{self.path}: image {name} must be square, got {image.shape[1]}x{image.shape[0]}")
+        if self.resolution is not None and image.shape[0] != self.resolution:
+            raise ValueError(f"{self.path}: image {name} is {image.shape[1]}x{image.shape[0]}, the dataset's "
+                             f"images are {self.resolution}x{self.resolution} (its first image's size): "
+                             "a dataset's images must all have one size")
         return torch.from_numpy(image.copy()).permute(2, 0, 1), self.labels[index]

@@ -53,7 +53,8 @@ def make_dataset(out, flame_dir, count=1000, resolution=64, *, n_shape=100, n_ex
     if bar is not None:
         bar.close()
     meta = {"labels": labels, "omnifast": {
-        "flame_layout": layout_dict(flame.layout), "flame_dir": os.path.abspath(flame_dir), "resolution": resolution,
+        "flame_layout": layout_dict(flame.layout), "flame_dir": os.path.abspath(flame_dir),
+        "flame_fingerprint": flame.fingerprint(), "resolution": resolution,
         "world": {"centre": centre.tolist(), "scale": scale, "box_warp": box_warp},
         "camera_pivot": list(heads.pivot), "camera_radius": heads.scene.radius, "seed": seed, "synthetic": True}}
     text = json.dumps(meta)

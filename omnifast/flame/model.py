@@ -1,5 +1,6 @@
 """FLAME through ``smplx``: posed vertices, faces and landmarks for packed parameter vectors, the
 canonical mesh, and a watertight face list (hole caps) for signed-distance queries."""
+import math
 import os
 import pickle
 import shutil
@@ -147,6 +148,30 @@ class ParamLayout:
     def describe(self):
         return " | ".join(f"{name} {s.stop - s.start}" for name, s in self.slices.items())
 
+    # Far outside anything FLAME describes: coefficients are in units of their basis' standard
+    # deviation (fittings stay within a few), pose parts are axis-angle radians.
+    LIMITS = {"shape": 10.0, "expression": 10.0, "neck": math.pi, "jaw": math.pi, "global": math.pi}
+
+    def check(self, params, name="params", row_names=None):
+        """Refuse ``params [B, size]`` that are not finite or lie outside :attr:`LIMITS`; the
+        error names the part, the row and the value."""
+        if params.dim() != 2 or params.shape[1] != self.size:
+            self.unpack(params)  # the shape error
+        limits = torch.empty(self.size, dtype=torch.float64)
+        for part, columns in self.slices.items():
+            limits[columns] = self.LIMITS[part]
+        with torch.no_grad():
+            bad = params.detach().abs().nan_to_num(nan=math.inf) > limits.to(params.device, params.dtype)
+            if not bool(bad.any()):  # one check (one device sync) in the common case
+                return
+            row, column = (int(v) for v in bad.nonzero()[0])
+        part = next(p for p, columns in self.slices.items() if columns.start <= column < columns.stop)
+        value, limit = float(params[row, column]), self.LIMITS[part]
+        unit = "axis-angle radians" if part in ("neck", "jaw", "global") else "standard deviations"
+        where = f"row {row}" + (f" ({row_names[row]})" if row_names is not None else "")
+        raise ValueError(f"{name}: FLAME {part}[{column - self.slices[part].start}] of {where} is {value:.6g}; "
+                         f"expected a finite value in [-{limit:.4g}, {limit:.4g}] ({unit})")
+
 
 def boundary_loops(faces, num_verts):
     """The closed boundary loops of an oriented face list, each as vertex ids in the order the
@@ -252,6 +277,18 @@ class Flame(torch.nn.Module):
             raise ValueError(f"Flame: canonical must be [{self.layout.size}] ({self.layout.describe()}), "
                              f"got {list(canonical.shape)}")
         self.register_buffer("canonical_params", canonical.to(dtype))
+
+    def fingerprint(self):
+        """A hash of the model itself (template, bases, joints, skinning, faces, as used): two
+        FLAME folders give the same one only if their models are the same."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        model = self.smplx
+        for tensor in (model.v_template, model.shapedirs, model.posedirs, model.J_regressor, model.lbs_weights,
+                       model.faces_tensor):
+            digest.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     @property
     def num_verts(self):

@@ -69,29 +69,45 @@ def add_parsers(sub):
 def eval_gan_command(args):
     import sys
 
-    from ..runs import atomic_write
+    from ..runs import atomic_write, check_output
     from ..sdf.commands import device_of
+    from ..sdf.export import check_grid_memory
     from .evaluate import evaluate_gan
 
+    if args.json:
+        check_output(args.json, "--json", (".json",))
+    check_grid_memory(args.mesh_resolution, "--mesh-resolution")
     result = evaluate_gan(args.run, args.samples, device_of(args.device), args.backend, args.seed,
                           args.mesh_resolution, log=lambda text: print(text, file=sys.stderr),
                           quality_images=args.quality_images, inception=args.inception)
     text = json.dumps(result, indent=2)
+    print(text, flush=True)  # the table first: a failed write does not lose it
     if args.json:
         atomic_write(args.json, lambda f: f.write(text), binary=False)
-    print(text)
     return 0
 
 
 def generate_command(args):
+    from ..runs import check_memory, check_output
     from ..sdf.commands import device_of
-    from ..sdf.export import parse_params
+    from ..sdf.export import check_grid_memory, parse_params
     from .generate import HeadGenerator, parse_seeds
 
     seeds = parse_seeds(args.seeds)
     if args.video and not args.sweep:
         raise ValueError("--video needs --sweep (what the video moves)")
+    check_output(args.out, "--out", (".png",))
+    if args.video:
+        check_output(args.video, "--video", (".mp4", ".gif"))
+    if args.mesh:
+        check_output(args.mesh, "--mesh", (".ply",))
+    if args.mesh:
+        check_grid_memory(args.mesh_resolution, "--mesh-resolution")
     generator = HeadGenerator(args.run, device_of(args.device), args.backend)
+    # Every image of the grid (and the extras') is held, then joined: check the size first.
+    cells = len(seeds) * (args.frames if args.sweep else 1) * (4 if args.extras else 1)
+    check_memory(3 * cells * 3 * generator.G.image_resolution ** 2,
+                 f"--seeds {args.seeds} ({len(seeds)} seeds, {cells} images)")
     written, settings = write_generation(generator, seeds, parse_params(generator.layout, args.params), args.out,
                                          sweep=args.sweep, frames=args.frames, yaw=args.yaw, pitch=args.pitch,
                                          fov=args.fov, truncation=args.truncation, extras=args.extras,
@@ -185,17 +201,18 @@ FLAGS = ("steps", "batch", "warp", "backend", "nrr_final", "lr_g", "lr_d", "seed
 
 
 def train_gan_command(args):
-    from ..runs import RunError, RunFolder, read_json
+    from ..runs import RunError, RunFolder, check_output, read_settings
     from ..sdf.commands import device_of
     from .train import GANConfig, train_gan
 
+    check_output(args.out, "--out", what="folder")
     # A resumed run starts from its own settings and a new one from the preset; then --config and
     # the flags, so that every flag given is honoured (train_gan refuses one that would change
     # what a resumed run trains). The device is the command line's, as for a new run.
     device = device_of(args.device)
     settings = RunFolder(args.out).read_config() if args.resume else {}
     if args.config:
-        settings.update(read_json(args.config))
+        settings.update(read_settings(args.config))
     settings.update({k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None})
     if args.data:
         settings["dataset"] = args.data

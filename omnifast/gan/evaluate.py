@@ -107,10 +107,16 @@ def evaluate_gan(run_dir, samples=8, device="cpu", backend="omnifast", seed=0, m
     random seeds, FLAME parameters and FFHQ cameras, every figure in millimetres but the
     identity's pixel change; and the image quality over ``quality_images`` (0: skipped) with
     FID and KID when ``inception`` (a path to the Inception network's file) is given."""
+    from ..data import ImageDataset
     from .metrics import InceptionFeatures
 
     detector = InceptionFeatures(inception, device) if inception else None
     generator = HeadGenerator(run_dir, device, backend)
+    if quality_images:  # checked before the evaluation's work, not after it
+        available = len(ImageDataset(generator.config.dataset, generator.layout))
+        if min(quality_images, available) < 2:
+            raise ValueError(f"--quality-images {quality_images}: a Frechet distance needs the covariance of at "
+                             f"least 2 images (the dataset has {available}); pass 2 or more, or 0 to skip it")
     view = FlameView(generator.warp)
     layout, scale = generator.layout, generator.warp.world_scale
     g = torch.Generator().manual_seed(seed)

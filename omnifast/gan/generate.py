@@ -26,18 +26,26 @@ SWEEPS = {"jaw": ("jaw", 0, 0.0, 0.35), "expression": ("expression", 0, -2.0, 2.
           "neck": ("neck", 1, -0.4, 0.4), "yaw": (None, None, -0.6, 0.6)}
 
 
+MAX_SEEDS = 4096
+
+
 def parse_seeds(text):
     """``"0-3,7"`` -> ``[0, 1, 2, 3, 7]``."""
-    seeds = []
+    ranges = []
     for part in str(text).split(","):
         first, dash, last = part.strip().partition("-")
         try:
-            seeds += list(range(int(first), int(last) + 1)) if dash else [int(first)]
+            ranges.append((int(first), int(last) if dash else int(first)))
         except ValueError:
             raise ValueError(f"--seeds: expected numbers and ranges such as 0-7,12, got {text!r}") from None
-    if not seeds or min(seeds) < 0:
-        raise ValueError(f"--seeds: expected non-negative seeds such as 0-7,12, got {text!r}")
-    return seeds
+    for first, last in ranges:
+        if not 0 <= first <= last < 2 ** 63:
+            raise ValueError(f"--seeds: seeds are integers in [0, 2^63) and ranges go up (first-last), "
+                             f"got {first}-{last} in {text!r}")
+    count = sum(last - first + 1 for first, last in ranges)
+    if count > MAX_SEEDS:
+        raise ValueError(f"--seeds {text!r} names {count} seeds; at most {MAX_SEEDS} at a time (a grid row each)")
+    return [seed for first, last in ranges for seed in range(first, last + 1)]
 
 
 class HeadGenerator:
@@ -111,8 +119,9 @@ class HeadGenerator:
         """The zero level set of the final SDF for a seed, in FLAME's metres: ``(verts [V, 3],
         faces [F, 3])`` posed by ``params [1, P]`` or, with ``canonical``, in canonical space
         (the neutral head: no expression or pose, mean shape)."""
-        from ..sdf.export import zero_level_set
+        from ..sdf.export import check_grid_memory, zero_level_set
 
+        check_grid_memory(resolution, "mesh resolution")
         if canonical:
             params = torch.zeros_like(params)
         half = self.G.renderer.config.box_warp / 2

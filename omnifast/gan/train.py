@@ -1,7 +1,7 @@
 """GAN training of stage II: configuration and presets, the phases (G main, G density
 regularisation, D main, D R1) with lazy regularisation, generator EMA, a run folder (CSV and
 TensorBoard logs, image grids, atomic checkpoints, exact resume), and multi-process training
-through torchrun and DistributedDataParallel."""
+through torchrun (EG3D's gradient exchange: one all-reduce per optimiser step)."""
 import copy
 import dataclasses
 import math
@@ -13,7 +13,7 @@ import torch.distributed as dist
 
 from ..geometry.cameras import LABEL_SIZE
 from ..render import RenderConfig
-from ..runs import RunError, RunFolder, atomic_write
+from ..runs import RunError, RunFolder, atomic_write, check_new_run_folder, check_steps_left
 from . import loss as L
 from .models import DualDiscriminator, Generator, GeneratorConfig
 
@@ -172,6 +172,11 @@ class GANRun:
         if warp is None:
             warp = load_warp(config.sdf_run, config.warp, RenderConfig(**config.render).box_warp, device)
         self.dataset = dataset if dataset is not None else ImageDataset(config.dataset, warp.flame.layout)
+        fingerprint = self.dataset.meta.get("flame_fingerprint")
+        if fingerprint is not None and fingerprint != warp.flame.fingerprint():
+            raise RunError(f"{config.dataset}: its labels were made with another FLAME model than the stage I "
+                           f"run's {config.sdf_run} (model fingerprints {fingerprint} and "
+                           f"{warp.flame.fingerprint()}): make the dataset with that run's FLAME model")
         world = self.dataset.meta.get("world")
         if world is not None:
             centre = torch.tensor(world["centre"])
@@ -192,14 +197,10 @@ class GANRun:
         self.G.superresolution.autocast = self.D.autocast = amp
         # G_ema shares the frozen warp (its FLAME model and network) rather than holding a copy.
         self.G_ema = copy.deepcopy(self.G, memo={id(warp): warp}).eval().requires_grad_(False)
-        self.G_ddp, self.D_ddp = self.G, self.D
-        if world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [device.index] if device.type == "cuda" else None
-            self.G_ddp = DDP(self.G, device_ids=ids)
-            # D's regression head takes no part in the fake images' pass.
-            self.D_ddp = DDP(self.D, device_ids=ids, find_unused_parameters=True)
+        if world_size > 1:  # every process starts from rank 0's weights (they are equal when seeded alike)
+            for tensor in [*self.G.parameters(), *self.G.buffers(), *self.D.parameters(), *self.D.buffers()]:
+                dist.broadcast(tensor.data, 0)
+            self.G_ema.load_state_dict(self.G.state_dict())
         # Lazy regularisation (StyleGAN2): the regularised phases' optimisers see scaled lr and betas.
         regularised_g = config.density_reg or config.eikonal
         ratio_g = config.density_reg_interval / (config.density_reg_interval + 1) if regularised_g else 1
@@ -256,7 +257,7 @@ class GANRun:
         self._phase("G_main")
         z, gen_c, map_c = self.fake_inputs(g)
         self.D.requires_grad_(False)
-        out = self._synthesis(self.G_ddp, z, gen_c, map_c)
+        out = self._synthesis(self.G, z, gen_c, map_c)
         logits, regressed = L.run_discriminator(self.D, out["image"], out["image_raw"], gen_c, sigma)
         loss_g = torch.nn.functional.softplus(-logits).mean()
         prior = L.geometry_prior(out["delta"], out["prior_sdf"], c.geometry_sigma)
@@ -267,10 +268,11 @@ class GANRun:
                 total = total + value * getattr(c, name) * c.density_reg_interval
                 terms[name] = value.item()
         self.opt_G.zero_grad(set_to_none=True)
-        total.backward()  # one backward, so DistributedDataParallel averages every term
+        total.backward()
         terms.update(G=loss_g.item(), geometry_prior=prior.item(), control=control.item())
         del out, logits, regressed, total  # G main's images and corrections: not held through D's phases
         self._step(self.opt_G, self.G)
+        self._average(self.G.mapping.w_avg)  # each process tracked its share's mean w
         self.D.requires_grad_(True)
 
         # D main: real vs fake, and the control head on real images.
@@ -279,18 +281,18 @@ class GANRun:
             z, gen_c, map_c = self.fake_inputs(g)
             fake = self._synthesis(self.G, z, gen_c, map_c)
         self.opt_D.zero_grad(set_to_none=True)
-        logits_fake, _ = L.run_discriminator(self.D_ddp, fake["image"], fake["image_raw"], gen_c, sigma)
+        logits_fake, _ = L.run_discriminator(self.D, fake["image"], fake["image_raw"], gen_c, sigma)
         loss_fake = torch.nn.functional.softplus(logits_fake).mean()
         loss_fake.backward()
         del fake
-        logits_real, regressed_real = L.run_discriminator(self.D_ddp, real, real_raw, real_c, sigma)
+        logits_real, regressed_real = L.run_discriminator(self.D, real, real_raw, real_c, sigma)
         loss_real = torch.nn.functional.softplus(-logits_real).mean()
         control_real = (regressed_real - target_real).square().mean()
         (loss_real + c.control * control_real).backward()
         terms.update(D=(loss_fake + loss_real).item(), D_control=control_real.item())
         if self.step % c.r1_interval == 0:
             self._phase("D_reg")
-            r1 = L.r1_penalty(self.D_ddp, real, real_raw, real_c, sigma).mean()
+            r1 = L.r1_penalty(self.D, real, real_raw, real_c, sigma).mean()
             (r1 * (c.r1_gamma / 2) * c.r1_interval).backward()
             terms["r1"] = r1.item()
         self._step(self.opt_D, self.D)
@@ -333,10 +335,24 @@ class GANRun:
         return out
 
     def _step(self, optimizer, module):
-        for p in module.parameters():
-            if p.grad is not None:
-                torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+        """EG3D's update: the gradients of every phase since the last step (the same parameters
+        have them in every process), averaged over the processes in one all-reduce, cleaned of
+        non-finite values, then the optimiser's step. The phases may use a module any number of
+        times (R1's double backward included), which DistributedDataParallel's hooks do not allow."""
+        params = [p for p in module.parameters() if p.grad is not None]
+        if self.world_size > 1 and params:
+            flat = torch.cat([p.grad.flatten() for p in params])
+            self._average(flat)
+            for p, grad in zip(params, flat.split([p.numel() for p in params])):
+                p.grad.copy_(grad.view_as(p))
+        for p in params:
+            torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
         optimizer.step()
+
+    def _average(self, tensor):
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+            tensor /= self.world_size
 
     @torch.no_grad()
     def _update_ema(self):
@@ -446,28 +462,15 @@ def setup_distributed(device):
     return dist.get_rank(), dist.get_world_size(), device
 
 
-def _check_new_run_folder(run_dir):
-    """A new run goes into a new or empty folder, or a stage II run folder that has no checkpoint
-    yet; anything else (a stage I run, a dataset, a folder of the user's) would be overwritten."""
-    if not os.path.isdir(run_dir) or not os.listdir(run_dir):
-        return
-    folder = RunFolder(run_dir)
-    try:
-        GANConfig.from_dict(folder.read_config(), folder.file("config.json"))
-    except (RunError, OSError, ValueError, TypeError):
-        held = sorted(os.listdir(run_dir))
-        raise RunError(f"{run_dir} is not empty and not a stage II run (it holds {', '.join(held[:4])}"
-                       f"{', ...' if len(held) > 4 else ''}): give a new or empty folder") from None
-    if folder.has_checkpoint():
-        raise FileExistsError(f"{run_dir} already holds a run; pass --resume to continue it")
-
-
 def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=print, stop_after=None):
     """Train (or continue) a GAN run in ``run_dir``; under torchrun, every process trains its
-    share of each batch through DistributedDataParallel and rank 0 writes the run folder.
+    share of each batch (the gradients averaged over the processes) and rank 0 writes the run folder.
     Resuming, ``config`` (None: the run's own) may change only the OPERATIONAL settings (the
     device, the length, the logging) and must match the run's in every other one.
     Returns the last step's losses."""
+    if config is not None:  # resolved now: the run works from any working directory
+        config = dataclasses.replace(config, dataset=os.path.abspath(config.dataset),
+                                     sdf_run=os.path.abspath(config.sdf_run))
     if resume:
         state, saved = read_gan_checkpoint(run_dir)
         if config is not None:
@@ -479,10 +482,11 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
                                f"resuming keeps a run's settings, got {theirs[changed[0]]!r}")
         config = saved if config is None else config
         config = dataclasses.replace(config, steps=steps or config.steps)
+        check_steps_left(run_dir, state["step"], config.steps)
     elif config is None:
         raise ValueError("train_gan: a new run needs a config")
     else:
-        _check_new_run_folder(run_dir)
+        check_new_run_folder(run_dir, "stage II", GANConfig.from_dict)
     rank, world_size, device = setup_distributed(config.device)
     config = dataclasses.replace(config, device=str(device))
     folder = RunFolder(run_dir, create=rank == 0)

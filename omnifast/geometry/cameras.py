@@ -73,6 +73,39 @@ def camera_labels(cam2world, intrinsics):
     return torch.cat([cam2world.reshape(-1, 16), intrinsics.reshape(-1, 9)], -1)
 
 
+def check_camera_labels(labels, name="labels", row_names=None):
+    """Refuse camera labels ``[B, >= 25]`` that describe no camera: a cam2world whose rotation
+    is not a rotation (orthonormal within 1e-2, determinant +1) or whose bottom row is not
+    ``0 0 0 1``, a non-finite position, intrinsics that are not finite with positive focal
+    lengths and bottom row ``0 0 1``. The error names the first bad label's row (and its entry
+    of ``row_names``)."""
+    cam2world, intrinsics, _ = split_labels(labels, name)
+    if not labels.is_floating_point():
+        raise ValueError(f"{name} must be floating point, got {labels.dtype}")
+    with torch.no_grad():
+        c2w, k = cam2world.double(), intrinsics.double()
+        rotation = c2w[:, :3, :3]
+        eye = torch.eye(3, dtype=torch.float64, device=labels.device)
+        problems = {
+            "a cam2world that is not finite": ~torch.isfinite(c2w).flatten(1).all(1),
+            "a cam2world rotation that is not a rotation (orthonormal, determinant +1)":
+                ((rotation.transpose(1, 2) @ rotation - eye).abs().flatten(1).amax(1) > 1e-2)
+                | (torch.linalg.det(rotation) <= 0),
+            "a cam2world bottom row other than 0 0 0 1":
+                (c2w[:, 3] - c2w.new_tensor([0, 0, 0, 1])).abs().amax(1) > 1e-4,
+            "intrinsics that are not finite": ~torch.isfinite(k).flatten(1).all(1),
+            "intrinsics whose focal lengths are not positive": (k[:, 0, 0] <= 0) | (k[:, 1, 1] <= 0),
+            "intrinsics whose bottom row is not 0 0 1": (k[:, 2] - k.new_tensor([0, 0, 1])).abs().amax(1) > 1e-4,
+        }
+        bad = torch.stack(list(problems.values()), 1)
+        if bad.any():
+            row, which = (int(v) for v in bad.nonzero()[0])
+            where = f"row {row}" + (f" ({row_names[row]})" if row_names is not None else "")
+            raise ValueError(f"{name}: {where} has {list(problems)[which]}: cam2world "
+                             f"{[round(v, 4) for v in c2w[row].flatten().tolist()]}, intrinsics "
+                             f"{[round(v, 4) for v in k[row].flatten().tolist()]}")
+
+
 def split_labels(labels, name="labels"):
     """``[B, >= 25]`` labels -> ``(cam2world [B, 4, 4], intrinsics [B, 3, 3], rest [B, K])``."""
     if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.shape[1] < LABEL_SIZE:

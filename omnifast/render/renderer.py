@@ -9,7 +9,7 @@ from collections import namedtuple
 import torch
 from torch import nn
 
-from ..geometry.cameras import camera_rays, split_labels
+from ..geometry.cameras import camera_rays, check_camera_labels, split_labels
 from .backends import backend_named, in_chunks
 
 RenderOutput = namedtuple("RenderOutput", [
@@ -96,9 +96,7 @@ class Renderer(nn.Module):
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
             raise ValueError(f"resolution must be a positive integer (pixels per side), got {resolution!r}")
         cam2world, intrinsics, params = self.split_labels(labels)
-        if planes.dim() not in (5, 6) or planes.shape[0] != labels.shape[0] or planes.shape[1] != 3:
-            raise ValueError(f"planes must be [N, 3, C, (D,) H, W] with the N of labels ({labels.shape[0]}), "
-                             f"got {list(planes.shape)}")
+        self.check_planes(planes, labels.shape[0])
         origins, directions = camera_rays(cam2world, intrinsics, resolution)
         out = self.render_rays(planes, decoder, origins, directions, params, backend=backend,
                                generator=generator, return_weights=return_weights)
@@ -112,7 +110,26 @@ class Renderer(nn.Module):
             raise ValueError(f"labels must be [N, {25 + self.warp.param_dim}]: 25 camera numbers and the "
                              f"{self.warp.param_dim} FLAME parameters of the stage I run, got "
                              f"{list(labels.shape)} ({params.shape[1]} parameters)")
+        if labels.shape[0] == 0:
+            raise ValueError(f"labels must hold at least one image's label, got {list(labels.shape)}")
+        check_camera_labels(labels)
+        self.check_params(params, "labels' FLAME parameters")
         return cam2world, intrinsics, params
+
+    def check_params(self, params, name="params"):
+        if not isinstance(params, torch.Tensor) or not params.is_floating_point():
+            raise ValueError(f"{name} must be a floating-point tensor, got "
+                             f"{params.dtype if isinstance(params, torch.Tensor) else type(params).__name__}")
+        self.warp.flame.layout.check(params, name)
+
+    @staticmethod
+    def check_planes(planes, batch):
+        if not isinstance(planes, torch.Tensor) or not planes.is_floating_point():
+            raise ValueError(f"planes must be a floating-point tensor, got "
+                             f"{planes.dtype if isinstance(planes, torch.Tensor) else type(planes).__name__}")
+        if planes.dim() not in (5, 6) or planes.shape[0] != batch or planes.shape[1] != 3 or batch == 0:
+            raise ValueError(f"planes must be [N, 3, C, (D,) H, W] with N = {batch} (the labels' or points' "
+                             f"batch, at least 1), got {list(planes.shape)}")
 
     @staticmethod
     def pose_bias(decoder, params, dtype):
@@ -122,6 +139,15 @@ class Renderer(nn.Module):
     def sample(self, planes, decoder, points, params, *, backend="omnifast"):
         """At world ``points [N, M, 3]`` (not along rays, as EG3D's ``G.sample``): ``(colour
         features [N, M, C], the decoder's correction [N, M, 1], the prior SDF [N, M])``."""
+        if not isinstance(points, torch.Tensor) or not points.is_floating_point() or points.dim() != 3 \
+                or points.shape[-1] != 3 or 0 in points.shape[:2]:
+            got = f"{points.dtype} {list(points.shape)}" if isinstance(points, torch.Tensor) else type(points).__name__
+            raise ValueError(f"points must be a floating-point [N, M, 3] tensor with N, M >= 1, got {got}")
+        self.check_planes(planes, points.shape[0])
+        self.check_params(params)
+        if params.dim() != 2 or params.shape[0] != points.shape[0]:
+            raise ValueError(f"params must be [N, {self.warp.param_dim}] with the N of points ({points.shape[0]}), "
+                             f"got {list(params.shape)}")
         backend = backend_named(backend)
         prior, canonical = self.warp(points, params, backend.name)
         colour, delta = decoder.decode(backend.triplane(planes, canonical.to(planes.dtype), self.config.box_warp),

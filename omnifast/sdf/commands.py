@@ -41,14 +41,31 @@ def positive_float(text):
 
 
 def device_of(name):
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+    """The ``--device`` to run on (default: cuda when there is one), refused with a clear error
+    when this machine does not have it."""
+    if not name:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: this machine has no CUDA device (torch {torch.__version__} "
+                             f"sees none); use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    elif device.type != "cpu":
+        raise ValueError(f"--device must be cpu, cuda or cuda:N, got {name!r}")
+    return name
 
 
 def config_from(args, device, base=None):
     """Training settings: ``base`` (a run's own, when resuming) or the device's preset, then a
     ``--config`` file (a run's ``config.json`` format: every setting, the parameter
     distribution and loss weights included), then the flags given."""
-    from ..runs import read_json
+    from ..runs import read_settings
     from .network import NetworkConfig
     from .train import TrainConfig
 
@@ -58,7 +75,7 @@ def config_from(args, device, base=None):
         base = TrainConfig(flame_dir=args.flame_dir, network=network, device=device, **preset)
     settings = base.to_dict()
     if args.config:
-        settings.update(read_json(args.config))
+        settings.update(read_settings(args.config))
     settings.update({key: getattr(args, key) for key in SETTING_FLAGS if getattr(args, key, None) is not None})
     if args.network:
         settings["network"] = dataclasses.asdict(NetworkConfig.preset(args.network))
@@ -117,10 +134,11 @@ def add_parsers(sub):
 
 
 def train_sdf(args):
-    from ..runs import RunFolder
+    from ..runs import RunFolder, check_output
     from .evaluate import format_metrics
     from .train import TrainConfig, train
 
+    check_output(args.out, "--out", what="folder")
     device = device_of(args.device)
     if args.resume:
         folder = RunFolder(args.out)
@@ -138,15 +156,16 @@ def train_sdf(args):
 
 def evaluate_run(run_dir, device, meshes, points, json_path=None):
     """Evaluate a run on held-out parameters; print the table and write it as JSON."""
-    from ..runs import atomic_write
+    from ..runs import atomic_write, check_output
     from .evaluate import evaluate, format_metrics, held_out_params
     from .train import load_run
 
+    json_path = json_path or os.path.join(run_dir, "eval.json")
+    check_output(json_path, "--json", (".json",))
     run = load_run(run_dir, device)
     metrics = evaluate(run, held_out_params(run, meshes), points)
     metrics["step"] = run.step
-    print(format_metrics(metrics))
-    json_path = json_path or os.path.join(run_dir, "eval.json")
+    print(format_metrics(metrics), flush=True)  # the table first: a failed write does not lose it
     text = json.dumps(metrics, indent=2)
     atomic_write(json_path, lambda f: f.write(text), binary=False)
     print(f"wrote {json_path}")
@@ -159,9 +178,14 @@ def eval_sdf(args):
 
 
 def export_sdf(args):
-    from .export import extract_mesh, parse_params, write_ply, write_previews
+    from ..runs import check_output
+    from .export import check_grid_memory, extract_mesh, parse_params, write_ply, write_previews
     from .train import load_run
 
+    check_output(args.out, "--out", (".ply",))
+    if args.previews:
+        check_output(args.previews, "--previews", (".png",))
+    check_grid_memory(args.resolution, "--resolution")
     run = load_run(args.run, device_of(args.device))
     params = parse_params(run.flame.layout, args.params)
     verts, faces = extract_mesh(run.model, run.flame, params, args.resolution)

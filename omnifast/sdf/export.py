@@ -31,7 +31,9 @@ def parse_params(layout, items):
         if len(numbers) > width:
             raise ValueError(f"--params: {name} takes at most {width} values, got {len(numbers)}")
         parts[name] = torch.tensor(numbers + [0.0] * (width - len(numbers)))
-    return layout.pack(1, **parts)
+    params = layout.pack(1, **parts)
+    layout.check(params, "--params")
+    return params
 
 
 def _grid(box_min, box_max, resolution):
@@ -52,9 +54,20 @@ def sdf_grid(model, flame, params, resolution=128, chunk=65536):
     return values.reshape(resolution, resolution, resolution).cpu(), axes
 
 
+GRID_BYTES_PER_CELL = 48  # the points (12), the values (4) and marching cubes' own arrays
+
+
+def check_grid_memory(resolution, flag="resolution", device="cpu"):
+    """Refuse a marching cubes grid larger than the memory there is, before computing it."""
+    from ..runs import check_memory
+
+    check_memory(GRID_BYTES_PER_CELL * resolution ** 3, f"{flag} {resolution} (a {resolution}^3 grid)", device)
+
+
 def extract_mesh(model, flame, params, resolution=128):
     """The zero level set: ``(verts [V, 3] float32 metres, faces [F, 3] int64)``, faces
     outward."""
+    check_grid_memory(resolution)
     values, axes = sdf_grid(model, flame, params, resolution)
     return zero_level_set(values, axes, "export: the field", "the network is not a head (yet)")
 

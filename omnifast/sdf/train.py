@@ -2,11 +2,12 @@
 logs), atomic checkpoints and resuming, in a run folder (:mod:`omnifast.runs`)."""
 import dataclasses
 import math
+import os
 import time
 
 import torch
 
-from ..runs import RunError, RunFolder
+from ..runs import RunError, RunFolder, check_new_run_folder, check_steps_left
 from .data import ParamDistribution, SDFSampler
 from .evaluate import evaluate, held_out_params
 from .losses import LossWeights, semantic_sdf_losses
@@ -165,10 +166,14 @@ def train(config, run_dir, *, resume=False, steps=None, progress=True, log=print
     ``stop_after`` ends this call (with a checkpoint) at that step, to be resumed later; a resumed
     run continues exactly as if it had not stopped. Returns the last evaluation's metrics.
     """
+    if not resume:
+        check_new_run_folder(run_dir, "stage I", TrainConfig.from_dict)
     folder = RunFolder(run_dir, create=True)
     train_log, eval_log = folder.log(TRAIN_LOG), folder.log(EVAL_LOG)
     if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
         raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if config is not None:  # resolved now: the run works from any working directory
+        config = dataclasses.replace(config, flame_dir=os.path.abspath(config.flame_dir))
     if resume:
         run = load_run(run_dir, None if config is None else config.device)
         if config is not None:
@@ -179,13 +184,11 @@ def train(config, run_dir, *, resume=False, steps=None, progress=True, log=print
                                f"run's settings, got {key}={asked!r} (start a new run to change it)")
         config = run.config
         config.steps = steps or config.steps
+        check_steps_left(run_dir, run.step, config.steps)
         for log_file in (train_log, eval_log):
             log_file.truncate(run.step)
         log(f"resuming {run_dir} at step {run.step} of {config.steps}")
     else:
-        if folder.has_checkpoint():
-            raise FileExistsError(f"{run_dir} already holds a run; pass resume=True (--resume) to "
-                                  "continue it or choose another folder")
         for log_file in (train_log, eval_log):
             log_file.remove()
         run = Run(config)
