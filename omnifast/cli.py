@@ -49,7 +49,8 @@ def main(argv=None):
         if os.environ.get("OMNIFAST_TRACEBACK"):
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"omnifast {args.command}: {message}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # under torchrun, said once
+            print(f"omnifast {args.command}: {message}", file=sys.stderr)
         return 2
     except (RuntimeError, MemoryError) as error:  # what the size checks could not foresee
         text = str(error)

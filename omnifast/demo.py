@@ -5,6 +5,7 @@ expression, jaw and camera sweeps (PNG and MP4) and a mesh; the control evaluati
 FLAME mesh; and the kernels' benchmark table. Every stage runs a fixed number of steps, so the
 result does not depend on how fast the machine is (a slower machine takes longer). ``demo.json``
 collects what was measured and ``index.html`` shows it in one page."""
+import csv
 import html
 import json
 import os
@@ -24,6 +25,8 @@ EXPECTED = {"cpu": "about 13 minutes on 2 CPU cores (longer on a slower machine:
                    "number of steps)",
             "cuda": "not measured yet on a GPU"}
 SWEEPS = ("expression", "jaw", "yaw")  # what the demo's videos move, the identity fixed
+DEMO_FILES = {"flame", "sdf-run", "data", "gan-run", "generated", "dataset.png", "sdf_head.ply", "sdf_previews.png",
+              "demo.json", "index.html", "bench.json"}  # what a demo folder holds
 STAGES = 8
 
 
@@ -69,7 +72,7 @@ def run_demo(args):
     from .gan.evaluate import evaluate_gan
     from .gan.generate import HeadGenerator, parse_seeds
     from .gan.train import GANConfig, train_gan
-    from .runs import check_output, read_settings
+    from .runs import RunError, check_output, read_settings
     from .sdf.commands import config_from, device_of, evaluate_run
     from .sdf.export import extract_mesh, parse_params, write_ply, write_previews
     from .sdf.train import train
@@ -81,6 +84,19 @@ def run_demo(args):
             for key, value in DEMO[kind].items()}
     out = args.out
     check_output(out, "--out", what="folder")
+    # Everything the user gave is checked before the first stage, and the demo writes only into
+    # a new or empty folder or one of its own earlier runs (it replaces what it wrote there).
+    held = sorted(os.listdir(out)) if os.path.isdir(out) else []
+    foreign = [name for name in held if name not in DEMO_FILES]
+    if foreign:
+        raise RunError(f"--out {out} is not empty and not a demo folder (it holds {foreign[0]!r}): give a new "
+                       "or empty folder")
+    settings = read_settings(args.gan_config) if args.gan_config else {}
+    GANConfig.with_preset(plan["gan_preset"], **{**settings, "dataset": "-", "sdf_run": "-"})  # its errors now
+    seeds = parse_seeds(plan["seeds"])
+    if plan["quality_images"] == 1:
+        raise ValueError("--quality-images 1: a Frechet distance needs the covariance of at least 2 images; "
+                         "pass 2 or more, or 0 to skip it")
     os.makedirs(out, exist_ok=True)
     paths = {name: os.path.join(out, name) for name in ("sdf-run", "data", "gan-run", "generated")}
     stages = {}
@@ -134,7 +150,6 @@ def run_demo(args):
     dataset["path"] = os.path.relpath(dataset["path"], out)
 
     # 5. Stage II
-    settings = read_settings(args.gan_config) if args.gan_config else {}
     gan_config = GANConfig.with_preset(plan["gan_preset"], **{
         "image_every": max(1, plan["gan_steps"] // 2), "checkpoint_every": max(1, plan["gan_steps"] // 2),
         **settings, "dataset": paths["data"], "sdf_run": paths["sdf-run"], "steps": plan["gan_steps"],
@@ -146,12 +161,18 @@ def run_demo(args):
     losses = train_gan(gan_config, paths["gan-run"], progress=not args.no_progress)
     gan_seconds = time.perf_counter() - train_start
     print(f"   {gan_config.steps} iterations in {gan_seconds:.0f} s ({gan_seconds / gan_config.steps:.2f} s each)")
+    # Whether it learnt: G_ema's weight-free Frechet distance to the data, at the start and the end.
+    with open(os.path.join(paths["gan-run"], "train_log.csv")) as f:
+        logged = [(int(row["step"]), float(row["fd_random"])) for row in csv.DictReader(f) if row["fd_random"]]
+    fd = {"start": logged[0][1], "end": logged[-1][1], "end_over_start": logged[-1][1] / logged[0][1],
+          "by_step": dict(logged)}
+    print(f"   fd_random of G_ema's images to the data: {fd['start']:.2f} at the start, {fd['end']:.2f} at the end "
+          f"({fd['end_over_start']:.2f} of it)")
     stage_two = {"preset": plan["gan_preset"], "steps": gan_config.steps, "batch": gan_config.batch,
                  "train_seconds": gan_seconds, "seconds_per_iteration": gan_seconds / gan_config.steps,
-                 "last_losses": losses, "config": gan_config.to_dict()}
+                 "fd_random": fd, "last_losses": losses, "config": gan_config.to_dict()}
 
     # 6. Generation
-    seeds = parse_seeds(plan["seeds"])
     stage(6, f"generation: seeds {plan['seeds']}, sweeps of {', '.join(SWEEPS)} ({plan['frames']} frames) -> "
              f"{paths['generated']}")
     os.makedirs(paths["generated"], exist_ok=True)
@@ -338,6 +359,9 @@ demo.json.</p>
 {image('dataset.png', 'the first images of the synthetic dataset')}
 <h2>Stage II: the generator ({two['steps']} iterations, preset {html.escape(two['preset'])},
 {two['seconds_per_iteration']:.2f} s each)</h2>
+<p>The weight-free Frechet distance (fd_random) of G_ema's images to the data:
+{two['fd_random']['start']:.2f} at the start, {two['fd_random']['end']:.2f} at the end
+({two['fd_random']['end_over_start']:.2f} of it).</p>
 {''.join(image(f'gan-run/images/{g}', f'G_ema at {g[4:-4].lstrip("0") or "0"}: the image above the raw neural image')
          for g in grids)}
 <h2>Generation</h2>

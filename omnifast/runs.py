@@ -17,7 +17,7 @@ import torch
 
 CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
-_TEMPORARY = re.compile(r"\.tmp(\d+)$")
+_TEMPORARY = re.compile(r"^(?:config\.json|checkpoint\.pt)\.tmp(\d+)$")  # a run folder's own files
 # The settings of every kind of run that name a file or folder the run depends on.
 PATH_SETTINGS = ("dataset", "sdf_run", "flame_dir")
 
@@ -39,9 +39,14 @@ def atomic_write(path, write, binary=True):
     except (OSError, RuntimeError) as error:
         # A full disk, a lost mount, a read-only folder (torch.save reports its failed writes as
         # RuntimeError): one error that names the file and says what is left of it.
-        if isinstance(error, RuntimeError) and "writ" not in str(error).lower():
+        # torch.save reports a failed write as a RuntimeError (its own message, the OSError as
+        # its context); any other RuntimeError is not a write failure.
+        text = str(error).lower()
+        if isinstance(error, RuntimeError) and not (isinstance(error.__context__, OSError) or "writ" in text
+                                                     or "inline_container" in text):
             raise
-        reason = getattr(error, "strerror", None) or str(error).strip().splitlines()[-1]
+        cause = error.__context__ if isinstance(error.__context__, OSError) else error
+        reason = getattr(cause, "strerror", None) or str(cause).strip().splitlines()[-1]
         kept = "the file already there is kept" if os.path.exists(path) else "nothing was written"
         raise OSError(f"{path}: could not be written ({reason}); {kept}") from error
     finally:
@@ -91,9 +96,10 @@ def stored_paths(settings, run_dir):
 
 
 def resolved_paths(settings, run_dir):
-    """The recorded settings with each path absolute, from any working directory: the one
-    relative to the run where it exists, else the absolute one (else, for a run recorded
-    before, the path as typed from the working directory, or the relative one to report)."""
+    """The recorded settings with each path absolute, from any working directory: the recorded
+    absolute path where it exists (a run copied next to other data keeps its own), else the one
+    relative to the run (the project folder was moved), else, for a run recorded before,
+    the path as typed from the working directory; if none exists, the recorded one (to report)."""
     if not isinstance(settings, dict):
         return settings
     settings = dict(settings)
@@ -103,8 +109,10 @@ def resolved_paths(settings, run_dir):
         recorded = settings.get(key)
         if not isinstance(recorded, str):
             continue
-        candidates = [os.path.normpath(os.path.join(run, relative[key]))] if key in relative else []
-        candidates += [os.path.normpath(os.path.join(run, recorded)), os.path.abspath(recorded)]
+        if os.path.isabs(recorded):
+            candidates = [recorded] + ([os.path.normpath(os.path.join(run, relative[key]))] if key in relative else [])
+        else:
+            candidates = [os.path.normpath(os.path.join(run, recorded)), os.path.abspath(recorded)]
         settings[key] = next((c for c in candidates if os.path.exists(c)), candidates[0])
     return settings
 
@@ -122,6 +130,9 @@ def check_output(path, flag, extensions=None, what="file"):
     folder the command makes (a run folder)."""
     if what == "file" and os.path.isdir(path):
         raise ValueError(f"{flag} {path} is a folder; give a file name")
+    in_run = os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), CHECKPOINT))
+    if what == "file" and in_run and os.path.basename(path) in (CONFIG, CHECKPOINT):
+        raise ValueError(f"{flag} {path} is a run's own file; give another name")
     if extensions and os.path.splitext(str(path))[1].lower() not in extensions:
         raise ValueError(f"{flag} must end in {' or '.join(extensions)} (the format written), got {str(path)!r}")
     path = os.path.abspath(path)

@@ -32,6 +32,14 @@ def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys):
     assert summary["stage_one"]["steps"] == 3 and summary["stage_one"]["metrics"]["meshes"] == 1
     assert summary["stage_one"]["passed"] is False
     assert summary["dataset"]["count"] == 8 and summary["stage_two"]["steps"] == 2
+    fd = summary["stage_two"]["fd_random"]  # G_ema's quality proxy at the start (step 0) and the end
+    assert set(fd["by_step"]) == {"0", "1", "2"} and fd["start"] == fd["by_step"]["0"] > 0
+    assert fd["end_over_start"] == fd["by_step"]["2"] / fd["start"]
+    # A second demo into the same folder replaces its own files; a folder of the user's is refused.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert cli_main(["demo", "--out", str(tmp_path / "mine"), "--device", "cpu"]) == 2
+    assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
     assert set(summary["stage_seconds"]) == {str(n) for n in range(1, 9)}
     assert summary["control"]["samples"] == 1 and summary["control"]["quality"]["images"] == 4
     assert summary["control"]["geometry"]["surface_mm"]["p95"] < 5  # the exact prior: on the FLAME mesh

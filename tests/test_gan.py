@@ -51,7 +51,10 @@ def test_one_step_of_every_phase_moves_every_trainable_parameter(stage_one):
     assert all(math.isfinite(v) for v in terms.values())
     still = [n for n, p in run.G.named_parameters() if p.requires_grad and torch.equal(p, before[n])]
     still += [n for n, p in run.D.named_parameters() if torch.equal(p, before[n])]
-    assert not still, f"parameters that did not move: {still}"
+    # EG3D's super-resolution runs without noise (superresolution_noise_mode 'none'): its noise
+    # strengths are the only parameters no loss reaches.
+    unused = [n for n in still if n.startswith("superresolution.") and n.endswith("noise_strength")]
+    assert unused and not set(still) - set(unused), f"parameters that did not move: {still}"
     for name, p in run.G.renderer.warp.named_parameters():
         assert not p.requires_grad and torch.equal(p, before["warp." + name]), name
     # G_ema moved towards G
@@ -133,8 +136,8 @@ def test_a_non_finite_loss_is_reported_before_anything_is_written(stage_one, tmp
         train_gan(config, out, progress=False)
     assert RunFolder(out).load_checkpoint()["step"] == 1
     rows = open(os.path.join(out, "train_log.csv")).read().splitlines()
-    assert len(rows) == 2 and "nan" not in rows[-1]  # the header and step 1
-    assert sorted(os.listdir(os.path.join(out, "images"))) == ["step000001.png"]
+    assert len(rows) == 3 and "nan" not in rows[-1]  # the header, the start and step 1
+    assert sorted(os.listdir(os.path.join(out, "images"))) == ["step000000.png", "step000001.png"]
 
 
 STEPS_EVERY_PHASE = 3  # r1_interval and density_reg_interval 2: steps 0 and 2 regularise, step 1 does not
@@ -184,12 +187,16 @@ def test_two_processes_make_the_single_process_update(stage_one, tmp_path):
     for step, (ours, theirs) in enumerate(zip(ddp["steps"], single_steps)):
         for key in ("G", "D"):
             assert set(ours[key]) == set(theirs[key]), (step, key)
+            # Compared by norm: the L1 density regulariser's sign may flip at a point whose two
+            # SDF corrections agree to rounding (a few elements), and a gradient that is zero but
+            # for rounding (the decoder's bias there) is compared at the module's scale.
+            module_norm = sum(grad.square().sum() for grad in theirs[key].values()).sqrt()
             for name, grad in theirs[key].items():
                 if "noise_strength" in name:  # its gradient is each process's own noise
                     continue
-                scale = float(grad.abs().max()) + 1e-12
-                torch.testing.assert_close(ours[key][name], grad, rtol=1e-3, atol=1e-4 * scale,
-                                           msg=f"step {step}: {key}.{name}")
+                error = (ours[key][name] - grad).norm()
+                assert error <= 1e-3 * grad.norm() + 1e-5 * module_norm, (step, key, name, float(error),
+                                                                           float(grad.norm()))
     torch.testing.assert_close(ddp["w_avg"], single.G.mapping.w_avg, rtol=1e-5, atol=1e-6)
 
 
@@ -228,11 +235,11 @@ def test_torchrun_trains_every_phase_with_grids_and_resumes_exactly(stage_one, t
     for key in ("G", "D", "G_ema"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
-    assert sorted(os.listdir(os.path.join(straight, "images"))) == ["step000002.png", "step000004.png",
+    assert sorted(os.listdir(os.path.join(straight, "images"))) == ["step000000.png", "step000002.png", "step000004.png",
                                                                     "step000005.png"]
     rows = open(os.path.join(straight, "train_log.csv")).read().splitlines()
     header = rows[0].split(",")
-    assert len(rows) == 6 and all(row.split(",")[header.index("r1")] for row in rows[1::2])  # steps 1, 3, 5 ran R1
+    assert len(rows) == 7 and all(row.split(",")[header.index("r1")] for row in rows[2::2])  # steps 1, 3, 5 ran R1
 
 
 def test_a_tiny_run_trains_and_logs(stage_one, tmp_path):
@@ -241,8 +248,9 @@ def test_a_tiny_run_trains_and_logs(stage_one, tmp_path):
     assert all(math.isfinite(v) for v in terms.values())
     files = os.listdir(tmp_path / "run")
     assert {"config.json", "checkpoint.pt", "train_log.csv", "images"} <= set(files)
-    assert sorted(os.listdir(tmp_path / "run" / "images")) == ["step000025.png", "step000050.png"]
-    assert len(open(tmp_path / "run" / "train_log.csv").read().splitlines()) == 51
+    assert sorted(os.listdir(tmp_path / "run" / "images")) == ["step000000.png", "step000025.png", "step000050.png"]
+    rows = open(tmp_path / "run" / "train_log.csv").read().splitlines()
+    assert len(rows) == 52 and rows[1].startswith("0,")  # the header, the start, 50 iterations
     assert os.listdir(tmp_path / "run" / "tensorboard")
 
 
@@ -293,7 +301,8 @@ def test_resume_honours_the_operational_settings_it_is_given(stage_one, tmp_path
     out = str(tmp_path / "run")
     train_gan(config_for(stage_one, steps=1), out, progress=False)
     train_gan(config_for(stage_one, steps=3, image_every=1, checkpoint_every=1), out, resume=True, progress=False)
-    assert sorted(os.listdir(tmp_path / "run" / "images")) == ["step000001.png", "step000002.png", "step000003.png"]
+    assert sorted(os.listdir(tmp_path / "run" / "images")) == ["step000000.png", "step000001.png", "step000002.png",
+                                                               "step000003.png"]
     assert RunFolder(out).read_config()["image_every"] == 1
 
 
@@ -550,7 +559,7 @@ def test_a_new_run_refuses_a_folder_that_is_not_a_stage_two_run(stage_one, tmp_p
     ("r1_gamma", "1", "r1_gamma must be a finite number >= 0, got '1'"),
     ("gpc_prob", 1.5, r"gpc_prob must be a probability in \[0, 1\], got 1.5"),
     ("seed", 2 ** 64, r"seed must be an integer in \[0, 2\^63\), got 18446744073709551616"),
-    ("nrr_fade_steps", 0, "nrr_fade_steps must be a positive integer, got 0"),
+    ("nrr_fade_kimg", 0, "nrr_fade_kimg must be a finite number > 0, got 0"),
 ])
 def test_nonsense_settings_are_refused_by_name(tmp_path, name, value, message):
     with pytest.raises(RunError, match=message):

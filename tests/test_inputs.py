@@ -32,9 +32,12 @@ def sdf_config(flame, **changes):
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
+    return make_project(tmp_path_factory.mktemp("project") / "heads")
+
+
+def make_project(root):
     """A project folder as a user makes one: FLAME, a stage I run, a dataset and a stage II run,
     each made with relative paths from the project folder itself."""
-    root = tmp_path_factory.mktemp("project") / "heads"
     root.mkdir()
     cwd = os.getcwd()
     os.chdir(root)
@@ -51,14 +54,19 @@ def project(tmp_path_factory):
 
 
 def error_line(capsys, argv, *fragments):
-    """Run the command in this process: it must exit 2 with one line naming each fragment."""
+    """Run the command in this process: it must exit 2 with one line naming each fragment (after
+    argparse's usage, for a flag's own type)."""
     capsys.readouterr()
-    assert cli_main([str(a) for a in argv]) == 2
+    try:
+        code, parsed = cli_main([str(a) for a in argv]), True
+    except SystemExit as exit:
+        code, parsed = exit.code, False
+    assert code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(lines) == 1, lines
+    assert lines and (len(lines) == 1 or not parsed), lines
     for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
+        assert fragment in lines[-1], (fragment, lines[-1])
+    return lines[-1]
 
 
 # ---- run folders from anywhere, and moved
@@ -69,8 +77,7 @@ def test_runs_record_their_paths_and_work_after_a_move(project, tmp_path, monkey
     assert gan["relative_paths"] == {"dataset": "../data", "sdf_run": "../sdf"}
     assert (gan["dataset"], sdf["flame_dir"]) == (str(project / "data"), str(project / "flame"))  # made relative
     assert sdf["relative_paths"] == {"flame_dir": "../flame"}
-    moved = tmp_path / "elsewhere" / "heads"
-    shutil.copytree(project, moved)
+    moved = make_project(tmp_path / "heads")
     elsewhere = tmp_path / "cwd"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # neither the old folder nor the project's
@@ -202,7 +209,7 @@ def test_images_of_mixed_sizes_and_a_truncated_zip_are_named(project, tmp_path):
     dataset = ImageDataset(str(mixed))
     Image.new("RGB", (16, 16)).save(mixed / dataset.files[3])
     with pytest.raises(ValueError, match=f"image {dataset.files[3]} is 16x16, the dataset's images are 32x32"):
-        ImageDataset(str(mixed))[3]
+        ImageDataset(str(mixed))  # found when the dataset is opened, before any training
     archive = tmp_path / "data.zip"
     with zipfile.ZipFile(archive, "w") as z:
         for name in [*dataset.files, "dataset.json"]:
@@ -239,6 +246,21 @@ def test_images_of_mixed_sizes_and_a_truncated_zip_are_named(project, tmp_path):
     (["generate", "{gan}", "--out", "{tmp}/x.png", "--device", "cuda"], ["--device cuda: this machine has no CUDA"]),
     (["train-gan", "--out", "{tmp}/run", "--data", "{data}", "--sdf-run", "{sdf}", "--device", "tpu"],
      ["--device must be cpu, cuda or cuda:N, got 'tpu'"]),
+    (["generate", "{gan}", "--out", "{tmp}/x.png", "--truncation", "nan"], ["--truncation must be a finite number"]),
+    (["eval-gan", "{gan}", "--seed", "-1"], ["argument --seed", "[0, 9223372036854775808)"]),
+    (["make-dataset", "{tmp}/d", "--flame-dir", "{flame}", "--seed", "99999999999999999999"], ["argument --seed"]),
+    (["make-flame", "{tmp}/f", "--seed", "-1"], ["argument --seed"]),
+    (["make-flame", "{sdf}"], ["is not empty", "synthetic FLAME model"]),
+    (["eval-sdf", "{sdf}", "--json", "{sdf}/config.json"], ["is a run's own file"]),
+    (["eval-sdf", "{sdf}", "--meshes", "100000000"], ["--meshes 100000000", "GiB"]),
+    (["eval-gan", "{gan}", "--samples", "100000000"], ["--samples 100000000", "GiB"]),
+    (["export-sdf", "{sdf}", "--out", "{tmp}/m.ply", "--previews", "{tmp}/p.png", "--preview-size", "100000"],
+     ["--preview-size 100000", "GiB"]),
+    (["train-gan", "--out", "{sdf}", "--resume", "--device", "cpu"], ["is not a stage II run"]),
+    (["train-gan", "--out", "{tmp}/run", "--data", "{data}", "--sdf-run", "{sdf}", "--device", "cpu",
+      "--nrr-final", "64"], ["nrr_final 64 exceeds the dataset's images (32^2)"]),
+    (["demo", "--out", "{data}"], ["is not empty and not a demo folder"]),
+    (["demo", "--out", "{tmp}/demo", "--gan-config", "{tmp}/missing.json"], ["missing.json: no such settings file"]),
 ])
 def test_user_errors_are_one_line_before_any_work(project, tmp_path, capsys, argv, fragments):
     if "cuda" in argv and torch.cuda.is_available():
@@ -250,6 +272,44 @@ def test_user_errors_are_one_line_before_any_work(project, tmp_path, capsys, arg
     assert sorted(os.listdir(tmp_path)) == before  # nothing was written
 
 
+def test_a_copied_run_keeps_its_own_data_and_refuses_another_process_count(project, tmp_path, capsys):
+    # Copied next to other data, a run keeps what it recorded (while that exists).
+    copy = tmp_path / "other" / "gan"
+    shutil.copytree(project / "gan", copy)
+    make_dataset(str(tmp_path / "other" / "data"), str(project / "flame"), count=2, resolution=32, n_shape=10,
+                 n_expr=10, seed=5, progress=False, log=lambda *a: None)
+    assert RunFolder(str(copy)).read_config()["dataset"] == str(project / "data")
+    state = RunFolder(str(copy)).load_checkpoint()
+    state["meta"]["processes"] = 2
+    RunFolder(str(copy)).save_checkpoint(state)
+    error_line(capsys, ["train-gan", "--out", copy, "--resume", "--steps", "3", "--device", "cpu"],
+               "trained by 2 process(es)", "--nproc_per_node 2")
+
+
+def test_only_a_runs_own_temporaries_are_cleaned_and_the_generator_checks_first(project, tmp_path, capsys):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.tex.tmp4242").write_text("keep")
+    error_line(capsys, ["train-gan", "--out", mine, "--data", project / "data", "--sdf-run", project / "sdf",
+                        "--device", "cpu"], "not a stage II run")
+    assert (mine / "thesis.tex.tmp4242").read_text() == "keep"
+    from omnifast.gan.generate import HeadGenerator
+
+    G = HeadGenerator(str(project / "gan")).G
+    labels = ImageDataset(str(project / "data")).labels[:2]
+    before = G.mapping.w_avg.clone()
+    bad = labels.clone()
+    bad[0, 3] = float("nan")
+    for z, c, message in ((torch.zeros(2, G.config.z_dim), bad, "not finite"),
+                          (torch.zeros(3, G.config.z_dim), labels, "the N of the labels"),
+                          (torch.zeros(2, G.config.z_dim, dtype=torch.float64), labels, "one dtype")):
+        with pytest.raises(ValueError, match=message):
+            G(z, c, update_w_avg=True)
+    with pytest.raises(ValueError, match="truncation_psi must be a finite number"):
+        G.map(torch.zeros(2, G.config.z_dim), labels, truncation_psi=float("nan"))
+    assert torch.equal(G.mapping.w_avg, before)
+
+
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(project, tmp_path, monkeypatch, capsys):
     shutil.copytree(project, tmp_path / "heads")
     run = tmp_path / "heads" / "gan"
@@ -257,15 +317,17 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(project, tmp_path, m
     real_save = torch.save
 
     def full_disk(obj, f, *args, **kwargs):
-        if not isinstance(f, str):
+        if not isinstance(f, str):  # torch's own report: its message, the OSError as the context
             f.write(b"partial")
-            raise RuntimeError("[enforce fail at inline_container.cc:626] . PytorchStreamWriter failed writing "
-                               "file data/0: file write failed")
+            try:
+                raise OSError(28, "No space left on device")
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 606400 vs 606292")  # noqa: B904 (as torch: the OSError is the context)
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", full_disk)
     error_line(capsys, ["train-gan", "--out", run, "--resume", "--steps", "3", "--device", "cpu", "--no-progress"],
-               "checkpoint.pt: could not be written", "file write failed", "the file already there is kept")
+               "checkpoint.pt: could not be written", "No space left on device", "the file already there is kept")
     assert (run / "checkpoint.pt").read_bytes() == before
     assert not [name for name in os.listdir(run) if ".tmp" in name]
 

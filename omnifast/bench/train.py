@@ -97,7 +97,7 @@ def static_bytes(run):
     and the optimisers' states (the same for both backends)."""
     tensors = [*run.G.parameters(), *run.G.buffers(), *run.D.parameters(), *run.D.buffers(),
                *run.G_ema.parameters(), *run.G_ema.buffers()]
-    tensors += [p.grad for p in (*run.G.parameters(), *run.D.parameters()) if p.requires_grad]
+    tensors += [p.grad for p in (*run.G.parameters(), *run.D.parameters()) if p.grad is not None]
     for optimizer in (run.opt_G, run.opt_D):
         tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
     unique = {t.data_ptr(): t.numel() * t.element_size() for t in tensors}  # G_ema shares the frozen warp

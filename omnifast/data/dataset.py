@@ -89,6 +89,27 @@ class ImageDataset(torch.utils.data.Dataset):
             layout.check(self.labels[:, LABEL_SIZE:], where, self.files)
         self.resolution = None
         self.resolution = self[0][0].shape[-1]
+        self._check_sizes()
+
+    def _check_sizes(self):
+        """Every image's size from its header (no decoding): a dataset of mixed sizes, or an
+        image whose header cannot be read, is refused when the dataset is opened, by name."""
+        from PIL import Image
+
+        for name in self.files:
+            try:
+                if self.is_zip:
+                    with self._zipfile().open(name) as f:
+                        size = Image.open(f).size
+                else:
+                    with open(os.path.join(self.path, name), "rb") as f:
+                        size = Image.open(f).size
+            except (OSError, zipfile.BadZipFile, EOFError) as error:
+                raise OSError(f"{self.path}: image {name} cannot be read ({error})") from None
+            if size != (self.resolution, self.resolution):
+                raise ValueError(f"{self.path}: image {name} is {size[0]}x{size[1]}, the dataset's images are "
+                                 f"{self.resolution}x{self.resolution} (its first image's size): a dataset's images "
+                                 "must all have one size")
 
     def _names(self):
         if self.is_zip:

@@ -1,12 +1,13 @@
 """The ``omnifast train-gan`` (one process, or several under torchrun) and ``omnifast generate``
 commands."""
 import json
+import math
 
 import numpy as np
 
 
 def add_parsers(sub):
-    from ..sdf.commands import at_least, positive_float
+    from ..sdf.commands import SEED, at_least, positive_float
 
     train = sub.add_parser("train-gan", help="train OmniAvatar's generator (stage II) on a dataset")
     train.add_argument("--data", help="the dataset folder or zip (make-dataset; required for a new run)")
@@ -23,7 +24,7 @@ def add_parsers(sub):
     train.add_argument("--nrr-final", type=at_least(8), help="neural rendering resolution to fade to")
     train.add_argument("--lr-g", type=positive_float)
     train.add_argument("--lr-d", type=positive_float)
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=SEED)
     train.add_argument("--device", help="cpu or cuda, also when resuming (default: cuda when available; "
                        "under torchrun: cuda:LOCAL_RANK)")
     train.add_argument("--image-every", type=at_least(1), help="iterations between image grids (default 100)")
@@ -54,7 +55,7 @@ def add_parsers(sub):
     ev = sub.add_parser("eval-gan", help="control accuracy of a stage II run against the FLAME mesh")
     ev.add_argument("run", help="a train-gan run folder")
     ev.add_argument("--samples", type=at_least(1), default=8, help="random seeds, FLAME parameters and cameras (8)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=SEED, default=0)
     ev.add_argument("--mesh-resolution", type=at_least(16), default=64, help="marching cubes grid (default 64)")
     ev.add_argument("--quality-images", type=at_least(0), default=64,
                     help="dataset and generated images for the image quality (default 64; 0: skip)")
@@ -96,6 +97,8 @@ def generate_command(args):
     seeds = parse_seeds(args.seeds)
     if args.video and not args.sweep:
         raise ValueError("--video needs --sweep (what the video moves)")
+    if not math.isfinite(args.truncation):
+        raise ValueError(f"--truncation must be a finite number, got {args.truncation}")
     check_output(args.out, "--out", (".png",))
     if args.video:
         check_output(args.video, "--video", (".mp4", ".gif"))
@@ -211,6 +214,8 @@ def train_gan_command(args):
     # what a resumed run trains). The device is the command line's, as for a new run.
     device = device_of(args.device)
     settings = RunFolder(args.out).read_config() if args.resume else {}
+    if args.resume and not {"dataset", "sdf_run"} <= set(settings):
+        raise RunError(f"{args.out} is not a stage II run (its config.json names no dataset and stage I run)")
     if args.config:
         settings.update(read_settings(args.config))
     settings.update({k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None})

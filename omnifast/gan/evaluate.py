@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from ..geometry.cameras import camera_rays
 from ..ops.mesh import barycentric_interpolate, mesh_index
+from ..runs import check_memory
 from ..sdf.data import ParamDistribution
 from .generate import HeadGenerator
 
@@ -112,6 +113,11 @@ def evaluate_gan(run_dir, samples=8, device="cpu", backend="omnifast", seed=0, m
 
     detector = InceptionFeatures(inception, device) if inception else None
     generator = HeadGenerator(run_dir, device, backend)
+    # Each sample's per-pixel errors (a few float64 images at the neural resolution) are held
+    # until the end, and the quality's real and generated images together.
+    pixels = generator.G.neural_rendering_resolution ** 2
+    check_memory(samples * pixels * 8 * 8 + quality_images * generator.G.image_resolution ** 2 * 3 * 4,
+                 f"--samples {samples} and --quality-images {quality_images}")
     if quality_images:  # checked before the evaluation's work, not after it
         available = len(ImageDataset(generator.config.dataset, generator.layout))
         if min(quality_images, available) < 2:

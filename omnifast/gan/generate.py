@@ -184,5 +184,5 @@ def _meta_from_dataset(config):
     except (FileNotFoundError, ValueError) as error:
         raise RunError(f"this run's checkpoint predates its stored image size and camera, and its dataset "
                        f"cannot be read: {error}") from None
-    return {"image_resolution": dataset.resolution, "nrr": nrr_at(config, 10 ** 9),
+    return {"image_resolution": dataset.resolution, "nrr": nrr_at(config, 10 ** 15),
             "camera_pivot": dataset.meta.get("camera_pivot"), "camera_radius": dataset.meta.get("camera_radius")}

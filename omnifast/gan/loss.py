@@ -11,16 +11,17 @@ from ..geometry.cameras import LABEL_SIZE
 
 
 def blur(images, sigma):
-    """Gaussian blur of ``sigma`` pixels (EG3D fades it out early in training)."""
-    if sigma <= 0:
+    """EG3D's blur of ``sigma`` pixels: the separable kernel ``2^-(x / sigma)^2`` for
+    ``|x| <= floor(3 sigma)``, normalised, zero padding (``upfirdn2d.filter2d``)."""
+    radius = math.floor(sigma * 3)
+    if radius <= 0:
         return images
-    radius = int(math.ceil(sigma * 2))
-    x = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
+    x = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
+    kernel = torch.exp2(-(x / sigma).square())
+    kernel = (kernel / kernel.sum()).to(images.dtype)
     c = images.shape[1]
-    out = F.conv2d(images, kernel.view(1, 1, 1, -1).repeat(c, 1, 1, 1), padding=(0, radius), groups=c)
-    return F.conv2d(out, kernel.view(1, 1, -1, 1).repeat(c, 1, 1, 1), padding=(radius, 0), groups=c)
+    out = F.conv2d(images, kernel.view(1, 1, 1, -1).expand(c, 1, 1, -1), padding=(0, radius), groups=c)
+    return F.conv2d(out, kernel.view(1, 1, -1, 1).expand(c, 1, -1, 1), padding=(radius, 0), groups=c)
 
 
 def resize(images, resolution):
@@ -44,13 +45,34 @@ def geometry_prior(delta, prior_sdf, sigma):
 
 
 def run_discriminator(D, image, image_raw, c, blur_sigma):
-    sigma_raw = blur_sigma * image_raw.shape[-1] / image.shape[-1]
-    return D(blur(image, blur_sigma), blur(image_raw, sigma_raw), c)
+    """EG3D's ``run_D``: the blur on the (super-resolved) image only; the raw image as it is."""
+    return D(blur(image, blur_sigma), image_raw, c)
+
+
+def generator_loss(fake_logits):
+    """The non-saturating loss ``softplus(-D(G(z)))``, averaged."""
+    return F.softplus(-fake_logits).mean()
+
+
+def discriminator_loss(fake_logits, real_logits):
+    """``softplus(D(G(z))) + softplus(-D(x))``, each averaged: ``(fake term, real term)``."""
+    return F.softplus(fake_logits).mean(), F.softplus(-real_logits).mean()
 
 
 def r1_penalty(D, image, image_raw, c, blur_sigma):
-    """R1 on both images: ``|d D / d (image, raw)|^2`` summed per sample."""
+    """R1 on the real images: ``|d D / d image|^2 + |d D / d raw|^2`` per sample (EG3D's dual
+    R1), through the same blur D sees."""
     image, image_raw = image.detach().requires_grad_(True), image_raw.detach().requires_grad_(True)
     logits, _ = run_discriminator(D, image, image_raw, c, blur_sigma)
     grads = torch.autograd.grad(logits.sum(), [image, image_raw], create_graph=True)
     return sum(g.square().sum([1, 2, 3]) for g in grads)
+
+
+def control_loss(regressed, target):
+    """The regression head's squared error against the labels' expression and jaw, averaged."""
+    return (regressed - target).square().mean()
+
+
+def density_regularisation(delta, delta_moved):
+    """EG3D's density regularisation (L1) on the correction: ``mean |delta(x) - delta(x + eps)|``."""
+    return (delta - delta_moved).abs().mean()

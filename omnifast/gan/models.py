@@ -12,7 +12,15 @@ from torch import nn
 from ..geometry.cameras import LABEL_SIZE
 from ..render import OSGDecoder, Renderer
 from ..render.decoder import FullyConnected
-from .networks import DiscriminatorBlock, MappingNetwork, SuperResolution, SynthesisNetwork, channels_at, lrelu
+from .networks import (
+    DiscriminatorBlock,
+    DiscriminatorEpilogue,
+    MappingNetwork,
+    SuperResolution,
+    SynthesisNetwork,
+    channels_at,
+    setup_filter,
+)
 
 
 @dataclasses.dataclass
@@ -34,10 +42,11 @@ class GeneratorConfig:
     background_resolution: int = 64
     sr_channel_base: int = 32768
     sr_channel_max: int = 512
+    sr_input_resolution: int = 0  # 0: EG3D's per module (64 for 128^2 images, 128 for 256^2 and 512^2)
+    sr_noise: bool = False        # EG3D's superresolution_noise_mode 'none'
 
 
-def _flat(x):
-    return x.reshape(x.shape[0], -1)
+EG3D_SR_INPUT = {128: 64, 256: 128, 512: 128}
 
 
 class Generator(nn.Module):
@@ -60,7 +69,10 @@ class Generator(nn.Module):
         self.neural_rendering_resolution = neural_resolution
         self.backbone = SynthesisNetwork(c.w_dim, c.grid_resolution, 3 * c.grid_channels * c.triplane_depth,
                                          c.channel_base, c.channel_max)
-        self.superresolution = SuperResolution(c.feature_channels, neural_resolution, image_resolution, c.w_dim,
+        # The super-resolution module's input size is fixed (the rendered image is resized to it),
+        # so the neural rendering resolution may change during training.
+        sr_input = c.sr_input_resolution or EG3D_SR_INPUT.get(image_resolution, neural_resolution)
+        self.superresolution = SuperResolution(c.feature_channels, sr_input, image_resolution, c.w_dim,
                                                channel_base=c.sr_channel_base, channel_max=c.sr_channel_max)
         num_ws = self.backbone.num_ws + 1  # the last w drives the super-resolution module
         self.mapping = MappingNetwork(c.z_dim, LABEL_SIZE, c.w_dim, num_ws, c.mapping_layers)
@@ -74,8 +86,21 @@ class Generator(nn.Module):
         self.background = (SynthesisNetwork(c.w_dim, c.background_resolution, c.feature_channels,
                                             c.channel_base // 4, c.channel_max // 2) if c.background else None)
 
-    def map(self, z, c, truncation_psi=1.0, update_w_avg=False):
-        return self.mapping(z, c[:, :LABEL_SIZE], truncation_psi, update_w_avg)
+    def map(self, z, c, truncation_psi=1.0, update_w_avg=False, truncation_cutoff=None):
+        """``ws [N, num_ws, w_dim]`` for latents ``z [N, z_dim]`` and labels ``c`` (checked first:
+        nothing, the tracked average w included, is touched by a bad input)."""
+        self.renderer.split_labels(c)
+        if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() != 2 \
+                or z.shape != (c.shape[0], self.config.z_dim):
+            got = f"{z.dtype} {list(z.shape)}" if isinstance(z, torch.Tensor) else type(z).__name__
+            raise ValueError(f"z must be a floating-point [N, {self.config.z_dim}] tensor with the N of the labels "
+                             f"({c.shape[0]}), got {got}")
+        if z.dtype != c.dtype:
+            raise ValueError(f"z and the labels must have one dtype, got {z.dtype} and {c.dtype}")
+        if isinstance(truncation_psi, bool) or not isinstance(truncation_psi, (int, float)) \
+                or not math.isfinite(truncation_psi):
+            raise ValueError(f"truncation_psi must be a finite number, got {truncation_psi!r}")
+        return self.mapping(z, c[:, :LABEL_SIZE], truncation_psi, truncation_cutoff, update_w_avg=update_w_avg)
 
     def planes(self, ws, noise_mode="random"):
         c = self.config
@@ -99,7 +124,7 @@ class Generator(nn.Module):
         if self.config.decoder_activation == "sigmoid":
             features = features * 2 - 1
         raw = features[:, :3]
-        image = self.superresolution(raw, features, ws, noise_mode)
+        image = self.superresolution(raw, features, ws, noise_mode if self.config.sr_noise else "none")
         return {"image": image, "image_raw": raw, "image_depth": out.depth, "opacity": out.opacity,
                 "delta": out.delta, "prior_sdf": out.prior_sdf, "planes": planes}
 
@@ -111,46 +136,38 @@ class Generator(nn.Module):
 
 
 class DualDiscriminator(nn.Module):
-    """EG3D's dual discriminator on 6 channels (the image and the raw image upsampled with an
-    antialiased bilinear filter), conditioned by projection on the full label (camera and
-    FLAME), with a regression head for expression and jaw (OmniAvatar's control loss). With
-    ``autocast`` it runs in bfloat16 (EG3D: fp16 in its top layers), answering in float32."""
+    """EG3D's ``DualDiscriminator`` on 6 channels (the image and the raw image resized to it
+    with an antialiased bilinear filter): residual blocks ``b{resolution}`` down to 8^2, the
+    epilogue ``b4``, and the label (camera and FLAME) through an 8-layer mapping at learning
+    rate 0.01 for the projection; ``conv_clamp`` 256 as in EG3D. omnifast adds ``regress``, a
+    head on the epilogue's last features that regresses expression and jaw (OmniAvatar's control
+    loss). With ``autocast`` the blocks run in bfloat16 (EG3D: fp16 in its top layers), the
+    epilogue in float32."""
     autocast = False
 
     def __init__(self, resolution, c_dim, regress_dim, channel_base=32768, channel_max=512, cmap_dim=None,
-                 mbstd_group=4):
+                 mbstd_group=4, conv_clamp=256, mapping_layers=8):
         super().__init__()
         self.resolution, self.c_dim, self.mbstd_group = resolution, c_dim, mbstd_group
-        resolutions = [2 ** i for i in range(int(math.log2(resolution)), 2, -1)]
+        self.block_resolutions = [2 ** i for i in range(int(math.log2(resolution)), 2, -1)]
         width = lambda r: channels_at(r, channel_base, channel_max)  # noqa: E731
-        self.blocks = nn.ModuleList(DiscriminatorBlock(width(r), width(r // 2), img_channels=6 if i == 0 else 0)
-                                    for i, r in enumerate(resolutions))
-        top = channels_at(4, channel_base, channel_max)
-        self.cmap_dim = cmap_dim or top
-        self.mapping = MappingNetwork(0, c_dim, self.cmap_dim, 1, layers=2, lr_mul=1.0)
-        self.conv = nn.Conv2d(top + 1, top, 3, padding=1)
-        self.fc = FullyConnected(top * 16, top)
-        self.out = FullyConnected(top, self.cmap_dim)
-        self.regress = FullyConnected(top, regress_dim)
-
-    def _minibatch_std(self, x):
-        n = x.shape[0]
-        g = math.gcd(min(self.mbstd_group, n), n)
-        y = x.reshape(g, -1, *x.shape[1:])
-        y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt().mean([1, 2, 3])
-        y = y.reshape(-1, 1, 1, 1).repeat(g, 1, *x.shape[2:])
-        return torch.cat([x, y], 1)
+        for r in self.block_resolutions:
+            setattr(self, f"b{r}", DiscriminatorBlock(width(r) if r < resolution else 0, width(r), width(r // 2), r,
+                                                      img_channels=6, conv_clamp=conv_clamp))
+        self.cmap_dim = cmap_dim or width(4)
+        self.mapping = MappingNetwork(0, c_dim, self.cmap_dim, None, layers=mapping_layers)
+        self.b4 = DiscriminatorEpilogue(width(4), self.cmap_dim, mbstd_group_size=mbstd_group, conv_clamp=conv_clamp)
+        self.register_buffer("resample_filter", setup_filter())
+        self.regress = FullyConnected(width(4), regress_dim)
 
     def forward(self, image, image_raw, c):
         """``(logits [N], regressed expression and jaw [N, regress_dim])``."""
         raw = F.interpolate(image_raw, size=image.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
         x, img = None, torch.cat([image, raw], 1)
         with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            for i, block in enumerate(self.blocks):
-                x = block(x, img if i == 0 else None)
-            x = lrelu(self.conv(self._minibatch_std(x)))
-            h = lrelu(self.fc(_flat(x)))
-        h = h.float()
-        cmap = self.mapping(None, c)[:, 0]
-        logits = (self.out(h) * cmap).sum(1) / math.sqrt(self.cmap_dim)
-        return logits, self.regress(h)
+            for r in self.block_resolutions:
+                x = getattr(self, f"b{r}")(x, img)
+        with torch.autocast(image.device.type, enabled=False):
+            h = self.b4.features(x)
+            logits = self.b4(h, self.mapping(None, c))
+        return logits[:, 0], self.regress(h)

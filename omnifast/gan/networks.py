@@ -1,8 +1,12 @@
-"""StyleGAN2's networks in plain PyTorch (no custom CUDA plugins): the mapping network, the
-modulated-convolution synthesis network that emits the tri-grid, EG3D's super-resolution blocks
-and StyleGAN2's residual discriminator blocks. As in StyleGAN2, resampling convolutions work at
-the lower resolution: up, a transposed convolution (stride 2) and the [1, 3, 3, 1] blur; down,
-a 2 x 2 average then the convolution. Image branches upsample bilinearly (that same filter)."""
+"""StyleGAN2's networks as EG3D defines them, in plain PyTorch (no custom CUDA plugins): the
+mapping network, the modulated-convolution synthesis network that emits the tri-grid, EG3D's
+super-resolution blocks, and the residual discriminator (blocks, minibatch standard deviation,
+epilogue) with equalised learning rate: weights drawn from N(0, 1) and scaled at run time by
+``1 / sqrt(fan_in)`` (times the learning-rate multiplier), EG3D's bias inits, ``conv_clamp``,
+and the [1, 3, 3, 1] filter for every resampling with EG3D's padding. Module and parameter names
+are EG3D's (``fc0``, ``embed``, ``b64.conv1``, ``b4.out``, ...), so state dicts line up.
+Resampling convolutions work at the lower resolution: up, a transposed convolution (stride 2)
+then the filter; down, the filter then a convolution of stride 2."""
 import math
 
 import numpy as np
@@ -45,29 +49,21 @@ def up2(x):
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
 
 
-def down2(x):
-    return F.avg_pool2d(x, 2)
-
-
-def _blur_kernel():
-    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
-    return (taps[:, None] * taps[None, :]) / taps.sum() ** 2 * 4  # gain 4: the zeros a stride-2 transpose inserts
-
-
 class _Blur(torch.autograd.Function):
-    """The [1, 3, 3, 1] blur of each channel (``padding`` on every side). Linear with a constant
-    kernel, so its backward is the transposed blur and nothing is kept for it (a convolution
-    would keep its input, a full-resolution tensor per upsampling layer)."""
+    """The [1, 3, 3, 1] filter of each channel times ``gain`` (``padding`` on every side). Linear
+    with a constant kernel, so its backward is the transposed filter and nothing is kept for it
+    (a convolution would keep its input, a full-resolution tensor per resampling layer)."""
 
     @staticmethod
-    def forward(ctx, x, padding):
-        ctx.padding, ctx.channels = padding, x.shape[1]
-        return F.conv2d(x, _blur_kernel().to(x).expand(x.shape[1], 1, 4, 4), padding=padding, groups=x.shape[1])
+    def forward(ctx, x, padding, gain):
+        ctx.padding, ctx.channels, ctx.gain = padding, x.shape[1], gain
+        kernel = (setup_filter() * gain).to(x).expand(x.shape[1], 1, 4, 4)
+        return F.conv2d(x, kernel, padding=padding, groups=x.shape[1])
 
     @staticmethod
     def backward(ctx, grad):
-        kernel = _blur_kernel().to(grad).expand(ctx.channels, 1, 4, 4)
-        return F.conv_transpose2d(grad, kernel, padding=ctx.padding, groups=ctx.channels), None
+        kernel = (setup_filter() * ctx.gain).to(grad).expand(ctx.channels, 1, 4, 4)
+        return F.conv_transpose2d(grad, kernel, padding=ctx.padding, groups=ctx.channels), None, None
 
 
 def conv_up2(x, weight, groups=1):
@@ -77,33 +73,44 @@ def conv_up2(x, weight, groups=1):
     out, k = weight.shape[0] // groups, weight.shape[-1]
     transposed = weight.reshape(groups, out, -1, k, k).transpose(1, 2).reshape(-1, out, k, k)
     x = F.conv_transpose2d(x, transposed, stride=2, groups=groups)  # [N, out * groups, 2H + k - 2, ...]
-    return _Blur.apply(x, (5 - k) // 2)  # (2H + k - 2) + 2 pad - 3 = 2H
+    return _Blur.apply(x, (5 - k) // 2, 4.0)  # (2H + k - 2) + 2 pad - 3 = 2H; gain 4: the zeros inserted
 
 
 class MappingNetwork(nn.Module):
-    """z (and an embedded condition c) -> ``num_ws`` copies of w; tracks the average w for
-    truncation. EG3D: 2 layers, lr multiplier 0.01."""
+    """EG3D's mapping: z (and the condition c through ``embed``, both normalised) through
+    ``fc0 ... fc{layers - 1}`` (leaky ReLU, learning rate times ``lr_mul``) -> ``num_ws``
+    copies of w, tracking the average w for truncation (``truncation_cutoff``: only the first
+    ws). G's has 2 layers; the dual discriminator's maps the label alone through 8 layers to its
+    projection (``num_ws`` None: one vector, no average)."""
 
     def __init__(self, z_dim, c_dim, w_dim, num_ws, layers=2, lr_mul=0.01, w_avg_beta=0.998):
         super().__init__()
-        self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.w_avg_beta = z_dim, c_dim, w_dim, num_ws, w_avg_beta
-        self.embed = FullyConnected(c_dim, w_dim) if c_dim else None
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws, self.num_layers = z_dim, c_dim, w_dim, num_ws, layers
+        self.w_avg_beta = w_avg_beta if num_ws is not None else None
+        if c_dim:
+            self.embed = FullyConnected(c_dim, w_dim)
         widths = [z_dim + (w_dim if c_dim else 0)] + [w_dim] * layers  # z_dim 0: the condition only
-        self.fcs = nn.ModuleList(FullyConnected(a, b, lr_mul) for a, b in zip(widths[:-1], widths[1:]))
-        self.register_buffer("w_avg", torch.zeros(w_dim))
+        for i in range(layers):
+            setattr(self, f"fc{i}", FullyConnected(widths[i], widths[i + 1], lr_mul))
+        if self.w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros(w_dim))
 
-    def forward(self, z, c, truncation_psi=1.0, update_w_avg=False):
+    def forward(self, z, c, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False):
         parts = [normalize_2nd_moment(z)] if self.z_dim else []
         if self.c_dim:
             parts.append(normalize_2nd_moment(self.embed(c)))
         x = torch.cat(parts, 1)
-        for fc in self.fcs:
-            x = lrelu(fc(x))
-        if update_w_avg:
+        for i in range(self.num_layers):
+            x = lrelu(getattr(self, f"fc{i}")(x))
+        if update_w_avg and self.w_avg_beta is not None:
             self.w_avg.copy_(x.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
+        if self.num_ws is None:
+            return x
+        x = x.unsqueeze(1).repeat(1, self.num_ws, 1)
         if truncation_psi != 1:
-            x = self.w_avg.lerp(x, truncation_psi)
-        return x.unsqueeze(1).repeat(1, self.num_ws, 1)
+            cutoff = self.num_ws if truncation_cutoff is None else truncation_cutoff
+            x = torch.cat([self.w_avg.lerp(x[:, :cutoff], truncation_psi), x[:, cutoff:]], 1)
+        return x
 
 
 class ModulatedConv(nn.Module):
@@ -251,20 +258,118 @@ class SuperResolution(nn.Module):
         return img.float()
 
 
-class DiscriminatorBlock(nn.Module):
-    """StyleGAN2's residual discriminator block (2x down)."""
+def filter_down(x, padding):
+    """The [1, 3, 3, 1] filter with ``padding`` on each side (EG3D's ``upfirdn2d`` before a
+    stride-2 layer)."""
+    return _Blur.apply(x, padding, 1.0)
 
-    def __init__(self, in_channels, out_channels, img_channels=0):
+
+def bias_act(x, bias=None, gain=1.0, clamp=None, activation="lrelu"):
+    """EG3D's ``bias_act``: add the bias, leaky ReLU (0.2) times sqrt 2, times ``gain``, clamped
+    to +-``clamp`` (``conv_clamp`` times the gain)."""
+    if bias is not None:
+        x = x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
+    if activation == "lrelu":
+        x = lrelu(x)
+    if gain != 1:
+        x = x * gain
+    return x if clamp is None else x.clamp(-clamp, clamp)
+
+
+class Conv2dLayer(nn.Module):
+    """EG3D's ``Conv2dLayer`` (``up`` 1, ``down`` 1 or 2): weight ``[out, in, k, k]`` from
+    N(0, 1) used times ``1 / sqrt(in k^2)``, zero bias (or none), leaky ReLU, ``conv_clamp``."""
+
+    def __init__(self, in_channels, out_channels, kernel_size, bias=True, activation="lrelu", down=1,
+                 conv_clamp=None):
         super().__init__()
-        self.from_image = nn.Conv2d(img_channels, in_channels, 1) if img_channels else None
-        self.conv0 = nn.Conv2d(in_channels, in_channels, 3, padding=1)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.skip = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.activation, self.down, self.conv_clamp = activation, down, conv_clamp
+        self.register_buffer("resample_filter", setup_filter())
+        self.padding = kernel_size // 2
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
 
-    def forward(self, x, img=None):
-        if self.from_image is not None:
-            x = lrelu(self.from_image(img))
-        y = self.skip(down2(x))  # both at half resolution, as StyleGAN2 downsamples before convolving
-        x = lrelu(self.conv0(x))
-        x = lrelu(self.conv1(down2(x)))
-        return (x + y) * math.sqrt(0.5)
+    def forward(self, x, gain=1.0):
+        w = (self.weight * self.weight_gain).to(x.dtype)
+        if self.down == 1:
+            x = F.conv2d(x, w, padding=self.padding)
+        elif w.shape[-1] == 1:  # filter, drop every other pixel, then the 1 x 1 convolution
+            x = F.conv2d(filter_down(x, 1)[:, :, ::2, ::2], w)
+        else:  # filter (padding k // 2 + 1), then the stride-2 convolution
+            x = F.conv2d(filter_down(x, self.padding + 1), w, stride=2)
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, gain, clamp, self.activation)
+
+
+def setup_filter():
+    taps = torch.tensor([1.0, 3.0, 3.0, 1.0])
+    kernel = taps[:, None] * taps[None, :]
+    return kernel / kernel.sum()
+
+
+class DiscriminatorBlock(nn.Module):
+    """EG3D's residual discriminator block at ``resolution`` (to half of it): ``fromrgb`` (the
+    first block), ``conv0`` (3 x 3), ``conv1`` (3 x 3, down 2) and ``skip`` (1 x 1, down 2, no
+    bias), the two branches summed with gain sqrt(0.5) each."""
+
+    def __init__(self, in_channels, tmp_channels, out_channels, resolution, img_channels, conv_clamp=None):
+        super().__init__()
+        self.in_channels, self.resolution = in_channels, resolution
+        self.register_buffer("resample_filter", setup_filter())
+        if in_channels == 0:
+            self.fromrgb = Conv2dLayer(img_channels, tmp_channels, 1, conv_clamp=conv_clamp)
+        self.conv0 = Conv2dLayer(tmp_channels, tmp_channels, 3, conv_clamp=conv_clamp)
+        self.conv1 = Conv2dLayer(tmp_channels, out_channels, 3, down=2, conv_clamp=conv_clamp)
+        self.skip = Conv2dLayer(tmp_channels, out_channels, 1, bias=False, down=2, activation="linear")
+
+    def forward(self, x, img):
+        if self.in_channels == 0:
+            x = self.fromrgb(img)
+        y = self.skip(x, gain=math.sqrt(0.5))
+        x = self.conv1(self.conv0(x), gain=math.sqrt(0.5))
+        return y + x
+
+
+class MinibatchStdLayer(nn.Module):
+    """EG3D's minibatch standard deviation: per group of ``group_size`` images (the batch when
+    it is smaller), the standard deviation over the group averaged over channels and pixels, as
+    one more channel."""
+
+    def __init__(self, group_size, num_channels=1):
+        super().__init__()
+        self.group_size, self.num_channels = group_size, num_channels
+
+    def forward(self, x):
+        n, c, h, w = x.shape
+        g = min(self.group_size, n) if self.group_size is not None else n
+        if n % g:
+            raise ValueError(f"minibatch std: the batch ({n}) must be a multiple of the group size ({g})")
+        f = self.num_channels
+        y = x.reshape(g, -1, f, c // f, h, w)
+        y = (y - y.mean(0)).square().mean(0).add(1e-8).sqrt().mean([2, 3, 4])
+        return torch.cat([x, y.reshape(-1, f, 1, 1).repeat(g, 1, h, w)], 1)
+
+
+class DiscriminatorEpilogue(nn.Module):
+    """EG3D's ``b4``: minibatch standard deviation, ``conv`` (3 x 3), ``fc``, ``out`` to the
+    label's projection space (``cmap_dim``), and the projection onto the mapped label."""
+
+    def __init__(self, in_channels, cmap_dim, resolution=4, mbstd_group_size=4, mbstd_num_channels=1,
+                 conv_clamp=None):
+        super().__init__()
+        self.in_channels, self.cmap_dim = in_channels, cmap_dim
+        self.mbstd = MinibatchStdLayer(mbstd_group_size, mbstd_num_channels)
+        self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, 3, conv_clamp=conv_clamp)
+        self.fc = FullyConnected(in_channels * resolution ** 2, in_channels)
+        self.out = FullyConnected(in_channels, 1 if cmap_dim == 0 else cmap_dim)
+
+    def features(self, x):
+        """The last hidden features ``[N, in_channels]`` (float32)."""
+        return lrelu(self.fc(self.conv(self.mbstd(x.to(self.fc.weight.dtype))).flatten(1)))
+
+    def forward(self, h, cmap):
+        x = self.out(h)
+        if self.cmap_dim > 0:
+            x = (x * cmap).sum(1, keepdim=True) / math.sqrt(self.cmap_dim)
+        return x

@@ -24,8 +24,12 @@ CHECKPOINT_KEYS = ("config", "step", "G", "D", "G_ema", "opt_G", "opt_D")
 TINY_GENERATOR = dict(z_dim=64, w_dim=64, grid_resolution=32, grid_channels=8, channel_base=2048, channel_max=64,
                       feature_channels=16, sr_channel_base=1024, sr_channel_max=32)
 PRESETS = {  # neural rendering resolution, network sizes, samples per ray, batch
+    # tiny: EG3D's blur (10 pixels of a 512^2 image, faded over 6250 iterations) scaled to its 64^2
+    # images and its few hundred iterations: 1.25 pixels, faded over 100 iterations at batch 2
+    # (at 10 pixels D sees colour fields only, and a 250-iteration run learns no more than those).
     "tiny": dict(nrr_initial=32, generator=TINY_GENERATOR, render=dict(depth_resolution=12,
-                 depth_resolution_importance=12), batch=2, d_channel_base=1024, d_channel_max=64),
+                 depth_resolution_importance=12), batch=2, d_channel_base=1024, d_channel_max=64,
+                 blur_sigma=1.25, blur_fade_kimg=0.2),
     "64": dict(nrr_initial=64, batch=4),
     "128": dict(nrr_initial=128, batch=4),
     "256": dict(nrr_initial=256, batch=4),
@@ -54,13 +58,16 @@ class GANConfig:
     geometry_sigma: float = 0.05
     eikonal: float = 0.0         # |grad (s + delta s)| = 1 at the density regulariser's points (SDF warp only)
     control: float = 1.0
-    blur_sigma: float = 10.0
-    blur_fade_steps: int = 200
+    # Schedules count images (all processes' batches), as EG3D's do.
+    blur_sigma: float = 10.0     # D's image and the real raw image blurred, fading to none
+    blur_fade_kimg: float = None  # None: EG3D's batch * 200 / 32 (6250 iterations); 0: no blur
     nrr_initial: int = 64
     nrr_final: int = 0           # 0: no schedule
-    nrr_fade_steps: int = 1000
-    gpc_prob: float = 0.5
-    ema_images: int = 10000      # EG3D: ema_kimg = batch * 10 / 32
+    nrr_fade_kimg: float = 1000.0
+    gpc_prob: float = 0.5        # the pose-conditioning swap's probability, faded to from 1
+    gpc_fade_kimg: float = 1000.0
+    ema_kimg: float = None       # G_ema's half-life; None: EG3D's batch * 10 / 32
+    ema_rampup: float = 0.05     # the half-life is at most this fraction of the images seen; 0: none
     beta_lr_mul: float = 0.01    # the SDF's beta (0.001) moves at this fraction of G's learning rate
     d_channel_base: int = 32768
     d_channel_max: int = 512
@@ -82,12 +89,11 @@ class GANConfig:
 
     def __post_init__(self):
         for name in ("steps", "batch", "r1_interval", "density_reg_interval", "nrr_initial", "log_every",
-                     "image_every", "checkpoint_every", "ema_images", "nrr_fade_steps", "d_channel_base",
-                     "d_channel_max", "mbstd_group"):
+                     "image_every", "checkpoint_every", "d_channel_base", "d_channel_max", "mbstd_group"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("blur_fade_steps", "nrr_final"):
+        for name in ("nrr_final",):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
@@ -98,8 +104,12 @@ class GANConfig:
                                      ("r1_gamma", 0, True), ("density_reg", 0, True),
                                      ("density_reg_p_dist", 0, True), ("geometry_prior", 0, True),
                                      ("eikonal", 0, True), ("control", 0, True), ("blur_sigma", 0, True),
-                                     ("beta_lr_mul", 0, True), ("gpc_prob", 0, True)):
+                                     ("beta_lr_mul", 0, True), ("gpc_prob", 0, True), ("nrr_fade_kimg", 0, False),
+                                     ("gpc_fade_kimg", 0, True), ("blur_fade_kimg", 0, True), ("ema_kimg", 0, False),
+                                     ("ema_rampup", 0, True)):
             value = getattr(self, name)
+            if value is None and name in ("blur_fade_kimg", "ema_kimg"):
+                continue  # EG3D's value for the batch
             number = not isinstance(value, bool) and isinstance(value, (int, float))
             if not number or not math.isfinite(value) or value < low or (value == low and not inclusive):
                 bound = f">= {low}" if inclusive else f"> {low}"
@@ -145,13 +155,35 @@ OPERATIONAL = ("steps", "device", "log_every", "image_every", "checkpoint_every"
 RUN_DEFINING = tuple(f.name for f in dataclasses.fields(GANConfig) if f.name not in OPERATIONAL)
 
 
-def nrr_at(config, step):
-    """The neural rendering resolution at ``step``: EG3D's linear fade from the initial to the
-    final one (rounded), or the initial one throughout."""
+def nrr_at(config, images):
+    """The neural rendering resolution after ``images`` training images: EG3D's linear fade from
+    the initial to the final one over ``nrr_fade_kimg`` (rounded), or the initial one."""
     if not config.nrr_final:
         return config.nrr_initial
-    t = min(1.0, step / config.nrr_fade_steps)
+    t = min(1.0, images / (config.nrr_fade_kimg * 1000))
     return int(round((1 - t) * config.nrr_initial + t * config.nrr_final))
+
+
+def blur_sigma_at(config, images, total_batch):
+    """EG3D's blur: ``blur_sigma`` faded linearly to 0 over ``blur_fade_kimg`` (default: total
+    batch * 200 / 32 kimg, that is 6250 iterations at any batch)."""
+    fade = total_batch * 200 / 32 if config.blur_fade_kimg is None else config.blur_fade_kimg
+    return config.blur_sigma * max(0.0, 1 - images / (fade * 1000)) if fade > 0 else 0.0
+
+
+def swap_prob_at(config, images):
+    """EG3D's pose-conditioning swap probability: from 1 to ``gpc_prob`` over ``gpc_fade_kimg``."""
+    alpha = min(images / (config.gpc_fade_kimg * 1000), 1.0) if config.gpc_fade_kimg > 0 else 1.0
+    return (1 - alpha) + alpha * config.gpc_prob
+
+
+def ema_beta_at(config, images, total_batch):
+    """G_ema's decay per step: half-life ``ema_kimg`` (default: total batch * 10 / 32, that is
+    312.5 iterations at any batch), at most ``ema_rampup`` times the images seen (EG3D)."""
+    half_life = (total_batch * 10 / 32 if config.ema_kimg is None else config.ema_kimg) * 1000
+    if config.ema_rampup:
+        half_life = min(half_life, images * config.ema_rampup)
+    return 0.5 ** (total_batch / max(half_life, 1e-8))
 
 
 def _step_seed(seed, step, stream):
@@ -185,6 +217,10 @@ class GANRun:
                                f"scale {world['scale']:.6g}) other than the stage I run's ({warp.centre.tolist()}, "
                                f"{warp.world_scale:.6g}): make the dataset with that run's FLAME model")
         resolution = self.dataset.resolution
+        for name in ("nrr_initial", "nrr_final"):
+            if getattr(config, name) > resolution:
+                raise RunError(f"{name} {getattr(config, name)} exceeds the dataset's images ({resolution}^2): the "
+                               "neural rendering resolution is at most the image's")
         self.n_shape = warp.flame.layout.n_shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -214,13 +250,15 @@ class GANRun:
         self.step = 0
         self.clock = None  # called with each phase's name as it starts, None at the end (the benchmark)
 
-    # ---- schedules
+    # ---- schedules, in images seen
+    def images(self):
+        return self.step * self.config.batch * self.world_size
+
     def nrr(self):
-        return nrr_at(self.config, self.step)
+        return nrr_at(self.config, self.images())
 
     def blur_sigma(self):
-        c = self.config
-        return c.blur_sigma * max(0.0, 1 - self.step / c.blur_fade_steps) if c.blur_fade_steps else 0.0
+        return blur_sigma_at(self.config, self.images(), self.config.batch * self.world_size)
 
     # ---- data
     def real_batch(self):
@@ -237,20 +275,24 @@ class GANRun:
         total = self.config.batch * self.world_size  # drawn for the whole batch, then this process's share
         z = torch.randn(total, self.G.config.z_dim, generator=g)
         c = self.dataset.labels[torch.randint(len(self.dataset), (total,), generator=g)]
-        swap = torch.rand(total, 1, generator=g) < self.config.gpc_prob
+        swap = torch.rand(total, 1, generator=g) < swap_prob_at(self.config, self.images())
         c_map = torch.where(swap, c.roll(1, 0), c)
         mine = slice(self.rank, None, self.world_size)
         return z[mine].to(self.device), c[mine].to(self.device), c_map[mine].to(self.device)
 
     # ---- one iteration
     def train_step(self):
+        """EG3D's phases, each its own optimiser step: G main; G reg (the density regulariser
+        and the eikonal loss, every ``density_reg_interval`` steps, weighted by the interval);
+        D main; D reg (R1, every ``r1_interval`` steps, weighted by the interval). Each phase
+        draws its own latents and labels."""
         c, terms = self.config, {}
         self._phase("data")
         torch.manual_seed(_step_seed(c.seed, self.step, 2 + self.rank))  # noise inputs and ray jitter
         g = torch.Generator().manual_seed(_step_seed(c.seed, self.step, 0))
         real, real_c = self.real_batch()
-        real_raw = L.resize(real, self.nrr())
         sigma = self.blur_sigma()
+        real_raw = L.blur(L.resize(real, self.nrr()), sigma)  # EG3D blurs the real raw target too
         target_real = L.control_target(real_c, self.n_shape)
 
         # G main: fool D, keep corrections small, and make the regressed controls match.
@@ -259,20 +301,27 @@ class GANRun:
         self.D.requires_grad_(False)
         out = self._synthesis(self.G, z, gen_c, map_c)
         logits, regressed = L.run_discriminator(self.D, out["image"], out["image_raw"], gen_c, sigma)
-        loss_g = torch.nn.functional.softplus(-logits).mean()
+        loss_g = L.generator_loss(logits)
         prior = L.geometry_prior(out["delta"], out["prior_sdf"], c.geometry_sigma)
-        control = (regressed - L.control_target(gen_c, self.n_shape)).square().mean()
-        total = loss_g + c.geometry_prior * prior + c.control * control
-        if (c.density_reg or c.eikonal) and self.step % c.density_reg_interval == 0:  # lazy: scaled
-            for name, value in self._geometry_regularisers(out["planes"], gen_c, g).items():
-                total = total + value * getattr(c, name) * c.density_reg_interval
-                terms[name] = value.item()
+        control = L.control_loss(regressed, L.control_target(gen_c, self.n_shape))
         self.opt_G.zero_grad(set_to_none=True)
-        total.backward()
+        (loss_g + c.geometry_prior * prior + c.control * control).backward()
         terms.update(G=loss_g.item(), geometry_prior=prior.item(), control=control.item())
-        del out, logits, regressed, total  # G main's images and corrections: not held through D's phases
+        del out, logits, regressed  # G main's images and corrections: not held through the next phases
         self._step(self.opt_G, self.G)
         self._average(self.G.mapping.w_avg)  # each process tracked its share's mean w
+
+        # G reg: EG3D maps and synthesises new latents and regularises their tri-grid.
+        if (c.density_reg or c.eikonal) and self.step % c.density_reg_interval == 0:
+            self._phase("G_reg")
+            z, gen_c, map_c = self.fake_inputs(g)
+            planes = self.G.renderer.prepare(self.G.planes(self.G.map(z, map_c)), c.backend)
+            regularisers = self._geometry_regularisers(planes, gen_c, g)
+            self.opt_G.zero_grad(set_to_none=True)
+            sum(value * getattr(c, name) * c.density_reg_interval for name, value in regularisers.items()).backward()
+            terms.update({name: value.item() for name, value in regularisers.items()})
+            del planes, regularisers
+            self._step(self.opt_G, self.G)
         self.D.requires_grad_(True)
 
         # D main: real vs fake, and the control head on real images.
@@ -282,20 +331,22 @@ class GANRun:
             fake = self._synthesis(self.G, z, gen_c, map_c)
         self.opt_D.zero_grad(set_to_none=True)
         logits_fake, _ = L.run_discriminator(self.D, fake["image"], fake["image_raw"], gen_c, sigma)
-        loss_fake = torch.nn.functional.softplus(logits_fake).mean()
-        loss_fake.backward()
-        del fake
         logits_real, regressed_real = L.run_discriminator(self.D, real, real_raw, real_c, sigma)
-        loss_real = torch.nn.functional.softplus(-logits_real).mean()
-        control_real = (regressed_real - target_real).square().mean()
-        (loss_real + c.control * control_real).backward()
+        loss_fake, loss_real = L.discriminator_loss(logits_fake, logits_real)
+        control_real = L.control_loss(regressed_real, target_real)
+        (loss_fake + loss_real + c.control * control_real).backward()
         terms.update(D=(loss_fake + loss_real).item(), D_control=control_real.item())
-        if self.step % c.r1_interval == 0:
+        del fake, logits_fake, logits_real, regressed_real
+        self._step(self.opt_D, self.D)
+
+        # D reg: lazy R1 on the real images.
+        if c.r1_gamma and self.step % c.r1_interval == 0:
             self._phase("D_reg")
+            self.opt_D.zero_grad(set_to_none=True)
             r1 = L.r1_penalty(self.D, real, real_raw, real_c, sigma).mean()
             (r1 * (c.r1_gamma / 2) * c.r1_interval).backward()
             terms["r1"] = r1.item()
-        self._step(self.opt_D, self.D)
+            self._step(self.opt_D, self.D)
 
         self._phase("other")
         self._update_ema()
@@ -313,8 +364,7 @@ class GANRun:
                  neural_rendering_resolution=self.nrr())
 
     def _geometry_regularisers(self, planes, c, g):
-        """On G main's tri-grid (EG3D maps and synthesises the same z again; sharing it saves
-        the backbone's time and memory), at 1000 random points of the box per image: EG3D's
+        """On the G reg phase's tri-grid, at 1000 random points of the box per image: EG3D's
         density regularisation on the SDF correction (the correction there and at points moved
         by ``density_reg_p_dist`` should agree, L1) and, when weighted, the eikonal loss on the
         final SDF ``s + delta s`` (its gradient through the frozen W and the tri-grid's double
@@ -328,7 +378,7 @@ class GANRun:
         if cfg.density_reg:
             _, delta, _ = G.renderer.sample(planes, G.decoder, torch.cat([points, moved], 1), params,
                                             backend=cfg.backend)
-            out["density_reg"] = (delta[:, :points.shape[1]] - delta[:, points.shape[1]:]).abs().mean()
+            out["density_reg"] = L.density_regularisation(delta[:, :points.shape[1]], delta[:, points.shape[1]:])
         if cfg.eikonal:
             gradient = G.renderer.sdf_gradient(planes, G.decoder, points, params, backend=cfg.backend)
             out["eikonal"] = (gradient.norm(dim=-1) - 1).square().mean()
@@ -356,7 +406,7 @@ class GANRun:
 
     @torch.no_grad()
     def _update_ema(self):
-        beta = 0.5 ** (self.config.batch * self.world_size / max(self.config.ema_images, 1e-8))
+        beta = ema_beta_at(self.config, self.images(), self.config.batch * self.world_size)
         # The shared frozen warp's tensors are G's own: nothing to average or copy.
         for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
             if p_ema is not p:
@@ -368,7 +418,7 @@ class GANRun:
     # ---- state
     def state(self):
         """Everything to continue the run, and what generation needs without the dataset."""
-        meta = {"image_resolution": self.dataset.resolution, "nrr": self.nrr(),
+        meta = {"image_resolution": self.dataset.resolution, "nrr": self.nrr(), "processes": self.world_size,
                 "camera_pivot": self.dataset.meta.get("camera_pivot"),
                 "camera_radius": self.dataset.meta.get("camera_radius")}
         return {"config": self.config.to_dict(), "step": self.step, "G": self.G.state_dict(),
@@ -489,15 +539,18 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
         check_new_run_folder(run_dir, "stage II", GANConfig.from_dict)
     rank, world_size, device = setup_distributed(config.device)
     config = dataclasses.replace(config, device=str(device))
+    trained_by = (state.get("meta") or {}).get("processes", 1) if resume else world_size
+    if trained_by != world_size:  # the batch, and so every schedule and the data order, would change
+        raise RunError(f"{run_dir}: the run was trained by {trained_by} process(es); resume it with as many "
+                       f"(torchrun --nproc_per_node {trained_by}), not {world_size}")
+    # The run is built (the dataset and the stage I run read and checked) before its folder is made.
+    run = _restore(GANRun(config, rank, world_size), state, run_dir) if resume else GANRun(config, rank, world_size)
     folder = RunFolder(run_dir, create=rank == 0)
     train_log = folder.log(TRAIN_LOG, TRAIN_COLUMNS)
-    if resume:
-        run = _restore(GANRun(config, rank, world_size), state, run_dir)
-        if rank == 0:
+    if rank == 0:
+        if resume:
             train_log.truncate(run.step)
-    else:
-        run = GANRun(config, rank, world_size)
-        if rank == 0:
+        else:
             train_log.remove()
     if rank == 0:
         folder.write_config(config.to_dict())
@@ -510,6 +563,9 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
     until = config.steps if stop_after is None else min(stop_after, config.steps)
     start, terms = time.perf_counter(), {}
     saved_step = run.step if folder.has_checkpoint() else None
+    if rank == 0 and not resume:  # where the run starts (EG3D's fakes_init): a grid and the quality proxy
+        train_log.write({"step": 0, "seconds": 0.0, "fd_random": quality_proxy(run)})
+        write_png(os.path.join(folder.path, "images", "step000000.png"), run.image_grid())
     while run.step < until:
         terms = run.train_step()
         # Checked before anything is written: a non-finite step leaves the last good checkpoint

@@ -96,6 +96,9 @@ def check_camera_labels(labels, name="labels", row_names=None):
             "intrinsics that are not finite": ~torch.isfinite(k).flatten(1).all(1),
             "intrinsics whose focal lengths are not positive": (k[:, 0, 0] <= 0) | (k[:, 1, 1] <= 0),
             "intrinsics whose bottom row is not 0 0 1": (k[:, 2] - k.new_tensor([0, 0, 1])).abs().amax(1) > 1e-4,
+            # Far beyond any camera of a head (EG3D's sit 2.7 from it; the principal point is 0.5).
+            "a camera position farther than 1e4 from the origin": c2w[:, :3, 3].norm(dim=1) > 1e4,
+            "a principal point beyond 100 image widths": k[:, :2, 2].abs().amax(1) > 100,
         }
         bad = torch.stack(list(problems.values()), 1)
         if bad.any():

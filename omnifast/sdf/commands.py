@@ -16,18 +16,22 @@ SETTING_FLAGS = ("flame_dir", "n_shape", "n_expr", "steps", "batch", "surface_po
                  "eval_every", "checkpoint_every", "seed")
 
 
-def at_least(low):
-    """An argparse type: an integer >= low."""
+def at_least(low, below=None):
+    """An argparse type: an integer >= low (and < below)."""
     def parse(text):
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        if value < low or (below is not None and value >= below):
+            bound = f"in [{low}, {below})" if below is not None else f">= {low}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {value}")
         return value
     parse.__name__ = f"integer >= {low}"
     return parse
+
+
+SEED = at_least(0, 2 ** 63)  # every --seed: it must fit torch's 64-bit generators
 
 
 def positive_float(text):
@@ -96,7 +100,7 @@ def add_train_arguments(parser):
     parser.add_argument("--lr", type=positive_float, help="peak learning rate (default 2e-3)")
     parser.add_argument("--eval-every", type=at_least(1), help="steps between evaluations (default 500)")
     parser.add_argument("--checkpoint-every", type=at_least(1), help="steps between checkpoints (default 250)")
-    parser.add_argument("--seed", type=int, help="seed of the weights and the data stream (default 0)")
+    parser.add_argument("--seed", type=SEED, help="seed of the weights and the data stream (default 0)")
     parser.add_argument("--device", help="cpu or cuda[:i] (default: cuda when available)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -156,13 +160,15 @@ def train_sdf(args):
 
 def evaluate_run(run_dir, device, meshes, points, json_path=None):
     """Evaluate a run on held-out parameters; print the table and write it as JSON."""
-    from ..runs import atomic_write, check_output
+    from ..runs import atomic_write, check_memory, check_output
     from .evaluate import evaluate, format_metrics, held_out_params
     from .train import load_run
 
     json_path = json_path or os.path.join(run_dir, "eval.json")
     check_output(json_path, "--json", (".json",))
     run = load_run(run_dir, device)
+    # The parameters of every mesh and each mesh's per-point errors are held until the end.
+    check_memory(meshes * (run.flame.layout.size * 8 + points * 48), f"--meshes {meshes} with --points {points}")
     metrics = evaluate(run, held_out_params(run, meshes), points)
     metrics["step"] = run.step
     print(format_metrics(metrics), flush=True)  # the table first: a failed write does not lose it
@@ -178,7 +184,7 @@ def eval_sdf(args):
 
 
 def export_sdf(args):
-    from ..runs import check_output
+    from ..runs import check_memory, check_output
     from .export import check_grid_memory, extract_mesh, parse_params, write_ply, write_previews
     from .train import load_run
 
@@ -186,6 +192,8 @@ def export_sdf(args):
     if args.previews:
         check_output(args.previews, "--previews", (".png",))
     check_grid_memory(args.resolution, "--resolution")
+    if args.previews:  # rendered by sphere tracing: a few KiB per pixel while it runs
+        check_memory(args.preview_size ** 2 * 4096, f"--preview-size {args.preview_size}")
     run = load_run(args.run, device_of(args.device))
     params = parse_params(run.flame.layout, args.params)
     verts, faces = extract_mesh(run.model, run.flame, params, args.resolution)
