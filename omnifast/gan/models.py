@@ -110,8 +110,7 @@ class Generator(nn.Module):
     def synthesis(self, ws, c, *, neural_rendering_resolution=None, backend="omnifast", noise_mode="random",
                   generator=None):
         """``{image, image_raw, image_depth, opacity, delta, prior_sdf, planes}``: images in
-        [-1, 1] (the super-resolved one and the raw one's RGB)."""
-        self.renderer.split_labels(c)  # wrong labels fail before any work
+        [-1, 1] (the super-resolved one and the raw one's RGB). The renderer checks ``c``."""
         resolution = neural_rendering_resolution or self.neural_rendering_resolution
         planes = self.renderer.prepare(self.planes(ws, noise_mode), backend)  # shared with the regularisers
         out = self.renderer(planes, self.decoder, c, resolution, backend=backend, generator=generator)
