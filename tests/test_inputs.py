@@ -297,17 +297,17 @@ def test_only_a_runs_own_temporaries_are_cleaned_and_the_generator_checks_first(
 
     G = HeadGenerator(str(project / "gan")).G
     labels = ImageDataset(str(project / "data")).labels[:2]
-    before = G.mapping.w_avg.clone()
+    before = G.backbone.mapping.w_avg.clone()
     bad = labels.clone()
     bad[0, 3] = float("nan")
     for z, c, message in ((torch.zeros(2, G.config.z_dim), bad, "not finite"),
                           (torch.zeros(3, G.config.z_dim), labels, "the N of the labels"),
                           (torch.zeros(2, G.config.z_dim, dtype=torch.float64), labels, "one dtype")):
         with pytest.raises(ValueError, match=message):
-            G(z, c, update_w_avg=True)
+            G(z, c, update_emas=True)
     with pytest.raises(ValueError, match="truncation_psi must be a finite number"):
-        G.map(torch.zeros(2, G.config.z_dim), labels, truncation_psi=float("nan"))
-    assert torch.equal(G.mapping.w_avg, before)
+        G.mapping(torch.zeros(2, G.config.z_dim), labels, truncation_psi=float("nan"))
+    assert torch.equal(G.backbone.mapping.w_avg, before)
 
 
 def test_a_full_disk_during_a_checkpoint_keeps_the_last_one(project, tmp_path, monkeypatch, capsys):

@@ -64,7 +64,21 @@ def add_parsers(sub):
     ev.add_argument("--json", help="also write the table as JSON")
     ev.add_argument("--backend", choices=["omnifast", "reference"], default="omnifast")
     ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    return {"train-gan": train_gan_command, "generate": generate_command, "eval-gan": eval_gan_command}
+    imp = sub.add_parser("import-pkl", help="a released EG3D network pickle as a run folder generate reads "
+                                            "(read without running code from the file)")
+    imp.add_argument("network", help="EG3D's network-snapshot-*.pkl (a dict with G, D, G_ema)")
+    imp.add_argument("--out", required=True, help="the new run folder")
+    return {"train-gan": train_gan_command, "generate": generate_command, "eval-gan": eval_gan_command,
+            "import-pkl": import_pkl_command}
+
+
+def import_pkl_command(args):
+    from .pickles import import_network
+
+    config = import_network(args.network, args.out)
+    print(json.dumps({"out": args.out, "networks": {k: v["class"] for k, v in config["networks"].items()},
+                      "neural_rendering_resolution": config["neural_rendering_resolution"]}))
+    return 0
 
 
 def eval_gan_command(args):
@@ -74,7 +88,11 @@ def eval_gan_command(args):
     from ..sdf.commands import device_of
     from ..sdf.export import check_grid_memory
     from .evaluate import evaluate_gan
+    from .pickles import load_imported
 
+    if load_imported(args.run) is not None:
+        raise ValueError(f"{args.run}: an imported EG3D network has no FLAME controls to evaluate; eval-gan reads "
+                         f"train-gan runs (use generate to see its images)")
     if args.json:
         check_output(args.json, "--json", (".json",))
     check_grid_memory(args.mesh_resolution, "--mesh-resolution")
@@ -89,10 +107,12 @@ def eval_gan_command(args):
 
 
 def generate_command(args):
+    import torch
+
     from ..runs import check_memory, check_output
     from ..sdf.commands import device_of
     from ..sdf.export import check_grid_memory, parse_params
-    from .generate import HeadGenerator, parse_seeds
+    from .generate import load_generator, parse_seeds
 
     seeds = parse_seeds(args.seeds)
     if args.video and not args.sweep:
@@ -106,12 +126,15 @@ def generate_command(args):
         check_output(args.mesh, "--mesh", (".ply",))
     if args.mesh:
         check_grid_memory(args.mesh_resolution, "--mesh-resolution")
-    generator = HeadGenerator(args.run, device_of(args.device), args.backend)
+    generator = load_generator(args.run, device_of(args.device), args.backend)
+    if generator.layout is None and args.params:
+        raise ValueError("--params: an imported EG3D network has no FLAME parameters")
     # Every image of the grid (and the extras') is held, then joined: check the size first.
     cells = len(seeds) * (args.frames if args.sweep else 1) * (4 if args.extras else 1)
-    check_memory(3 * cells * 3 * generator.G.image_resolution ** 2,
+    check_memory(3 * cells * 3 * generator.G.img_resolution ** 2,
                  f"--seeds {args.seeds} ({len(seeds)} seeds, {cells} images)")
-    written, settings = write_generation(generator, seeds, parse_params(generator.layout, args.params), args.out,
+    base = parse_params(generator.layout, args.params) if generator.layout is not None else torch.zeros(1, 0)
+    written, settings = write_generation(generator, seeds, base, args.out,
                                          sweep=args.sweep, frames=args.frames, yaw=args.yaw, pitch=args.pitch,
                                          fov=args.fov, truncation=args.truncation, extras=args.extras,
                                          video=args.video, mesh=args.mesh, mesh_resolution=args.mesh_resolution)
@@ -142,7 +165,7 @@ def write_generation(generator, seeds, base, out, *, sweep=None, frames=8, yaw=0
     settings = params.shape[0]
     labels = torch.cat([generator.labels(params[i:i + 1], yaw + float(yaws[i]), pitch, fov)
                         for i in range(settings)])
-    near, far = generator.G.renderer.config.ray_start, generator.G.renderer.config.ray_end
+    near, far = generator.depth_range
     rows = {key: [] for key in ("image", "raw", "depth", "normals")}
     for seed in seeds:  # a row: one seed under every setting
         out_images = generator.synthesize([seed] * settings, labels, truncation)

@@ -71,6 +71,7 @@ class HeadGenerator:
         self.pivot = tuple(meta.get("camera_pivot") or (0.0, 0.0, 0.0))
         self.radius = float(meta.get("camera_radius") or FFHQ_RADIUS)
         self.step, self.config = state["step"], config
+        self.depth_range = (render.ray_start, render.ray_end)
 
     def labels(self, params, yaw=0.0, pitch=0.0, fov=None):
         """``[B, 25 + P]`` for FLAME ``params [B, P]`` seen from ``yaw``/``pitch`` radians off
@@ -81,8 +82,7 @@ class HeadGenerator:
         return torch.cat([camera_labels(cam2world, intrinsics), params.cpu().float()], -1).to(self.device)
 
     def latents(self, seeds):
-        return torch.stack([torch.randn(self.G.config.z_dim, generator=torch.Generator().manual_seed(int(s)))
-                            for s in seeds]).to(self.device)
+        return latents(seeds, self.G.z_dim, self.device)
 
     @torch.no_grad()
     def synthesize(self, seeds, labels, truncation=1.0):
@@ -91,7 +91,7 @@ class HeadGenerator:
         every camera. Images in [-1, 1]; normals (world, unit) ``[N, 3, R, R]``."""
         z = self.latents(seeds)
         front = self.labels(labels[:, 25:], 0.0, 0.0)
-        ws = self.G.map(z, front, truncation_psi=truncation)
+        ws = self.G.mapping(z, front, truncation_psi=truncation)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             out = self.G.synthesis(ws, labels, backend=self.backend, noise_mode="const",
@@ -105,7 +105,7 @@ class HeadGenerator:
     def final_sdf(self, seed, params, points, truncation=1.0, chunk=65536):
         """``s + delta s`` at world ``points [M, 3]`` for one seed and ``params [1, P]``."""
         z = self.latents([seed])
-        ws = self.G.map(z, self.labels(params, 0.0, 0.0), truncation_psi=truncation)
+        ws = self.G.mapping(z, self.labels(params, 0.0, 0.0), truncation_psi=truncation)
         planes = self.G.planes(ws, noise_mode="const")
         params = params.to(self.device)
         values = []
@@ -146,6 +146,64 @@ class HeadGenerator:
         else:
             params[:, self.layout.slices[part].start + index] = values
         return params, yaws
+
+
+def latents(seeds, z_dim, device):
+    return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s)))
+                        for s in seeds]).to(device)
+
+
+class ImportedGenerator:
+    """An EG3D network imported with ``omnifast import-pkl`` (its G_ema): EG3D's cameras around
+    its ``avg_camera_pivot`` at ``avg_camera_radius``, labels of 25 numbers (no FLAME), the
+    mapping conditioned on the front camera as EG3D's ``gen_samples.py`` does."""
+    layout = None
+
+    def __init__(self, G, device="cpu", backend="omnifast"):
+        if backend != "omnifast":
+            raise ValueError(f"--backend {backend}: an imported EG3D network renders with omnifast's kernels only")
+        self.device, self.G = torch.device(device), G.to(device)
+        rendering = G.rendering_kwargs
+        self.radius = float(rendering.get("avg_camera_radius", FFHQ_RADIUS))
+        self.pivot = tuple(rendering.get("avg_camera_pivot", (0.0, 0.0, 0.0)))
+        self.depth_range = (rendering["ray_start"], rendering["ray_end"])
+        self.step = None
+
+    def labels(self, params, yaw=0.0, pitch=0.0, fov=None):
+        cam2world = orbit_cam2world(math.pi / 2 + yaw, math.pi / 2 + pitch, self.radius, self.pivot,
+                                    batch=params.shape[0])
+        intrinsics = ffhq_intrinsics() if fov is None else fov_to_intrinsics(fov)
+        return camera_labels(cam2world, intrinsics).to(self.device)
+
+    @torch.no_grad()
+    def synthesize(self, seeds, labels, truncation=1.0):
+        z = latents(seeds, self.G.z_dim, self.device)
+        ws = self.G.mapping(z, self.labels(labels[:, :0], 0.0, 0.0), truncation_psi=truncation)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            out = self.G.synthesis(ws, labels, noise_mode="const")
+        cam2world, intrinsics = labels[:, :16].reshape(-1, 4, 4), labels[:, 16:25].reshape(-1, 3, 3)
+        depth = out["image_depth"]
+        return {"image": out["image"], "raw": out["image_raw"], "depth": depth,
+                "normals": depth_normals(depth, cam2world, intrinsics), "opacity": torch.ones_like(depth)}
+
+    def sweep_params(self, kind, base, frames):
+        if kind != "yaw":
+            raise ValueError(f"--sweep {kind}: an imported EG3D network has no FLAME controls; it sweeps yaw only")
+        return base.repeat(frames, 1), torch.linspace(SWEEPS["yaw"][2], SWEEPS["yaw"][3], frames)
+
+    def mesh(self, *args, **kwargs):
+        raise ValueError("--mesh: an imported EG3D network has no signed distance to mesh (it needs a train-gan run)")
+
+
+def load_generator(run_dir, device="cpu", backend="omnifast"):
+    """The generator of a train-gan run or of an imported EG3D network."""
+    from .pickles import load_imported
+
+    imported = load_imported(run_dir)
+    if imported is not None:
+        return ImportedGenerator(imported, device, backend)
+    return HeadGenerator(run_dir, device, backend)
 
 
 def depth_normals(depth, cam2world, intrinsics):

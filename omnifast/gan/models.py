@@ -16,9 +16,11 @@ from .networks import (
     DiscriminatorBlock,
     DiscriminatorEpilogue,
     MappingNetwork,
+    StyleGAN2Backbone,
     SuperResolution,
     SynthesisNetwork,
     channels_at,
+    check_noise_mode,
     setup_filter,
 )
 
@@ -40,8 +42,8 @@ class GeneratorConfig:
     pose_noise: float = 0.0
     background: bool = False
     background_resolution: int = 64
-    sr_channel_base: int = 32768
-    sr_channel_max: int = 512
+    # the super-resolution blocks' widths; empty: EG3D's (128, 64), (256, 128) for 8XDC
+    sr_channels: list = dataclasses.field(default_factory=list)
     sr_input_resolution: int = 0  # 0: EG3D's per module (64 for 128^2 images, 128 for 256^2 and 512^2)
     sr_noise: bool = False        # EG3D's superresolution_noise_mode 'none'
 
@@ -67,15 +69,17 @@ class Generator(nn.Module):
         self.n_shape = warp.flame.layout.n_shape
         self.image_resolution = image_resolution
         self.neural_rendering_resolution = neural_resolution
-        self.backbone = SynthesisNetwork(c.w_dim, c.grid_resolution, 3 * c.grid_channels * c.triplane_depth,
-                                         c.channel_base, c.channel_max)
+        self.z_dim, self.c_dim, self.w_dim, self.img_resolution, self.img_channels = \
+            c.z_dim, LABEL_SIZE, c.w_dim, image_resolution, 3
+        self.backbone = StyleGAN2Backbone(c.z_dim, LABEL_SIZE, c.w_dim, c.grid_resolution,
+                                          3 * c.grid_channels * c.triplane_depth,
+                                          mapping_kwargs=dict(layers=c.mapping_layers), channel_base=c.channel_base,
+                                          channel_max=c.channel_max)
         # The super-resolution module's input size is fixed (the rendered image is resized to it),
         # so the neural rendering resolution may change during training.
         sr_input = c.sr_input_resolution or EG3D_SR_INPUT.get(image_resolution, neural_resolution)
         self.superresolution = SuperResolution(c.feature_channels, sr_input, image_resolution, c.w_dim,
-                                               channel_base=c.sr_channel_base, channel_max=c.sr_channel_max)
-        num_ws = self.backbone.num_ws + 1  # the last w drives the super-resolution module
-        self.mapping = MappingNetwork(c.z_dim, LABEL_SIZE, c.w_dim, num_ws, c.mapping_layers)
+                                               widths=tuple(c.sr_channels) or None)
         self.decoder = OSGDecoder(c.grid_channels, pose_dim=self.param_dim - self.n_shape,
                                   out_features=c.feature_channels, activation=c.decoder_activation,
                                   pose_noise=c.pose_noise)
@@ -85,10 +89,15 @@ class Generator(nn.Module):
         self.renderer = Renderer(warp, render_config)
         self.background = (SynthesisNetwork(c.w_dim, c.background_resolution, c.feature_channels,
                                             c.channel_base // 4, c.channel_max // 2) if c.background else None)
+        if self.background is not None and self.background.num_ws > self.backbone.num_ws:
+            raise ValueError(f"GeneratorConfig: the background ({c.background_resolution}^2) needs more ws "
+                             f"({self.background.num_ws}) than the tri-grid's backbone makes "
+                             f"({self.backbone.num_ws}); lower background_resolution")
 
-    def map(self, z, c, truncation_psi=1.0, update_w_avg=False, truncation_cutoff=None):
-        """``ws [N, num_ws, w_dim]`` for latents ``z [N, z_dim]`` and labels ``c`` (checked first:
-        nothing, the tracked average w included, is touched by a bad input)."""
+    def mapping(self, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False):
+        """EG3D's ``G.mapping``: ``ws [N, num_ws, w_dim]`` for latents ``z [N, z_dim]`` and labels
+        ``c`` (checked first: nothing, the tracked average w included, is touched by a bad
+        input). The mapping sees the camera only (OmniAvatar: ``c[:, :25]``)."""
         self.renderer.split_labels(c)
         if not isinstance(z, torch.Tensor) or not z.is_floating_point() or z.dim() != 2 \
                 or z.shape != (c.shape[0], self.config.z_dim):
@@ -97,20 +106,21 @@ class Generator(nn.Module):
                              f"({c.shape[0]}), got {got}")
         if z.dtype != c.dtype:
             raise ValueError(f"z and the labels must have one dtype, got {z.dtype} and {c.dtype}")
-        if isinstance(truncation_psi, bool) or not isinstance(truncation_psi, (int, float)) \
-                or not math.isfinite(truncation_psi):
-            raise ValueError(f"truncation_psi must be a finite number, got {truncation_psi!r}")
-        return self.mapping(z, c[:, :LABEL_SIZE], truncation_psi, truncation_cutoff, update_w_avg=update_w_avg)
+        check_truncation(truncation_psi, truncation_cutoff, self.backbone.num_ws)
+        return self.backbone.mapping(z, c[:, :LABEL_SIZE], truncation_psi, truncation_cutoff,
+                                     update_w_avg=update_emas)
 
     def planes(self, ws, noise_mode="random"):
         c = self.config
-        out = self.backbone(ws[:, :self.backbone.num_ws], noise_mode)
+        out = self.backbone.synthesis(ws, noise_mode)
         return out.view(out.shape[0], 3, c.grid_channels, c.triplane_depth, *out.shape[-2:])
 
-    def synthesis(self, ws, c, *, neural_rendering_resolution=None, backend="omnifast", noise_mode="random",
-                  generator=None):
-        """``{image, image_raw, image_depth, opacity, delta, prior_sdf, planes}``: images in
-        [-1, 1] (the super-resolved one and the raw one's RGB). The renderer checks ``c``."""
+    def synthesis(self, ws, c, neural_rendering_resolution=None, update_emas=False, *, backend="omnifast",
+                  noise_mode="random", generator=None):
+        """EG3D's ``G.synthesis``: ``{image, image_raw, image_depth}`` (images in [-1, 1]: the
+        super-resolved one and the raw one's RGB) and omnifast's ``opacity``, ``delta``,
+        ``prior_sdf``, ``planes``. The renderer checks ``c``."""
+        check_noise_mode(noise_mode)
         resolution = neural_rendering_resolution or self.neural_rendering_resolution
         planes = self.renderer.prepare(self.planes(ws, noise_mode), backend)  # shared with the regularisers
         out = self.renderer(planes, self.decoder, c, resolution, backend=backend, generator=generator)
@@ -127,11 +137,21 @@ class Generator(nn.Module):
         return {"image": image, "image_raw": raw, "image_depth": out.depth, "opacity": out.opacity,
                 "delta": out.delta, "prior_sdf": out.prior_sdf, "planes": planes}
 
-    def forward(self, z, c, truncation_psi=1.0, *, c_map=None, update_w_avg=False, **kwargs):
-        """``synthesis(map(z, c_map or c), c)``; ``c_map``: the labels the mapping sees (EG3D's
-        pose-conditioning swap gives it another image's camera)."""
-        ws = self.map(z, c if c_map is None else c_map, truncation_psi, update_w_avg)
-        return self.synthesis(ws, c, **kwargs)
+    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, neural_rendering_resolution=None,
+                update_emas=False, *, c_map=None, **kwargs):
+        """EG3D's ``G(z, c)``: ``synthesis(mapping(z, c_map or c), c)``; ``c_map``: the labels the
+        mapping sees (EG3D's pose-conditioning swap gives it another image's camera)."""
+        ws = self.mapping(z, c if c_map is None else c_map, truncation_psi, truncation_cutoff, update_emas)
+        return self.synthesis(ws, c, neural_rendering_resolution, update_emas, **kwargs)
+
+
+def check_truncation(truncation_psi, truncation_cutoff, num_ws):
+    if isinstance(truncation_psi, bool) or not isinstance(truncation_psi, (int, float)) \
+            or not math.isfinite(truncation_psi):
+        raise ValueError(f"truncation_psi must be a finite number, got {truncation_psi!r}")
+    if truncation_cutoff is not None and (isinstance(truncation_cutoff, bool) or not isinstance(truncation_cutoff, int)
+                                          or not 0 <= truncation_cutoff <= num_ws):
+        raise ValueError(f"truncation_cutoff must be None or an integer in [0, {num_ws}], got {truncation_cutoff!r}")
 
 
 class DualDiscriminator(nn.Module):
@@ -140,12 +160,14 @@ class DualDiscriminator(nn.Module):
     epilogue ``b4``, and the label (camera and FLAME) through an 8-layer mapping at learning
     rate 0.01 for the projection; ``conv_clamp`` 256 as in EG3D. omnifast adds ``regress``, a
     head on the epilogue's last features that regresses expression and jaw (OmniAvatar's control
-    loss). With ``autocast`` the blocks run in bfloat16 (EG3D: fp16 in its top layers), the
-    epilogue in float32."""
+    loss; ``regress_dim`` 0: none, as in EG3D). With ``autocast`` the blocks run in bfloat16
+    (EG3D: fp16 in its top layers), the epilogue in float32. ``disc_c_noise``: EG3D's Gaussian
+    noise on the label, times the batch's standard deviation of each number."""
     autocast = False
+    disc_c_noise = 0.0
 
     def __init__(self, resolution, c_dim, regress_dim, channel_base=32768, channel_max=512, cmap_dim=None,
-                 mbstd_group=4, conv_clamp=256, mapping_layers=8):
+                 mbstd_group=4, conv_clamp=256, mapping_layers=8, mapping_lr_mul=0.01):
         super().__init__()
         self.resolution, self.c_dim, self.mbstd_group = resolution, c_dim, mbstd_group
         self.block_resolutions = [2 ** i for i in range(int(math.log2(resolution)), 2, -1)]
@@ -154,13 +176,18 @@ class DualDiscriminator(nn.Module):
             setattr(self, f"b{r}", DiscriminatorBlock(width(r) if r < resolution else 0, width(r), width(r // 2), r,
                                                       img_channels=6, conv_clamp=conv_clamp))
         self.cmap_dim = cmap_dim or width(4)
-        self.mapping = MappingNetwork(0, c_dim, self.cmap_dim, None, layers=mapping_layers)
+        self.mapping = MappingNetwork(0, c_dim, self.cmap_dim, None, layers=mapping_layers, lr_mul=mapping_lr_mul)
         self.b4 = DiscriminatorEpilogue(width(4), self.cmap_dim, mbstd_group_size=mbstd_group, conv_clamp=conv_clamp)
         self.register_buffer("resample_filter", setup_filter())
-        self.regress = FullyConnected(width(4), regress_dim)
+        self.regress = FullyConnected(width(4), regress_dim) if regress_dim else None
 
-    def forward(self, image, image_raw, c):
-        """``(logits [N], regressed expression and jaw [N, regress_dim])``."""
+    def forward(self, image, image_raw, c=None):
+        """``(logits [N], regressed expression and jaw [N, regress_dim] or None)``; EG3D's call
+        ``D({'image': ..., 'image_raw': ...}, c)`` returns EG3D's logits ``[N, 1]``."""
+        if isinstance(image, dict):
+            return self.forward(image["image"], image["image_raw"], image_raw)[0][:, None]
+        if self.disc_c_noise > 0:
+            c = c + torch.randn_like(c) * c.std(0) * self.disc_c_noise
         raw = F.interpolate(image_raw, size=image.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
         x, img = None, torch.cat([image, raw], 1)
         with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=self.autocast):
@@ -169,4 +196,4 @@ class DualDiscriminator(nn.Module):
         with torch.autocast(image.device.type, enabled=False):
             h = self.b4.features(x)
             logits = self.b4(h, self.mapping(None, c))
-        return logits[:, 0], self.regress(h)
+        return logits[:, 0], (self.regress(h) if self.regress is not None else None)

@@ -9,7 +9,6 @@ Resampling convolutions work at the lower resolution: up, a transposed convoluti
 then the filter; down, the filter then a convolution of stride 2."""
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,25 +44,40 @@ def normalize_2nd_moment(x, eps=1e-8):
     return x * (x.square().mean(1, keepdim=True) + eps).rsqrt()
 
 
-def up2(x):
-    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-
-
-class _Blur(torch.autograd.Function):
-    """The [1, 3, 3, 1] filter of each channel times ``gain`` (``padding`` on every side). Linear
-    with a constant kernel, so its backward is the transposed filter and nothing is kept for it
-    (a convolution would keep its input, a full-resolution tensor per resampling layer)."""
+class _Resample(torch.autograd.Function):
+    """The [1, 3, 3, 1] filter of each channel times ``gain``: a convolution (``stride`` 1 or 2,
+    ``padding`` on every side) or, ``up``, the zero-insertion upsampling by 2 (a transposed
+    convolution of stride 2, padding 1: EG3D's ``upsample2d``, zeros outside the image). Linear
+    with a constant kernel, so its backward is the adjoint and nothing is kept for it (a
+    convolution would keep its input, a full-resolution tensor per resampling layer)."""
 
     @staticmethod
-    def forward(ctx, x, padding, gain):
-        ctx.padding, ctx.channels, ctx.gain = padding, x.shape[1], gain
-        kernel = (setup_filter() * gain).to(x).expand(x.shape[1], 1, 4, 4)
-        return F.conv2d(x, kernel, padding=padding, groups=x.shape[1])
+    def forward(ctx, x, padding, gain, stride, up):
+        ctx.args = (padding, gain, stride, x.shape[1])
+        ctx.up = up
+        return _filter(x, *ctx.args, transposed=up)
 
     @staticmethod
     def backward(ctx, grad):
-        kernel = (setup_filter() * ctx.gain).to(grad).expand(ctx.channels, 1, 4, 4)
-        return F.conv_transpose2d(grad, kernel, padding=ctx.padding, groups=ctx.channels), None, None
+        return _filter(grad, *ctx.args, transposed=not ctx.up), None, None, None, None
+
+
+def _filter(x, padding, gain, stride, channels, transposed):
+    kernel = (setup_filter() * gain).to(x).expand(channels, 1, 4, 4)
+    op = F.conv_transpose2d if transposed else F.conv2d
+    return op(x, kernel, stride=stride, padding=padding, groups=channels)
+
+
+def blur(x, padding, gain=1.0, stride=1):
+    """The [1, 3, 3, 1] filter with ``padding`` on each side (EG3D's ``upfirdn2d``), every
+    ``stride``-th pixel kept."""
+    return _Resample.apply(x, padding, gain, stride, False)
+
+
+def upsample2d(x):
+    """EG3D's ``upsample2d``: zeros inserted, then the [1, 3, 3, 1] filter times 4 (zero padding,
+    not a bilinear resize, which repeats the border)."""
+    return _Resample.apply(x, 1, 4.0, 2, True)
 
 
 def conv_up2(x, weight, groups=1):
@@ -73,7 +87,7 @@ def conv_up2(x, weight, groups=1):
     out, k = weight.shape[0] // groups, weight.shape[-1]
     transposed = weight.reshape(groups, out, -1, k, k).transpose(1, 2).reshape(-1, out, k, k)
     x = F.conv_transpose2d(x, transposed, stride=2, groups=groups)  # [N, out * groups, 2H + k - 2, ...]
-    return _Blur.apply(x, (5 - k) // 2, 4.0)  # (2H + k - 2) + 2 pad - 3 = 2H; gain 4: the zeros inserted
+    return blur(x, (5 - k) // 2, 4.0)  # (2H + k - 2) + 2 pad - 3 = 2H; gain 4: the zeros inserted
 
 
 class MappingNetwork(nn.Module):
@@ -113,155 +127,207 @@ class MappingNetwork(nn.Module):
         return x
 
 
-class ModulatedConv(nn.Module):
-    """StyleGAN2's modulated convolution with weight demodulation, the styles folded into each
-    sample's weights (a grouped convolution over the batch): the same result as scaling the
-    activations, with nothing but the input kept for the backward."""
+def modulated_conv2d(x, weight, styles, *, demodulate=True, up=False, padding=0):
+    """StyleGAN2's modulated convolution, EG3D's fused form: the styles ``[N, in]`` (and the
+    demodulation) folded into each sample's weights, one grouped convolution over the batch;
+    ``up``: the upsampling convolution. Only the input is kept for the backward."""
+    n, (out, channels, k, _) = x.shape[0], weight.shape
+    w = weight[None] * styles[:, None, :, None, None]  # [N, out, in, k, k]
+    if demodulate:
+        w = w * (w.square().sum([2, 3, 4], keepdim=True) + 1e-8).rsqrt()
+    w = w.reshape(n * out, channels, k, k).to(x.dtype)
+    x = x.reshape(1, n * channels, *x.shape[2:])
+    x = conv_up2(x, w, groups=n) if up else F.conv2d(x, w, padding=padding, groups=n)
+    return x.reshape(n, out, *x.shape[2:])
 
-    def __init__(self, in_channels, out_channels, w_dim, kernel=3, demodulate=True, up=False):
-        super().__init__()
-        self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
-        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel, kernel))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-        self.demodulate, self.up, self.padding = demodulate, up, kernel // 2
-        self.gain = 1 / math.sqrt(in_channels * kernel * kernel)
 
-    def forward(self, x, w):
-        styles = self.affine(w)
-        if not self.demodulate:
-            styles = styles * self.gain
-        n, (out, channels, k, _) = x.shape[0], self.weight.shape
-        weight = self.weight[None] * styles[:, None, :, None, None]  # [N, out, in, k, k]
-        if self.demodulate:
-            weight = weight * (weight.square().sum([2, 3, 4], keepdim=True) + 1e-8).rsqrt()
-        weight = weight.reshape(n * out, channels, k, k).to(x.dtype)
-        x = x.reshape(1, n * channels, *x.shape[2:])
-        if self.up:
-            x = conv_up2(x, weight, groups=n)
-        else:
-            x = F.conv2d(x, weight, padding=self.padding, groups=n)
-        return x.reshape(n, out, *x.shape[2:])
+NOISE_MODES = ("random", "const", "none")
 
 
 class SynthesisLayer(nn.Module):
-    def __init__(self, in_channels, out_channels, w_dim, resolution, up=False):
-        super().__init__()
-        self.conv = ModulatedConv(in_channels, out_channels, w_dim, up=up)
-        self.resolution = resolution
-        self.noise_strength = nn.Parameter(torch.zeros([]))
+    """EG3D's ``SynthesisLayer``: ``affine`` (w to styles, bias 1), the modulated convolution
+    (``up`` 2: upsampling), noise (``noise_mode`` 'random': drawn per image, 'const': the stored
+    ``noise_const``, 'none'), both times ``noise_strength``, then bias, leaky ReLU times sqrt 2
+    (times ``gain``) and ``conv_clamp``."""
 
-    def forward(self, x, w, noise_mode="random"):
-        x = self.conv(x, w)
-        if noise_mode == "random":
+    def __init__(self, in_channels, out_channels, w_dim, resolution, kernel_size=3, up=1, use_noise=True,
+                 conv_clamp=None):
+        super().__init__()
+        self.in_channels, self.out_channels, self.w_dim, self.resolution = in_channels, out_channels, w_dim, resolution
+        self.up, self.use_noise, self.conv_clamp, self.padding = up, use_noise, conv_clamp, kernel_size // 2
+        self.register_buffer("resample_filter", setup_filter())
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        if use_noise:
+            self.register_buffer("noise_const", torch.randn(resolution, resolution))
+            self.noise_strength = nn.Parameter(torch.zeros([]))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+
+    def forward(self, x, w, noise_mode="random", gain=1.0):
+        x = modulated_conv2d(x, self.weight, self.affine(w), up=self.up == 2, padding=self.padding)
+        if self.use_noise and noise_mode == "random":
             x = x + torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype) * self.noise_strength
-        return lrelu(x + self.conv.bias.to(x.dtype)[None, :, None, None])
+        elif self.use_noise and noise_mode == "const":
+            x = x + self.noise_const.to(x.dtype) * self.noise_strength
+        clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
+        return bias_act(x, self.bias, gain, clamp)
 
 
-class ToImage(nn.Module):
-    def __init__(self, in_channels, out_channels, w_dim):
+class ToRGBLayer(nn.Module):
+    """EG3D's ``ToRGBLayer``: a modulated 1 x 1 convolution without demodulation (styles times
+    ``1 / sqrt(in)``), bias, ``conv_clamp``."""
+
+    def __init__(self, in_channels, out_channels, w_dim, kernel_size=1, conv_clamp=None):
         super().__init__()
-        self.conv = ModulatedConv(in_channels, out_channels, w_dim, kernel=1, demodulate=False)
+        self.in_channels, self.out_channels, self.w_dim, self.conv_clamp = in_channels, out_channels, w_dim, conv_clamp
+        self.affine = FullyConnected(w_dim, in_channels, bias_init=1.0)
+        self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        self.weight_gain = 1 / math.sqrt(in_channels * kernel_size ** 2)
 
     def forward(self, x, w):
-        return self.conv(x, w) + self.conv.bias.to(x.dtype)[None, :, None, None]
+        x = modulated_conv2d(x, self.weight, self.affine(w) * self.weight_gain, demodulate=False)
+        return bias_act(x, self.bias, clamp=self.conv_clamp, activation="linear")
 
 
 class SynthesisBlock(nn.Module):
-    """One resolution of StyleGAN2's skip generator: (constant or upsampled input), two
-    modulated convolutions, and the image branch."""
+    """EG3D's ``SynthesisBlock`` ('skip'): the constant (first block) or ``conv0`` (upsampling;
+    ``up`` False: EG3D's ``SynthesisBlockNoUp`` of the super-resolution modules), ``conv1``, and
+    ``torgb`` added to the image branch (upsampled with ``upsample2d`` when ``up``). Takes
+    ``num_conv + num_torgb`` ws."""
 
-    def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels):
+    def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, is_last=False, up=True,
+                 conv_clamp=None, use_noise=True):
         super().__init__()
-        self.resolution, self.in_channels = resolution, in_channels
+        self.in_channels, self.w_dim, self.resolution, self.img_channels = in_channels, w_dim, resolution, img_channels
+        self.is_last, self.up = is_last, up
+        self.register_buffer("resample_filter", setup_filter())
+        layer = dict(w_dim=w_dim, resolution=resolution, conv_clamp=conv_clamp, use_noise=use_noise)
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
         else:
-            self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim, resolution, up=True)
-        self.conv1 = SynthesisLayer(out_channels, out_channels, w_dim, resolution)
-        self.to_image = ToImage(out_channels, img_channels, w_dim)
-        self.num_ws = (1 if in_channels == 0 else 2) + 1
+            self.conv0 = SynthesisLayer(in_channels, out_channels, up=2 if up else 1, **layer)
+        self.conv1 = SynthesisLayer(out_channels, out_channels, **layer)
+        self.torgb = ToRGBLayer(out_channels, img_channels, w_dim, conv_clamp=conv_clamp)
+        self.num_conv, self.num_torgb = (1 if in_channels == 0 else 2), 1
 
     def forward(self, x, img, ws, noise_mode="random"):
-        i = 0
+        w = ws.unbind(1)
         if self.in_channels == 0:
-            x = self.const.unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
+            x = self.const.to(ws.dtype).unsqueeze(0).repeat(ws.shape[0], 1, 1, 1)
         else:
-            x = self.conv0(x, ws[:, 0], noise_mode)
-            i = 1
-        x = self.conv1(x, ws[:, i], noise_mode)
-        y = self.to_image(x, ws[:, i + 1])
-        img = y if img is None else up2(img) + y
-        return x, img
+            x = self.conv0(x, w[0], noise_mode)
+        x = self.conv1(x, w[self.num_conv - 1], noise_mode)
+        if img is not None and self.up:
+            img = upsample2d(img)
+        y = self.torgb(x, w[self.num_conv]).to(ws.dtype)
+        return x, (y if img is None else img + y)
 
 
 def channels_at(resolution, channel_base, channel_max):
     return min(channel_base // resolution, channel_max)
 
 
-class SynthesisNetwork(nn.Module):
-    """StyleGAN2's synthesis network from 4^2 to ``resolution``^2 with ``img_channels`` outputs
-    (the tri-grid's 96 * D channels in EG3D/OmniAvatar)."""
+def check_noise_mode(noise_mode):
+    if noise_mode not in NOISE_MODES:
+        raise ValueError(f"noise_mode must be one of {NOISE_MODES}, got {noise_mode!r}")
 
-    def __init__(self, w_dim, resolution, img_channels, channel_base=32768, channel_max=512):
+
+class SynthesisNetwork(nn.Module):
+    """EG3D's ``SynthesisNetwork``: blocks ``b4`` ... ``b{img_resolution}``; ``num_ws`` = every
+    convolution plus the last block's ``torgb`` (consecutive blocks share a w: a block's
+    ``torgb`` and the next block's ``conv0``)."""
+
+    def __init__(self, w_dim, img_resolution, img_channels, channel_base=32768, channel_max=512, conv_clamp=None,
+                 use_noise=True):
         super().__init__()
-        self.resolutions = [2 ** i for i in range(2, int(np.log2(resolution)) + 1)]
-        self.blocks = nn.ModuleList()
-        previous = 0
-        for r in self.resolutions:
-            out = channels_at(r, channel_base, channel_max)
-            self.blocks.append(SynthesisBlock(previous, out, w_dim, r, img_channels))
-            previous = out
-        # Consecutive blocks share a w: a block's image branch and the next block's first layer.
-        self.num_ws = sum(b.num_ws for b in self.blocks) - (len(self.blocks) - 1)
+        if img_resolution < 4 or img_resolution & (img_resolution - 1):
+            raise ValueError(f"SynthesisNetwork: img_resolution must be a power of two >= 4, got {img_resolution}")
+        self.w_dim, self.img_resolution, self.img_channels = w_dim, img_resolution, img_channels
+        self.block_resolutions = [2 ** i for i in range(2, int(math.log2(img_resolution)) + 1)]
+        self.num_ws = 0
+        for r in self.block_resolutions:
+            block = SynthesisBlock(channels_at(r // 2, channel_base, channel_max) if r > 4 else 0,
+                                   channels_at(r, channel_base, channel_max), w_dim, r, img_channels,
+                                   is_last=r == img_resolution, conv_clamp=conv_clamp, use_noise=use_noise)
+            self.num_ws += block.num_conv
+            setattr(self, f"b{r}", block)
+        self.num_ws += 1
 
     def forward(self, ws, noise_mode="random"):
+        check_noise_mode(noise_mode)
+        if ws.dim() != 3 or ws.shape[1:] != (self.num_ws, self.w_dim):
+            raise ValueError(f"ws must be [N, {self.num_ws}, {self.w_dim}], got {list(ws.shape)}")
         x = img = None
         i = 0
-        for block in self.blocks:
-            x, img = block(x, img, ws[:, i:i + block.num_ws], noise_mode)
-            i += block.num_ws - 1
+        for r in self.block_resolutions:
+            block = getattr(self, f"b{r}")
+            x, img = block(x, img, ws.narrow(1, i, block.num_conv + block.num_torgb), noise_mode)
+            i += block.num_conv
         return img
 
 
+class StyleGAN2Backbone(nn.Module):
+    """EG3D's ``StyleGAN2Backbone`` (``networks_stylegan2.Generator``): ``mapping`` and
+    ``synthesis``; in EG3D and OmniAvatar it emits the tri-plane (tri-grid) channels at 256^2."""
+
+    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs=None, **synthesis_kwargs):
+        super().__init__()
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.synthesis = SynthesisNetwork(w_dim, img_resolution, img_channels, **synthesis_kwargs)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **(mapping_kwargs or {}))
+
+    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False, noise_mode="random"):
+        ws = self.mapping(z, c, truncation_psi, truncation_cutoff, update_w_avg=update_emas)
+        return self.synthesis(ws, noise_mode)
+
+
+# EG3D's super-resolution modules: (input resolution, output resolution, block widths).
+EG3D_SUPERRESOLUTION = {
+    "SuperresolutionHybrid2X": (64, 128, (128, 64)),
+    "SuperresolutionHybrid4X": (128, 256, (128, 64)),
+    "SuperresolutionHybrid8XDC": (128, 512, (256, 128)),
+}
+
+
 class SuperResolution(nn.Module):
-    """EG3D's super-resolution: the raw feature image (and its RGB, the image branch's start)
-    resized to the module's input resolution, so the neural rendering resolution may change
-    during training, then one synthesis block per doubling (2x, 4x or 8x), all on the last w.
-    With ``autocast`` the blocks run in bfloat16 (EG3D runs them in fp16), the image returns
-    in float32."""
+    """EG3D's super-resolution modules in one: the raw feature image and its RGB resized
+    (bilinear, antialiased) to the fixed ``input_resolution``, so the neural rendering resolution
+    may change during training, then ``block0`` and ``block1`` on the last w. Twice the input
+    (EG3D's ``SuperresolutionHybrid2X`` and ``4X``): ``block0`` keeps the resolution (EG3D's
+    ``SynthesisBlockNoUp``); four times (``8XDC``): both blocks double it. Widths and
+    ``conv_clamp`` 256 are EG3D's (``widths`` changes them for small models). With ``autocast``
+    the blocks run in bfloat16 (EG3D runs them in fp16), the image returns in float32."""
     autocast = False
 
-    def __init__(self, channels, input_resolution, output_resolution, w_dim, img_channels=3, channel_base=32768,
-                 channel_max=512):
+    def __init__(self, channels, input_resolution, output_resolution, w_dim=512, widths=None, conv_clamp=256,
+                 antialias=True, use_noise=True):
         super().__init__()
         factor = output_resolution // input_resolution
-        if factor not in (2, 4, 8) or factor * input_resolution != output_resolution:
-            raise ValueError(f"SuperResolution: the output must be 2, 4 or 8 times the neural rendering "
-                             f"resolution, got {input_resolution} -> {output_resolution}")
+        if factor not in (2, 4) or factor * input_resolution != output_resolution:
+            raise ValueError(f"SuperResolution: the output must be 2 or 4 times the super-resolution input, got "
+                             f"{input_resolution} -> {output_resolution}")
         self.input_resolution, self.output_resolution = input_resolution, output_resolution
-        self.blocks = nn.ModuleList()
-        previous, r = channels, input_resolution * 2
-        while r <= output_resolution:
-            out = channels_at(r, channel_base, channel_max)
-            self.blocks.append(SynthesisBlock(previous, out, w_dim, r, img_channels))
-            previous, r = out, r * 2
+        self.sr_antialias = antialias
+        first, second = widths or ((256, 128) if factor == 4 else (128, 64))
+        block = dict(w_dim=w_dim, img_channels=3, conv_clamp=conv_clamp, use_noise=use_noise)
+        self.block0 = SynthesisBlock(channels, first, resolution=output_resolution // 2, up=factor == 4, **block)
+        self.block1 = SynthesisBlock(first, second, resolution=output_resolution, is_last=True, **block)
+        if factor == 2:  # EG3D's 2X and 4X modules carry the filter as a buffer, 8XDC does not
+            self.register_buffer("resample_filter", setup_filter())
 
-    def forward(self, rgb, features, ws, noise_mode="random"):
+    def forward(self, rgb, x, ws, noise_mode="none"):
         size = (self.input_resolution, self.input_resolution)
-        resize = lambda t: t if t.shape[-1] == size[0] else F.interpolate(  # noqa: E731
-            t, size=size, mode="bilinear", align_corners=False, antialias=True)
-        x, img = resize(features), resize(rgb)
+        resize = lambda t: t if t.shape[-2:] == size else F.interpolate(  # noqa: E731
+            t, size=size, mode="bilinear", align_corners=False, antialias=self.sr_antialias)
+        x, rgb = resize(x), resize(rgb)
         w = ws[:, -1:].expand(-1, 3, -1)
         with torch.autocast(rgb.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            for block in self.blocks:
-                x, img = block(x, img, w, noise_mode)
-        return img.float()
-
-
-def filter_down(x, padding):
-    """The [1, 3, 3, 1] filter with ``padding`` on each side (EG3D's ``upfirdn2d`` before a
-    stride-2 layer)."""
-    return _Blur.apply(x, padding, 1.0)
+            x, rgb = self.block0(x, rgb, w, noise_mode)
+            x, rgb = self.block1(x, rgb, w, noise_mode)
+        return rgb.to(ws.dtype)
 
 
 def bias_act(x, bias=None, gain=1.0, clamp=None, activation="lrelu"):
@@ -294,10 +360,10 @@ class Conv2dLayer(nn.Module):
         w = (self.weight * self.weight_gain).to(x.dtype)
         if self.down == 1:
             x = F.conv2d(x, w, padding=self.padding)
-        elif w.shape[-1] == 1:  # filter, drop every other pixel, then the 1 x 1 convolution
-            x = F.conv2d(filter_down(x, 1)[:, :, ::2, ::2], w)
+        elif w.shape[-1] == 1:  # the filter at every other pixel, then the 1 x 1 convolution
+            x = F.conv2d(blur(x, 1, stride=2), w)
         else:  # filter (padding k // 2 + 1), then the stride-2 convolution
-            x = F.conv2d(filter_down(x, self.padding + 1), w, stride=2)
+            x = F.conv2d(blur(x, self.padding + 1), w, stride=2)
         clamp = self.conv_clamp * gain if self.conv_clamp is not None else None
         return bias_act(x, self.bias, gain, clamp, self.activation)
 

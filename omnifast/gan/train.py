@@ -22,7 +22,7 @@ TRAIN_COLUMNS = ("step", "seconds", "G", "D", "geometry_prior", "control", "D_co
                  "fd_random", "nrr", "blur", "beta")
 CHECKPOINT_KEYS = ("config", "step", "G", "D", "G_ema", "opt_G", "opt_D")
 TINY_GENERATOR = dict(z_dim=64, w_dim=64, grid_resolution=32, grid_channels=8, channel_base=2048, channel_max=64,
-                      feature_channels=16, sr_channel_base=1024, sr_channel_max=32)
+                      feature_channels=16, sr_channels=[32, 16])
 PRESETS = {  # neural rendering resolution, network sizes, samples per ray, batch
     # tiny: EG3D's blur (10 pixels of a 512^2 image, faded over 6250 iterations) scaled to its 64^2
     # images and its few hundred iterations: 1.25 pixels, faded over 100 iterations at batch 2
@@ -311,13 +311,13 @@ class GANRun:
         terms.update(G=loss_g.item(), geometry_prior=prior.item(), control=control.item())
         del out, logits, regressed  # G main's images and corrections: not held through the next phases
         self._step(self.opt_G, self.G)
-        self._average(self.G.mapping.w_avg)  # each process tracked its share's mean w
+        self._average(self.G.backbone.mapping.w_avg)  # each process tracked its share's mean w
 
         # G reg: EG3D maps and synthesises new latents and regularises their tri-grid.
         if (c.density_reg or c.eikonal) and self.step % c.density_reg_interval == 0:
             self._phase("G_reg")
             z, gen_c, map_c = self.fake_inputs(g)
-            planes = self.G.renderer.prepare(self.G.planes(self.G.map(z, map_c)), c.backend)
+            planes = self.G.renderer.prepare(self.G.planes(self.G.mapping(z, map_c)), c.backend)
             regularisers = self._geometry_regularisers(planes, gen_c, g)
             self.opt_G.zero_grad(set_to_none=True)
             sum(value * getattr(c, name) * c.density_reg_interval for name, value in regularisers.items()).backward()
@@ -362,7 +362,7 @@ class GANRun:
             self.clock(name)
 
     def _synthesis(self, G, z, c, c_map):
-        return G(z, c, c_map=c_map, update_w_avg=torch.is_grad_enabled(), backend=self.config.backend,
+        return G(z, c, c_map=c_map, update_emas=torch.is_grad_enabled(), backend=self.config.backend,
                  neural_rendering_resolution=self.nrr())
 
     def _geometry_regularisers(self, planes, c, g):

@@ -1,0 +1,225 @@
+"""EG3D's ``TriPlaneGenerator`` on omnifast's kernels, with EG3D's constructor, attributes,
+parameter names and interface (``mapping``, ``synthesis``, ``sample``, ``sample_mixed``,
+``rendering_kwargs``, ``neural_rendering_resolution``), so a released EG3D network loaded by
+:func:`omnifast.gan.load_network_pkl` runs a user's EG3D script unchanged: the tri-plane is
+sampled with omnifast's kernel (EG3D's plane axes), the coarse and importance passes are
+composited with the fused kernel, the importance depths drawn by the fused sampler; the random
+draws are EG3D's (``rand_like`` of the coarse depths, then ``rand(rays, N_importance)``)."""
+import torch
+from torch import nn
+
+from ..eg3d import plane_axes_to_indices
+from ..geometry.cameras import camera_rays
+from ..ops.composite import composite, importance_sample, merge_samples
+from ..ops.triplane import triplane_sample
+from ..render.decoder import FullyConnected
+from .models import check_truncation
+from .networks import EG3D_SUPERRESOLUTION, StyleGAN2Backbone, SuperResolution, check_noise_mode
+
+# Keyword arguments of EG3D's networks that only choose speed or precision on a GPU (fp16
+# layers, fused modulated convolutions, channels-last): accepted and ignored.
+SPEED_ONLY = ("num_fp16_res", "fused_modconv_default", "fp16_channels_last", "force_fp32", "fused_modconv")
+RENDERING_NEEDS = ("superresolution_module", "sr_antialias", "ray_start", "ray_end", "box_warp", "depth_resolution",
+                   "depth_resolution_importance", "clamp_mode", "c_gen_conditioning_zero",
+                   "superresolution_noise_mode")
+
+
+def mapping_kwargs_of(kwargs, where):
+    """EG3D's ``MappingNetwork`` keyword arguments as omnifast's."""
+    kwargs = dict(kwargs or {})
+    for name, allowed in (("embed_features", (None,)), ("layer_features", (None,)), ("activation", ("lrelu",))):
+        if kwargs.pop(name, allowed[0]) not in allowed:
+            raise ValueError(f"{where}: mapping_kwargs {name} must be {allowed[0]!r} (EG3D's), got other")
+    renames = {"num_layers": "layers", "lr_multiplier": "lr_mul", "w_avg_beta": "w_avg_beta"}
+    unknown = sorted(set(kwargs) - set(renames))
+    if unknown:
+        raise ValueError(f"{where}: unknown mapping_kwargs {unknown}")
+    return {renames[k]: v for k, v in kwargs.items()}
+
+
+def synthesis_kwargs_of(kwargs, where):
+    kwargs = {k: v for k, v in kwargs.items() if k not in SPEED_ONLY}
+    unknown = sorted(set(kwargs) - {"channel_base", "channel_max", "conv_clamp"})
+    if unknown:
+        raise ValueError(f"{where}: unknown synthesis arguments {unknown}")
+    return kwargs
+
+
+class OSGDecoder(nn.Module):
+    """EG3D's ``OSGDecoder``: the mean of the three planes' features, ``net`` = FC(32, 64),
+    softplus, FC(64, 1 + 32); colour ``sigmoid * 1.002 - 0.001``, the density raw."""
+
+    def __init__(self, n_features, options):
+        super().__init__()
+        self.hidden_dim = 64
+        lr = options["decoder_lr_mul"]
+        self.net = nn.Sequential(FullyConnected(n_features, self.hidden_dim, lr), nn.Softplus(),
+                                 FullyConnected(self.hidden_dim, 1 + options["decoder_output_dim"], lr))
+
+    def decode(self, features):
+        """``[N, M, C]`` plane-mean features -> ``{'rgb', 'sigma'}``."""
+        x = self.net(features)
+        return {"rgb": torch.sigmoid(x[..., 1:]) * (1 + 2 * 0.001) - 0.001, "sigma": x[..., 0:1]}
+
+    def forward(self, sampled_features, ray_directions=None):
+        """EG3D's call: ``[N, 3, M, C]`` features of each plane."""
+        return self.decode(sampled_features.mean(1))
+
+
+class ImportanceRenderer(nn.Module):
+    """EG3D's ``ImportanceRenderer`` (``forward``, ``run_model``) on omnifast's kernels: stratified
+    depths from ``ray_start`` to ``ray_end``, the coarse pass, importance depths from its
+    weights, the fine pass, both merged and composited (midpoint, ``softplus(sigma - 1)``)."""
+
+    def __init__(self, axes="eg3d"):
+        super().__init__()
+        self.axes = axes
+
+    def run_model(self, planes, decoder, sample_coordinates, sample_directions, options):
+        features = triplane_sample(planes, sample_coordinates.to(planes.dtype), box_warp=options["box_warp"],
+                                   reduce="mean", axes=self.axes)
+        out = decoder.decode(features)
+        if options.get("density_noise", 0) > 0:
+            out["sigma"] = out["sigma"] + torch.randn_like(out["sigma"]) * options["density_noise"]
+        return out
+
+    def _march(self, colors, densities, depths, options):
+        out = composite(colors, densities, depths.to(colors.dtype), field_type="density", mode="midpoint",
+                        white_back=options.get("white_back", False), return_weights=True)
+        return out.features * 2 - 1, out.depth, out.weights
+
+    def forward(self, planes, decoder, ray_origins, ray_directions, options):
+        n, m, _ = ray_origins.shape
+        start, end, count = options["ray_start"], options["ray_end"], options["depth_resolution"]
+        # EG3D's draws: float32 depths jittered by rand_like, in this order before the importance draws
+        depths = torch.linspace(start, end, count, device=ray_origins.device).reshape(1, 1, count, 1).repeat(n, m, 1, 1)
+        depths = depths + torch.rand_like(depths) * ((end - start) / (count - 1))
+        passes = [(depths.to(planes.dtype), self._shade(planes, decoder, ray_origins, ray_directions, depths, options))]
+        extra = options["depth_resolution_importance"]
+        if extra > 0:
+            (coarse, (colors, sigmas)) = passes[0]
+            _, _, weights = self._march(colors, sigmas, coarse, options)
+            fine = importance_sample(coarse.detach(), weights.detach(), extra)
+            passes.append((fine, self._shade(planes, decoder, ray_origins, ray_directions, fine, options)))
+            depths, (colors, sigmas) = merge_samples(passes[0][0], fine, passes[0][1], passes[1][1])
+        else:
+            depths, (colors, sigmas) = passes[0]
+        rgb, depth, weights = self._march(colors, sigmas, depths, options)
+        return rgb, depth, weights.sum(2)
+
+    def _shade(self, planes, decoder, origins, directions, depths, options):
+        n, m, s, _ = depths.shape
+        points = (origins.unsqueeze(-2) + depths.to(origins.dtype) * directions.unsqueeze(-2)).reshape(n, -1, 3)
+        out = self.run_model(planes, decoder, points, None, options)
+        return out["rgb"].reshape(n, m, s, -1), out["sigma"].reshape(n, m, s, 1)
+
+
+class TriPlaneGenerator(nn.Module):
+    """EG3D's ``TriPlaneGenerator``: the StyleGAN2 backbone emits three 32-channel 256^2 planes,
+    the renderer composites a 32-channel feature image at ``neural_rendering_resolution``, EG3D's
+    super-resolution module (``rendering_kwargs['superresolution_module']``) makes the image.
+    ``G(z, c)`` returns ``{'image', 'image_raw', 'image_depth'}``; labels ``c`` are EG3D's 25
+    numbers (cam2world 16, intrinsics 9)."""
+
+    def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0, mapping_kwargs=None,
+                 rendering_kwargs=None, sr_kwargs=None, **synthesis_kwargs):
+        super().__init__()
+        rendering_kwargs = dict(rendering_kwargs or {})
+        missing = [k for k in RENDERING_NEEDS if k not in rendering_kwargs]
+        if missing:
+            raise ValueError(f"TriPlaneGenerator: rendering_kwargs lacks {missing}")
+        for key, allowed in (("clamp_mode", ("softplus",)), ("disparity_space_sampling", (False,))):
+            if rendering_kwargs.get(key, allowed[0]) not in allowed:
+                raise ValueError(f"TriPlaneGenerator: rendering_kwargs {key} must be {allowed[0]!r}, got "
+                                 f"{rendering_kwargs[key]!r}")
+        for key in ("ray_start", "ray_end"):
+            if isinstance(rendering_kwargs[key], bool) or not isinstance(rendering_kwargs[key], (int, float)):
+                raise ValueError(f"TriPlaneGenerator: rendering_kwargs {key} must be a number (omnifast does not "
+                                 f"support {rendering_kwargs[key]!r}), got {type(rendering_kwargs[key]).__name__}")
+        module = str(rendering_kwargs["superresolution_module"]).rsplit(".", 1)[-1]
+        if module not in EG3D_SUPERRESOLUTION:
+            raise ValueError(f"TriPlaneGenerator: superresolution_module must be one of "
+                             f"{sorted(EG3D_SUPERRESOLUTION)}, got {rendering_kwargs['superresolution_module']!r}")
+        sr_input, sr_output, widths = EG3D_SUPERRESOLUTION[module]
+        if img_resolution != sr_output:
+            raise ValueError(f"TriPlaneGenerator: {module} makes {sr_output}^2 images, img_resolution is "
+                             f"{img_resolution}")
+        if img_channels != 3 or w_dim != 512:
+            raise ValueError(f"TriPlaneGenerator: EG3D's super-resolution needs img_channels 3 and w_dim 512, got "
+                             f"{img_channels} and {w_dim}")
+        self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
+        self.img_resolution, self.img_channels = img_resolution, img_channels
+        self.renderer = ImportanceRenderer()
+        self.backbone = StyleGAN2Backbone(z_dim, c_dim, w_dim, 256, 32 * 3,
+                                          mapping_kwargs=mapping_kwargs_of(mapping_kwargs, "TriPlaneGenerator"),
+                                          **synthesis_kwargs_of(synthesis_kwargs, "TriPlaneGenerator"))
+        sr_extra = synthesis_kwargs_of({k: v for k, v in (sr_kwargs or {}).items()
+                                        if k not in ("channel_base", "channel_max", "conv_clamp")}, "superresolution")
+        if sr_extra:
+            raise ValueError(f"TriPlaneGenerator: unknown sr_kwargs {sorted(sr_extra)}")
+        self.superresolution = SuperResolution(32, sr_input, sr_output, w_dim, widths,
+                                               conv_clamp=256 if sr_num_fp16_res > 0 else None,
+                                               antialias=rendering_kwargs["sr_antialias"])
+        self.decoder = OSGDecoder(32, {"decoder_lr_mul": rendering_kwargs.get("decoder_lr_mul", 1),
+                                       "decoder_output_dim": 32})
+        self.neural_rendering_resolution = 64
+        self.rendering_kwargs = rendering_kwargs
+
+    def set_plane_axes(self, plane_axes):
+        """Use a released renderer's plane matrices (EG3D's or the fixed branch's permutations)."""
+        axes = plane_axes_to_indices(plane_axes)
+        if axes is None:
+            raise ValueError("TriPlaneGenerator: the renderer's plane_axes must be three 3 x 3 permutation matrices")
+        self.renderer.axes = axes
+
+    def mapping(self, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False):
+        check_truncation(truncation_psi, truncation_cutoff, self.backbone.num_ws)
+        if self.rendering_kwargs["c_gen_conditioning_zero"]:
+            c = torch.zeros_like(c)
+        return self.backbone.mapping(z, c * self.rendering_kwargs.get("c_scale", 0), truncation_psi,
+                                     truncation_cutoff, update_w_avg=update_emas)
+
+    def planes(self, ws, noise_mode="random"):
+        planes = self.backbone.synthesis(ws, noise_mode)
+        return planes.view(len(planes), 3, 32, planes.shape[-2], planes.shape[-1])
+
+    def synthesis(self, ws, c, neural_rendering_resolution=None, update_emas=False, cache_backbone=False,
+                  use_cached_backbone=False, noise_mode="random", **synthesis_kwargs):
+        synthesis_kwargs_of(synthesis_kwargs, "TriPlaneGenerator.synthesis")
+        check_noise_mode(noise_mode)
+        if neural_rendering_resolution is None:
+            neural_rendering_resolution = self.neural_rendering_resolution
+        else:  # as EG3D: the last resolution asked for becomes the default
+            self.neural_rendering_resolution = neural_rendering_resolution
+        origins, directions = camera_rays(c[:, :16].view(-1, 4, 4), c[:, 16:25].view(-1, 3, 3),
+                                          neural_rendering_resolution)
+        n, r = origins.shape[0], neural_rendering_resolution
+        cached = getattr(self, "_last_planes", None)
+        planes = cached if use_cached_backbone and cached is not None else self.planes(ws, noise_mode)
+        if cache_backbone:
+            self._last_planes = planes
+        features, depth, _ = self.renderer(planes, self.decoder, origins, directions, self.rendering_kwargs)
+        feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], r, r).contiguous()
+        depth_image = depth.permute(0, 2, 1).reshape(n, 1, r, r)
+        rgb = feature_image[:, :3]
+        image = self.superresolution(rgb, feature_image, ws, self.rendering_kwargs["superresolution_noise_mode"])
+        return {"image": image, "image_raw": rgb, "image_depth": depth_image}
+
+    def sample(self, coordinates, directions, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False,
+               noise_mode="random", **synthesis_kwargs):
+        """Colour features and raw density at points ``[N, M, 3]`` (EG3D's shape extraction)."""
+        ws = self.mapping(z, c, truncation_psi, truncation_cutoff, update_emas)
+        return self.sample_mixed(coordinates, directions, ws, noise_mode=noise_mode, **synthesis_kwargs)
+
+    def sample_mixed(self, coordinates, directions, ws, truncation_psi=1, truncation_cutoff=None, update_emas=False,
+                     noise_mode="random", **synthesis_kwargs):
+        synthesis_kwargs_of(synthesis_kwargs, "TriPlaneGenerator.sample_mixed")
+        return self.renderer.run_model(self.planes(ws, noise_mode), self.decoder, coordinates, directions,
+                                       self.rendering_kwargs)
+
+    def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, neural_rendering_resolution=None,
+                update_emas=False, noise_mode="random", **synthesis_kwargs):
+        ws = self.mapping(z, c, truncation_psi, truncation_cutoff, update_emas)
+        return self.synthesis(ws, c, neural_rendering_resolution, update_emas, noise_mode=noise_mode,
+                              **synthesis_kwargs)
+
