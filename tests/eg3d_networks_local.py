@@ -64,6 +64,12 @@ def _persistent(eg3d_module):
     return mark
 
 
+def _store(obj, values, names):
+    """obj.<name> = values[name] for each name, in order: the constructors' attributes in EG3D's order."""
+    for name in names.split():
+        setattr(obj, name, values[name])
+
+
 def _reconstruct_persistent_obj(meta):
     """Local stand-in for EG3D's: rebuild the local class named by meta['class_name'] from its state."""
     assert meta['type'] == 'class' and meta['version'] == 6
@@ -194,9 +200,7 @@ def _modulated_conv2d(x, weight, styles, noise=None, up=1, padding=0, resample_f
 class FullyConnectedLayer(torch.nn.Module):
     def __init__(self, in_features, out_features, bias=True, activation='linear', lr_multiplier=1, bias_init=0):
         super().__init__()
-        self.in_features = in_features
-        self.out_features = out_features
-        self.activation = activation
+        _store(self, locals(), 'in_features out_features activation')
         self.weight = torch.nn.Parameter(torch.randn([out_features, in_features]) / lr_multiplier)
         self.bias = torch.nn.Parameter(torch.full([out_features], np.float32(bias_init))) if bias else None
         self.weight_gain = lr_multiplier / np.sqrt(in_features)  # a numpy float64
@@ -213,12 +217,7 @@ class Conv2dLayer(torch.nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size, bias=True, activation='linear', up=1, down=1,
                  resample_filter=_FIR, conv_clamp=None, channels_last=False, trainable=True):
         super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.activation = activation
-        self.up = up
-        self.down = down
-        self.conv_clamp = conv_clamp
+        _store(self, locals(), 'in_channels out_channels activation up down conv_clamp')
         self.register_buffer('resample_filter', _setup_filter(resample_filter))
         self.padding = kernel_size // 2
         self.weight_gain = 1 / np.sqrt(in_channels * kernel_size ** 2)
@@ -248,12 +247,7 @@ class MappingNetwork(torch.nn.Module):
     def __init__(self, z_dim, c_dim, w_dim, num_ws, num_layers=8, embed_features=None, layer_features=None,
                  activation='lrelu', lr_multiplier=0.01, w_avg_beta=0.998):
         super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.num_ws = num_ws
-        self.num_layers = num_layers
-        self.w_avg_beta = w_avg_beta
+        _store(self, locals(), 'z_dim c_dim w_dim num_ws num_layers w_avg_beta')
         embed_features = 0 if c_dim == 0 else (w_dim if embed_features is None else embed_features)
         layer_features = w_dim if layer_features is None else layer_features
         features = [z_dim + embed_features] + [layer_features] * (num_layers - 1) + [w_dim]
@@ -290,14 +284,7 @@ class SynthesisLayer(torch.nn.Module):
     def __init__(self, in_channels, out_channels, w_dim, resolution, kernel_size=3, up=1, use_noise=True,
                  activation='lrelu', resample_filter=_FIR, conv_clamp=None, channels_last=False):
         super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.w_dim = w_dim
-        self.resolution = resolution
-        self.up = up
-        self.use_noise = use_noise
-        self.activation = activation
-        self.conv_clamp = conv_clamp
+        _store(self, locals(), 'in_channels out_channels w_dim resolution up use_noise activation conv_clamp')
         self.register_buffer('resample_filter', _setup_filter(resample_filter))
         self.padding = kernel_size // 2
         self.act_gain = _ACT_GAIN[activation]
@@ -327,10 +314,7 @@ class SynthesisLayer(torch.nn.Module):
 class ToRGBLayer(torch.nn.Module):
     def __init__(self, in_channels, out_channels, w_dim, kernel_size=1, conv_clamp=None, channels_last=False):
         super().__init__()
-        self.in_channels = in_channels
-        self.out_channels = out_channels
-        self.w_dim = w_dim
-        self.conv_clamp = conv_clamp
+        _store(self, locals(), 'in_channels out_channels w_dim conv_clamp')
         self.affine = FullyConnectedLayer(w_dim, in_channels, bias_init=1)
         self.weight = torch.nn.Parameter(torch.randn([out_channels, in_channels, kernel_size, kernel_size]))
         self.bias = torch.nn.Parameter(torch.zeros([out_channels]))
@@ -344,21 +328,15 @@ class ToRGBLayer(torch.nn.Module):
 
 class _SynthesisBlockBase(torch.nn.Module):
     """SynthesisBlock (conv0 upsamples 2x, the image is upsampled before adding torgb) and, with
-    up = 1, superresolution.py's SynthesisBlockNoUp. Architecture 'skip' only."""
-    up = 2
+    _up = 1, superresolution.py's SynthesisBlockNoUp. Architecture 'skip' only."""
+    _up = 2
 
     def __init__(self, in_channels, out_channels, w_dim, resolution, img_channels, is_last, architecture='skip',
                  resample_filter=_FIR, conv_clamp=256, use_fp16=False, fp16_channels_last=False,
                  fused_modconv_default=True, **layer_kwargs):
         assert architecture == 'skip', 'only the skip architecture is re-implemented'
         super().__init__()
-        self.in_channels = in_channels
-        self.w_dim = w_dim
-        self.resolution = resolution
-        self.img_channels = img_channels
-        self.is_last = is_last
-        self.architecture = architecture
-        self.use_fp16 = use_fp16
+        _store(self, locals(), 'in_channels w_dim resolution img_channels is_last architecture use_fp16')
         self.channels_last = use_fp16 and fp16_channels_last
         self.fused_modconv_default = fused_modconv_default
         self.register_buffer('resample_filter', _setup_filter(resample_filter))
@@ -367,7 +345,7 @@ class _SynthesisBlockBase(torch.nn.Module):
         if in_channels == 0:
             self.const = torch.nn.Parameter(torch.randn([out_channels, resolution, resolution]))
         else:
-            up_kwargs = dict(up=2, resample_filter=resample_filter) if self.up == 2 else {}
+            up_kwargs = dict(up=2, resample_filter=resample_filter) if self._up == 2 else {}
             self.conv0 = SynthesisLayer(in_channels, out_channels, w_dim=w_dim, resolution=resolution, **up_kwargs,
                                         conv_clamp=conv_clamp, channels_last=self.channels_last, **layer_kwargs)
             self.num_conv += 1
@@ -386,7 +364,7 @@ class _SynthesisBlockBase(torch.nn.Module):
         else:
             x = self.conv0(x, next(w_iter), **layer_kwargs)
             x = self.conv1(x, next(w_iter), **layer_kwargs)
-        if img is not None and self.up == 2:
+        if img is not None and self._up == 2:
             img = _upsample2d(img, self.resample_filter)  # zero-insertion + FIR, not bilinear
         y = self.torgb(x, next(w_iter))
         img = img.add_(y) if img is not None else y  # in place, as EG3D: NoUp writes into its input image
@@ -395,7 +373,7 @@ class _SynthesisBlockBase(torch.nn.Module):
 
 @_persistent('training.networks_stylegan2')
 class SynthesisBlock(_SynthesisBlockBase):
-    up = 2
+    _up = 2
 
 
 @_persistent('training.networks_stylegan2')
@@ -404,11 +382,9 @@ class SynthesisNetwork(torch.nn.Module):
                  **block_kwargs):
         assert img_resolution >= 4 and img_resolution & (img_resolution - 1) == 0
         super().__init__()
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
+        _store(self, locals(), 'w_dim img_resolution')
         self.img_resolution_log2 = int(np.log2(img_resolution))
-        self.img_channels = img_channels
-        self.num_fp16_res = num_fp16_res
+        _store(self, locals(), 'img_channels num_fp16_res')
         self.block_resolutions = [2 ** i for i in range(2, self.img_resolution_log2 + 1)]
         channels = {res: min(channel_base // res, channel_max) for res in self.block_resolutions}
         fp16_resolution = max(2 ** (self.img_resolution_log2 + 1 - num_fp16_res), 8)
@@ -436,11 +412,7 @@ class SynthesisNetwork(torch.nn.Module):
 class Generator(torch.nn.Module):
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, mapping_kwargs={}, **synthesis_kwargs):  # noqa: B006
         super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
+        _store(self, locals(), 'z_dim c_dim w_dim img_resolution img_channels')
         self.synthesis = SynthesisNetwork(w_dim=w_dim, img_resolution=img_resolution, img_channels=img_channels,
                                           **synthesis_kwargs)
         self.num_ws = self.synthesis.num_ws
@@ -460,12 +432,7 @@ class DiscriminatorBlock(torch.nn.Module):
         assert in_channels in [0, tmp_channels]
         assert architecture == 'resnet', 'only the resnet architecture is re-implemented'
         super().__init__()
-        self.in_channels = in_channels
-        self.resolution = resolution
-        self.img_channels = img_channels
-        self.first_layer_idx = first_layer_idx
-        self.architecture = architecture
-        self.use_fp16 = use_fp16
+        _store(self, locals(), 'in_channels resolution img_channels first_layer_idx architecture use_fp16')
         self.channels_last = use_fp16 and fp16_channels_last
         self.register_buffer('resample_filter', _setup_filter(resample_filter))
         self.num_layers = 0
@@ -499,8 +466,7 @@ class DiscriminatorBlock(torch.nn.Module):
 class MinibatchStdLayer(torch.nn.Module):
     def __init__(self, group_size, num_channels=1):
         super().__init__()
-        self.group_size = group_size
-        self.num_channels = num_channels
+        _store(self, locals(), 'group_size num_channels')
 
     def forward(self, x):
         n, c, h, w = x.shape
@@ -518,11 +484,7 @@ class DiscriminatorEpilogue(torch.nn.Module):
                  mbstd_num_channels=1, activation='lrelu', conv_clamp=None):
         assert architecture == 'resnet', 'only the resnet architecture is re-implemented'
         super().__init__()
-        self.in_channels = in_channels
-        self.cmap_dim = cmap_dim
-        self.resolution = resolution
-        self.img_channels = img_channels
-        self.architecture = architecture
+        _store(self, locals(), 'in_channels cmap_dim resolution img_channels architecture')
         self.mbstd = MinibatchStdLayer(group_size=mbstd_group_size, num_channels=mbstd_num_channels) \
             if mbstd_num_channels > 0 else None
         self.conv = Conv2dLayer(in_channels + mbstd_num_channels, in_channels, kernel_size=3, activation=activation,
@@ -543,7 +505,7 @@ class DiscriminatorEpilogue(torch.nn.Module):
 
 @_persistent('training.superresolution')
 class SynthesisBlockNoUp(_SynthesisBlockBase):
-    up = 1
+    _up = 1
 
 
 def _superresolve(sr, rgb, x, ws, resize_if_smaller_only, block_kwargs):
@@ -651,11 +613,7 @@ class TriPlaneGenerator(torch.nn.Module):
     def __init__(self, z_dim, c_dim, w_dim, img_resolution, img_channels, sr_num_fp16_res=0, mapping_kwargs={},  # noqa: B006
                  rendering_kwargs={}, sr_kwargs={}, **synthesis_kwargs):  # noqa: B006
         super().__init__()
-        self.z_dim = z_dim
-        self.c_dim = c_dim
-        self.w_dim = w_dim
-        self.img_resolution = img_resolution
-        self.img_channels = img_channels
+        _store(self, locals(), 'z_dim c_dim w_dim img_resolution img_channels')
         self.renderer = ImportanceRenderer()
         self.ray_sampler = RaySampler()
         self.backbone = Generator(z_dim, c_dim, w_dim, img_resolution=256, img_channels=32 * 3,
@@ -675,8 +633,8 @@ class TriPlaneGenerator(torch.nn.Module):
         return self.backbone.mapping(z, c * self.rendering_kwargs.get('c_scale', 0), truncation_psi=truncation_psi,
                                      truncation_cutoff=truncation_cutoff, update_emas=update_emas)
 
-    def _planes(self, ws, update_emas, synthesis_kwargs):
-        planes = self.backbone.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
+    @staticmethod
+    def _three_planes(planes):
         return planes.view(len(planes), 3, 32, planes.shape[-2], planes.shape[-1])
 
     def synthesis(self, ws, c, neural_rendering_resolution=None, update_emas=False, cache_backbone=False,
@@ -690,10 +648,11 @@ class TriPlaneGenerator(torch.nn.Module):
         if use_cached_backbone and self._last_planes is not None:
             planes = self._last_planes
         else:
-            planes = self._planes(ws, update_emas, synthesis_kwargs)
+            planes = self.backbone.synthesis(ws, update_emas=update_emas, **synthesis_kwargs)
         if cache_backbone:
-            self._last_planes = planes
-        features, depths, _ = self.renderer(planes, self.decoder, ray_origins, ray_directions, self.rendering_kwargs)
+            self._last_planes = planes  # the backbone's output, [N, 96, 256, 256]
+        features, depths, _ = self.renderer(self._three_planes(planes), self.decoder, ray_origins, ray_directions,
+                                            self.rendering_kwargs)
         n, h = len(ray_origins), self.neural_rendering_resolution
         feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], h, h).contiguous()
         depth_image = depths.permute(0, 2, 1).reshape(n, 1, h, h)
@@ -707,12 +666,12 @@ class TriPlaneGenerator(torch.nn.Module):
                **synthesis_kwargs):
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff,
                           update_emas=update_emas)
-        planes = self._planes(ws, update_emas, synthesis_kwargs)
+        planes = self._three_planes(self.backbone.synthesis(ws, update_emas=update_emas, **synthesis_kwargs))
         return self.renderer.run_model(planes, self.decoder, coordinates, directions, self.rendering_kwargs)
 
     def sample_mixed(self, coordinates, directions, ws, truncation_psi=1, truncation_cutoff=None, update_emas=False,
                      **synthesis_kwargs):
-        planes = self._planes(ws, update_emas, synthesis_kwargs)
+        planes = self._three_planes(self.backbone.synthesis(ws, update_emas=update_emas, **synthesis_kwargs))
         return self.renderer.run_model(planes, self.decoder, coordinates, directions, self.rendering_kwargs)
 
     def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, neural_rendering_resolution=None,
@@ -739,8 +698,7 @@ class DualDiscriminator(torch.nn.Module):
                  block_kwargs={}, mapping_kwargs={}, epilogue_kwargs={}):  # noqa: B006
         super().__init__()
         img_channels *= 2  # the image and the resized raw image, stacked
-        self.c_dim = c_dim
-        self.img_resolution = img_resolution
+        _store(self, locals(), 'c_dim img_resolution')
         self.img_resolution_log2 = int(np.log2(img_resolution))
         self.img_channels = img_channels
         self.block_resolutions = [2 ** i for i in range(self.img_resolution_log2, 2, -1)]
@@ -770,7 +728,7 @@ class DualDiscriminator(torch.nn.Module):
         cmap = None
         if self.c_dim > 0:
             if self.disc_c_noise > 0:
-                c = c + torch.randn_like(c) * c.std(0) * self.disc_c_noise
+                c += torch.randn_like(c) * c.std(0) * self.disc_c_noise  # in place, as EG3D
             cmap = self.mapping(None, c)
         return self.b4(x, img, cmap)
 

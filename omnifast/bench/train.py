@@ -111,8 +111,8 @@ def part_seconds(step, run, device):
     from torch.autograd.profiler import record_function
     from torch.profiler import ProfilerActivity, profile
 
-    modules = [("backbone", run.G.backbone), ("renderer", run.G.renderer),
-               ("warp", run.G.renderer.warp), ("superresolution", run.G.superresolution),
+    modules = [("backbone", run.G.backbone.mapping), ("backbone", run.G.backbone.synthesis),
+               ("renderer", run.G.renderer), ("warp", run.G.renderer.warp), ("superresolution", run.G.superresolution),
                ("discriminator", run.D)]
     scopes, hooks = [], []
     for part, module in modules:

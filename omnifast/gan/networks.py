@@ -318,16 +318,17 @@ class SuperResolution(nn.Module):
         if factor == 2:  # EG3D's 2X and 4X modules carry the filter as a buffer, 8XDC does not
             self.register_buffer("resample_filter", setup_filter())
 
-    def forward(self, rgb, x, ws, noise_mode="none"):
+    def forward(self, rgb, x, ws, noise_mode="none", with_first=False):
+        """The image; ``with_first``: and the image after ``block0``."""
         size = (self.input_resolution, self.input_resolution)
         resize = lambda t: t if t.shape[-2:] == size else F.interpolate(  # noqa: E731
             t, size=size, mode="bilinear", align_corners=False, antialias=self.sr_antialias)
         x, rgb = resize(x), resize(rgb)
         w = ws[:, -1:].expand(-1, 3, -1)
         with torch.autocast(rgb.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            x, rgb = self.block0(x, rgb, w, noise_mode)
-            x, rgb = self.block1(x, rgb, w, noise_mode)
-        return rgb.to(ws.dtype)
+            x, first = self.block0(x, rgb, w, noise_mode)
+            x, rgb = self.block1(x, first, w, noise_mode)
+        return (rgb.to(ws.dtype), first.to(ws.dtype)) if with_first else rgb.to(ws.dtype)
 
 
 def bias_act(x, bias=None, gain=1.0, clamp=None, activation="lrelu"):

@@ -202,7 +202,13 @@ class TriPlaneGenerator(nn.Module):
         feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], r, r).contiguous()
         depth_image = depth.permute(0, 2, 1).reshape(n, 1, r, r)
         rgb = feature_image[:, :3]
-        image = self.superresolution(rgb, feature_image, ws, self.rendering_kwargs["superresolution_noise_mode"])
+        sr, noise = self.superresolution, self.rendering_kwargs["superresolution_noise_mode"]
+        if not sr.block0.up and r == sr.input_resolution:
+            # EG3D's SynthesisBlockNoUp (2X, 4X) adds its torgb into the image branch in place; with
+            # no resize that is the raw image itself, so EG3D returns (and D sees) the sum as image_raw.
+            image, rgb = sr(rgb, feature_image, ws, noise, with_first=True)
+        else:
+            image = sr(rgb, feature_image, ws, noise)
         return {"image": image, "image_raw": rgb, "image_depth": depth_image}
 
     def sample(self, coordinates, directions, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False,
