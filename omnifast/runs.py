@@ -19,7 +19,7 @@ CONFIG = "config.json"
 CHECKPOINT = "checkpoint.pt"
 _TEMPORARY = re.compile(r"^(?:config\.json|checkpoint\.pt)\.tmp(\d+)$")  # a run folder's own files
 # The settings of every kind of run that name a file or folder the run depends on.
-PATH_SETTINGS = ("dataset", "sdf_run", "flame_dir")
+PATH_SETTINGS = ("dataset", "sdf_run", "flame_dir", "init")
 
 
 class RunError(ValueError):

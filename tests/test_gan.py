@@ -567,3 +567,91 @@ def test_a_new_run_refuses_a_folder_that_is_not_a_stage_two_run(stage_one, tmp_p
 def test_nonsense_settings_are_refused_by_name(tmp_path, name, value, message):
     with pytest.raises(RunError, match=message):
         config_for(tmp_path, **{name: value})
+
+
+def test_init_from_a_run_starts_from_its_weights(stage_one, gan_run, tmp_path):
+    source = RunFolder(str(gan_run)).load_checkpoint(("G", "D", "G_ema"))
+    config = config_for(stage_one, steps=1, warp="mesh", init=str(gan_run))
+    run = GANRun(config)
+    report = run.initialise_from(config.init)
+    assert all(not r["kept"] and not r["widened"] for r in report.values())
+    for key in ("G", "D", "G_ema"):
+        for name, value in getattr(run, key).state_dict().items():
+            assert torch.equal(value, source[key][name]), (key, name)
+    # The command records the source, trains from it, and refuses --init with --resume.
+    out = tmp_path / "from-run"
+    train_gan(config, str(out), progress=False, log=lambda *a: None)
+    assert RunFolder(str(out)).read_config()["init"] == os.path.abspath(str(gan_run))
+    from omnifast.cli import main as cli_main
+    assert cli_main(["train-gan", "--out", str(out), "--resume", "--init", str(gan_run)]) == 2
+    with pytest.raises(RunError, match="no such file or folder"):
+        GANRun(config).initialise_from(str(tmp_path / "missing"))
+
+
+def test_init_from_an_eg3d_pickle_copies_the_backbone_and_widens_the_label(stage_one, tmp_path):
+    import eg3d_networks_local as local
+
+    networks = local.build_networks(128, seed=5)
+    pkl = tmp_path / "network-snapshot.pkl"
+    local.dump_snapshot(networks, str(pkl))
+    config = config_for(stage_one, generator=dict(z_dim=512, w_dim=512, grid_resolution=256, grid_channels=32,
+                                                  triplane_depth=1, channel_base=1024, channel_max=64,
+                                                  feature_channels=32),
+                        d_channel_base=1024, d_channel_max=64, init=str(pkl))
+    run = GANRun(config, dataset=_dataset_at(stage_one, 128))
+    report = run.initialise_from(config.init)
+    G, D = networks["G"].state_dict(), networks["D"].state_dict()
+    # The backbone (mapping and tri-plane synthesis) and EG3D's super-resolution come over whole.
+    for name, value in run.G.state_dict().items():
+        if name.startswith(("backbone.", "superresolution.")):
+            assert torch.equal(value, G[name].float()), name
+    assert all(name.startswith(("decoder.", "renderer.")) for name in report["G"]["kept"])  # OmniAvatar's own
+    # D: every block; the label embedding reads EG3D's 25 camera numbers as before and FLAME from zero.
+    assert report["D"]["widened"] == ["mapping.embed.weight"]
+    assert all(name.startswith("regress.") for name in report["D"]["kept"])
+    c = torch.randn(3, run.D.c_dim)
+    ours = run.D.mapping.embed(c)
+    theirs = torch.nn.functional.linear(c[:, :25], D["mapping.embed.weight"].float() / 5, D["mapping.embed.bias"].float())
+    torch.testing.assert_close(ours, theirs)
+
+
+def _dataset_at(stage_one, resolution):
+    """The tests' dataset, its images resized to ``resolution`` (labels unchanged)."""
+    from omnifast.data import ImageDataset
+
+    dataset = ImageDataset(str(stage_one / "data"))
+    dataset.resolution = resolution
+    return dataset
+
+
+def test_generate_draws_flame_parameters_from_a_label_pool(gan_run, tmp_path):
+    import subprocess
+    import sys
+
+    from omnifast.flame.model import ParamLayout
+    from omnifast.gan.generate import read_label_pool, rows_for_seeds
+
+    # OmniAvatar's pool: 25 camera numbers, 100 shape, 100 expression, neck and jaw.
+    rng = np.random.default_rng(0)
+    pool = np.concatenate([rng.normal(size=(5, 25)), rng.normal(size=(5, 206)) * 0.5], 1).astype(np.float32)
+    pool[:, 25 + 200:] *= 0.1
+    path = tmp_path / "ffhq_labels.npy"
+    np.save(path, pool)
+    layout = ParamLayout(10, 10)
+    params = read_label_pool(str(path), layout)
+    expected = np.concatenate([pool[:, 25:35], pool[:, 125:135], pool[:, 225:231]], 1)
+    np.testing.assert_array_equal(params.numpy(), expected)
+    rows = rows_for_seeds(params, [3, 4, 3])
+    assert torch.equal(rows[0], rows[2])
+    out = tmp_path / "pool.png"
+    result = subprocess.run([sys.executable, "-m", "omnifast", "generate", str(gan_run), "--labels", str(path),
+                             "--seeds", "0-1", "--out", str(out), "--device", "cpu"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    for bad, message in ((pool[:, :100], "rows must hold 25 camera numbers"), (pool * np.inf, "non-finite")):
+        np.save(tmp_path / "bad.npy", bad)
+        with pytest.raises(ValueError, match=message):
+            read_label_pool(str(tmp_path / "bad.npy"), layout)
+    result = subprocess.run([sys.executable, "-m", "omnifast", "generate", str(gan_run), "--labels", str(path),
+                             "--params", "jaw=0.1", "--out", str(out), "--device", "cpu"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "give one" in result.stderr

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from test_gan import config_for
 from test_gan import stage_one as gan_stage_one  # noqa: F401  (a fixture)
 
@@ -160,3 +161,28 @@ def test_d_main_and_g_main_step_downhill_on_their_own_losses(gan_stage_one, monk
     fake2, _ = logits()
     assert L.generator_loss(fake2) < L.generator_loss(fake1)  # G's step, towards what D calls real
     assert fake2 > fake1
+
+
+@pytest.mark.parametrize("activation", ["lrelu", "linear"])
+def test_bias_act_is_eg3d_s_and_twice_differentiable(activation):
+    from omnifast.gan.networks import bias_act
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    b = torch.randn(3, dtype=torch.float64, generator=g, requires_grad=True)
+    gain, clamp = 0.7, 0.5  # about a third of the values clamped
+
+    def plain(x, b):
+        y = x + b[None, :, None, None]
+        if activation == "lrelu":
+            y = F.leaky_relu(y, 0.2) * math.sqrt(2)
+        return (y * gain).clamp(-clamp, clamp)
+
+    fused = bias_act(x, b, gain, clamp, activation)
+    torch.testing.assert_close(fused, plain(x, b), rtol=1e-15, atol=1e-15)
+    assert 0.1 < float((fused.abs() == clamp).double().mean()) < 0.9
+    w = torch.randn(fused.shape, dtype=torch.float64, generator=g)
+    grads = [torch.autograd.grad((f * w).sum(), (x, b)) for f in (fused, plain(x, b))]
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-13, atol=1e-15)
+    assert torch.autograd.gradgradcheck(lambda x, b: bias_act(x, b, gain, clamp, activation), (x, b))

@@ -14,6 +14,8 @@ def add_parsers(sub):
     train.add_argument("--sdf-run", help="the stage I run folder whose semantic SDF warps the samples")
     train.add_argument("--out", required=True, help="run folder (config, checkpoint, logs, image grids)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
+    train.add_argument("--init", help="start a new run from these weights: an EG3D network .pkl, an import-pkl "
+                                      "folder or a train-gan run (tensors of the same name and shape)")
     train.add_argument("--preset", choices=["tiny", "64", "128", "256"],
                        help="network sizes and neural rendering resolution (default: tiny on a CPU, 64 on CUDA)")
     train.add_argument("--config", help="a JSON file of settings (the format of a run's config.json)")
@@ -37,6 +39,9 @@ def add_parsers(sub):
     gen.add_argument("--params", nargs="*", metavar="NAME=V1,V2",
                      help="FLAME parameters by name (shape, expression, neck, jaw); a part's values fill its "
                      "leading entries, the rest are zero")
+    gen.add_argument("--labels", metavar="POOL.npy",
+                     help="draw each seed's FLAME parameters from a label pool: rows of 25 camera numbers and "
+                     "OmniAvatar's 206 FLAME numbers (its ffhq labels) or this run's own layout")
     gen.add_argument("--yaw", type=float, default=0.0, help="camera yaw off the front, radians")
     gen.add_argument("--pitch", type=float, default=0.0, help="camera pitch off the front, radians")
     gen.add_argument("--fov", type=positive_float, help="field of view in degrees (default: EG3D's FFHQ camera)")
@@ -133,7 +138,16 @@ def generate_command(args):
     cells = len(seeds) * (args.frames if args.sweep else 1) * (4 if args.extras else 1)
     check_memory(3 * cells * 3 * generator.G.img_resolution ** 2,
                  f"--seeds {args.seeds} ({len(seeds)} seeds, {cells} images)")
-    base = parse_params(generator.layout, args.params) if generator.layout is not None else torch.zeros(1, 0)
+    if args.labels and args.params:
+        raise ValueError("--labels and --params both set the FLAME parameters: give one")
+    if args.labels and generator.layout is None:
+        raise ValueError("--labels: an imported EG3D network has no FLAME parameters")
+    if args.labels:
+        from .generate import read_label_pool, rows_for_seeds
+
+        base = rows_for_seeds(read_label_pool(args.labels, generator.layout), seeds)
+    else:
+        base = parse_params(generator.layout, args.params) if generator.layout is not None else torch.zeros(1, 0)
     written, settings = write_generation(generator, seeds, base, args.out,
                                          sweep=args.sweep, frames=args.frames, yaw=args.yaw, pitch=args.pitch,
                                          fov=args.fov, truncation=args.truncation, extras=args.extras,
@@ -158,16 +172,19 @@ def write_generation(generator, seeds, base, out, *, sweep=None, frames=8, yaw=0
 
     if video and os.path.splitext(video)[1].lower() not in (".mp4", ".gif"):
         raise ValueError(f"--video must end in .mp4 or .gif, got {video!r}")
-    if sweep:
-        params, yaws = generator.sweep_params(sweep, base, frames)
-    else:
-        params, yaws = base, torch.zeros(1)
-    settings = params.shape[0]
-    labels = torch.cat([generator.labels(params[i:i + 1], yaw + float(yaws[i]), pitch, fov)
-                        for i in range(settings)])
+    def labels_of(row):  # every setting of one row of FLAME parameters
+        params, yaws = generator.sweep_params(sweep, row, frames) if sweep else (row, torch.zeros(1))
+        return torch.cat([generator.labels(params[i:i + 1], yaw + float(yaws[i]), pitch, fov)
+                          for i in range(params.shape[0])])
+
+    # base: one row for every seed, or a row per seed (a label pool's draws)
+    labels = labels_of(base[:1])
+    settings = labels.shape[0]
     near, far = generator.depth_range
     rows = {key: [] for key in ("image", "raw", "depth", "normals")}
-    for seed in seeds:  # a row: one seed under every setting
+    for index, seed in enumerate(seeds):  # a row: one seed under every setting
+        if base.shape[0] > 1:
+            labels = labels_of(base[index:index + 1])
         out_images = generator.synthesize([seed] * settings, labels, truncation)
         depth = torch.where(out_images["opacity"] > 0.5, out_images["depth"], torch.full_like(out_images["depth"], far))
         size = out_images["image"].shape[-2:]  # the neural images enlarged (nearest) to sit beside the final one
@@ -190,7 +207,7 @@ def write_generation(generator, seeds, base, out, *, sweep=None, frames=8, yaw=0
         written.append(video)
     if mesh:
         for canonical, path in ((False, mesh), (True, os.path.splitext(mesh)[0] + "_canonical.ply")):
-            verts, faces = generator.mesh(seeds[0], base, mesh_resolution, truncation, canonical)
+            verts, faces = generator.mesh(seeds[0], base[:1], mesh_resolution, truncation, canonical)
             write_ply(path, verts, faces)
             written.append(path)
     return written, settings
@@ -242,6 +259,10 @@ def train_gan_command(args):
     if args.config:
         settings.update(read_settings(args.config))
     settings.update({k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None})
+    if args.init and args.resume:
+        raise ValueError("--init starts a new run from other weights; a resumed run continues from its own")
+    if args.init:
+        settings["init"] = args.init
     if args.data:
         settings["dataset"] = args.data
     if args.sdf_run:

@@ -148,6 +148,46 @@ class HeadGenerator:
         return params, yaws
 
 
+OMNIAVATAR_LABEL = 206  # OmniAvatar's FLAME numbers: 100 shape, 100 expression, 3 neck, 3 jaw
+
+
+def read_label_pool(path, layout):
+    """A label pool ``[K, 25 + F]`` (OmniAvatar's ``--label-pool``: 25 camera numbers, then
+    FLAME's) as ``[K, layout.size]`` FLAME parameters in the run's layout: rows of the run's own
+    width as they are; OmniAvatar's 206 numbers keep the run's leading shape and expression
+    coefficients (FLAME's are ordered by variance), its neck and jaw."""
+    import numpy as np
+
+    try:
+        pool = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as error:
+        raise ValueError(f"--labels {path}: not a readable .npy array ({error})") from None
+    if pool.ndim != 2 or pool.shape[0] < 1 or not np.issubdtype(pool.dtype, np.number):
+        raise ValueError(f"--labels {path}: expected a [K, 25 + F] array of numbers, got {pool.dtype} "
+                         f"{list(pool.shape)}")
+    pool = torch.from_numpy(np.ascontiguousarray(pool, dtype=np.float32))
+    if not torch.isfinite(pool).all():
+        row = int((~torch.isfinite(pool)).any(1).nonzero()[0])
+        raise ValueError(f"--labels {path}: row {row} holds a non-finite number")
+    flame = pool[:, 25:]
+    if flame.shape[1] == layout.size:
+        params = flame
+    elif flame.shape[1] == OMNIAVATAR_LABEL and layout.n_shape <= 100 and layout.n_expr <= 100 \
+            and not layout.global_pose:
+        params = torch.cat([flame[:, :layout.n_shape], flame[:, 100:100 + layout.n_expr], flame[:, 200:206]], 1)
+    else:
+        raise ValueError(f"--labels {path}: rows must hold 25 camera numbers and {layout.size} FLAME numbers (this "
+                         f"run's layout) or OmniAvatar's {OMNIAVATAR_LABEL}, got {pool.shape[1]} numbers")
+    layout.check(params, f"--labels {path}")
+    return params
+
+
+def rows_for_seeds(pool, seeds):
+    """One pool row per seed, drawn with the seed (the same seed, the same row)."""
+    return torch.stack([pool[int(torch.randint(pool.shape[0], (1,), generator=torch.Generator().manual_seed(s)))]
+                        for s in seeds])
+
+
 def latents(seeds, z_dim, device):
     return torch.stack([torch.randn(z_dim, generator=torch.Generator().manual_seed(int(s)))
                         for s in seeds]).to(device)

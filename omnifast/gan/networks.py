@@ -18,26 +18,39 @@ from ..render.decoder import FullyConnected
 LRELU_GAIN = math.sqrt(2)
 
 
-class _LeakyReLUGain(torch.autograd.Function):
-    """``leaky_relu(x, 0.2) * sqrt 2`` keeping only its output for the backward (as StyleGAN2's
-    bias_act does): the input, usually a sum nothing else needs, is freed at once. Its
-    backward is made of differentiable operations, so R1's double backward runs through it."""
+class _Activation(torch.autograd.Function):
+    """EG3D's ``bias_act`` after the bias: leaky ReLU (0.2) times sqrt 2 (or linear), times
+    ``gain``, clamped to +-``clamp``, keeping only its output for the backward (as StyleGAN2's
+    fused op does): the input, a sum nothing else needs, is freed at once, and the clamp keeps no
+    copy of it either. Its backward is made of differentiable operations on the output's masks,
+    so R1's double backward runs through it."""
 
     @staticmethod
-    def forward(ctx, x):
-        y = F.leaky_relu(x, 0.2) * LRELU_GAIN
+    def forward(ctx, x, leaky, gain, clamp):
+        y = F.leaky_relu(x, 0.2) * LRELU_GAIN if leaky else x
+        if gain != 1:
+            y = y * gain
+        if clamp is not None:
+            y = y.clamp(-clamp, clamp)
         ctx.save_for_backward(y)
+        ctx.slopes = (LRELU_GAIN * gain, 0.2 * LRELU_GAIN * gain) if leaky else (gain, gain)
+        ctx.clamp = clamp
         return y
 
     @staticmethod
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
-        # where() keeps only the boolean mask for R1's double backward, not a float slope per element
-        return torch.where(y > 0, grad * LRELU_GAIN, grad * (0.2 * LRELU_GAIN))
+        positive, negative = ctx.slopes
+        # where() keeps only boolean masks for R1's double backward, not a float slope per element
+        out = torch.where(y > 0, grad * positive, grad * negative) if positive != negative else grad * positive
+        if ctx.clamp is not None:
+            out = torch.where(y.abs() < ctx.clamp, out, torch.zeros_like(out))
+        return out, None, None, None
 
 
 def lrelu(x):
-    return _LeakyReLUGain.apply(x)
+    """``leaky_relu(x, 0.2) * sqrt 2``, keeping only its output."""
+    return _Activation.apply(x, True, 1.0, None)
 
 
 def normalize_2nd_moment(x, eps=1e-8):
@@ -336,11 +349,9 @@ def bias_act(x, bias=None, gain=1.0, clamp=None, activation="lrelu"):
     to +-``clamp`` (``conv_clamp`` times the gain)."""
     if bias is not None:
         x = x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
-    if activation == "lrelu":
-        x = lrelu(x)
-    if gain != 1:
-        x = x * gain
-    return x if clamp is None else x.clamp(-clamp, clamp)
+    if activation != "lrelu" and gain == 1 and clamp is None:
+        return x
+    return _Activation.apply(x, activation == "lrelu", gain, clamp)
 
 
 class Conv2dLayer(nn.Module):

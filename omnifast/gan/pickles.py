@@ -316,3 +316,48 @@ def load_imported(run_dir, key="G_ema"):
     except PickleError as e:
         raise RunError(str(e)) from None
     return module.eval().requires_grad_(False)
+
+
+# ---- starting a run from other weights (``train-gan --init``)
+
+def initial_weights(source):
+    """``{'G', 'D', 'G_ema': state dict}`` of ``source``: an EG3D network pickle, a folder
+    ``omnifast import-pkl`` wrote or a train-gan run folder (its last checkpoint)."""
+    from ..runs import RunError, RunFolder
+
+    source = os.fspath(source)
+    if os.path.isfile(source):
+        networks = load_network_pkl(source)
+        return {k: networks[k].state_dict() for k in NETWORK_KEYS if networks.get(k) is not None}
+    if not os.path.isdir(source):
+        raise RunError(f"--init {source}: no such file or folder (an EG3D .pkl, an import-pkl or train-gan run)")
+    state = RunFolder(source).load_checkpoint()
+    found = {k: state[k] for k in NETWORK_KEYS if isinstance(state.get(k), dict)}
+    if not found:
+        raise RunError(f"--init {source}: its checkpoint holds none of {', '.join(NETWORK_KEYS)}")
+    return found
+
+
+def transfer_tensors(module, source):
+    """Copy into ``module`` every tensor of the state dict ``source`` with its name and shape;
+    a fully connected weight whose source has fewer inputs (EG3D's 25-number label where
+    omnifast's discriminator also reads FLAME) gets those columns, rescaled so that the
+    equalised-learning-rate layer applies the same weights, and zeros for the rest. Returns
+    ``{'copied': n, 'widened': [names], 'kept': [names]}`` (kept: left as initialised)."""
+    own = module.state_dict()
+    copied, widened, kept = 0, [], []
+    with torch.no_grad():
+        for name, target in own.items():
+            value = source.get(name)
+            if isinstance(value, torch.Tensor) and value.shape == target.shape:
+                target.copy_(value)
+                copied += 1
+            elif (isinstance(value, torch.Tensor) and name.endswith("weight") and value.dim() == target.dim() == 2
+                  and value.shape[0] == target.shape[0] and value.shape[1] < target.shape[1]):
+                gain = (target.shape[1] / value.shape[1]) ** 0.5  # runtime gain 1 / sqrt(fan_in) grew
+                target.zero_()
+                target[:, :value.shape[1]] = value * gain
+                widened.append(name)
+            else:
+                kept.append(name)
+    return {"copied": copied, "widened": widened, "kept": kept}

@@ -77,6 +77,7 @@ class GANConfig:
     backend: str = "omnifast"
     mixed_precision: bool = True  # CUDA: super-resolution and D in bfloat16 autocast (EG3D: their fp16 layers)
     seed: int = 0
+    init: str = None             # start from these weights: an EG3D .pkl, an import-pkl or a train-gan run
     device: str = "cpu"
     log_every: int = 1
     image_every: int = 100
@@ -417,6 +418,23 @@ class GANRun:
             if b_ema is not b:
                 b_ema.copy_(b)
 
+    def initialise_from(self, source):
+        """Start from ``source``'s G, D and G_ema (:func:`pickles.initial_weights`): every
+        tensor whose name and shape match is copied (G from its G, else its G_ema), label
+        embeddings are widened; the rest keep their initial values. Returns what was done."""
+        from .pickles import initial_weights, transfer_tensors
+
+        weights = initial_weights(source)
+        report = {}
+        for key, fallback in (("G", "G_ema"), ("G_ema", "G"), ("D", None)):
+            state = weights.get(key) or weights.get(fallback)
+            if state is not None:
+                report[key] = transfer_tensors(getattr(self, key), state)
+        if not any(r["copied"] for r in report.values()):
+            raise RunError(f"--init {source}: none of its tensors fits this run's networks (names and shapes "
+                           f"differ: another architecture or preset)")
+        return report
+
     # ---- state
     def state(self):
         """Everything to continue the run, and what generation needs without the dataset."""
@@ -522,7 +540,8 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
     Returns the last step's losses."""
     if config is not None:  # resolved now: the run works from any working directory
         config = dataclasses.replace(config, dataset=os.path.abspath(config.dataset),
-                                     sdf_run=os.path.abspath(config.sdf_run))
+                                     sdf_run=os.path.abspath(config.sdf_run),
+                                     init=os.path.abspath(config.init) if config.init else None)
     if resume:
         state, saved = read_gan_checkpoint(run_dir)
         if config is not None:
@@ -547,6 +566,13 @@ def train_gan(config, run_dir, *, resume=False, steps=None, progress=True, log=p
                        f"(torchrun --nproc_per_node {trained_by}), not {world_size}")
     # The run is built (the dataset and the stage I run read and checked) before its folder is made.
     run = _restore(GANRun(config, rank, world_size), state, run_dir) if resume else GANRun(config, rank, world_size)
+    if config.init and not resume:
+        report = run.initialise_from(config.init)
+        if rank == 0:
+            log(f"train-gan: --init {config.init}: " + "; ".join(
+                f"{key} {r['copied']} tensors copied, {len(r['widened'])} widened, {len(r['kept'])} as initialised"
+                + (f" ({', '.join(r['kept'][:3])}{', ...' if len(r['kept']) > 3 else ''})" if r["kept"] else "")
+                for key, r in report.items()))
     folder = RunFolder(run_dir, create=rank == 0)
     train_log = folder.log(TRAIN_LOG, TRAIN_COLUMNS)
     if rank == 0:
