@@ -108,7 +108,7 @@ class Generator(nn.Module):
             raise ValueError(f"z and the labels must have one dtype, got {z.dtype} and {c.dtype}")
         check_truncation(truncation_psi, truncation_cutoff, self.backbone.num_ws)
         return self.backbone.mapping(z, c[:, :LABEL_SIZE], truncation_psi, truncation_cutoff,
-                                     update_w_avg=update_emas)
+                                     update_emas=update_emas)
 
     def planes(self, ws, noise_mode="random"):
         c = self.config

@@ -122,14 +122,14 @@ class MappingNetwork(nn.Module):
         if self.w_avg_beta is not None:
             self.register_buffer("w_avg", torch.zeros(w_dim))
 
-    def forward(self, z, c, truncation_psi=1.0, truncation_cutoff=None, update_w_avg=False):
+    def forward(self, z, c, truncation_psi=1.0, truncation_cutoff=None, update_emas=False):
         parts = [normalize_2nd_moment(z)] if self.z_dim else []
         if self.c_dim:
             parts.append(normalize_2nd_moment(self.embed(c)))
         x = torch.cat(parts, 1)
         for i in range(self.num_layers):
             x = lrelu(getattr(self, f"fc{i}")(x))
-        if update_w_avg and self.w_avg_beta is not None:
+        if update_emas and self.w_avg_beta is not None:
             self.w_avg.copy_(x.detach().mean(0).lerp(self.w_avg, self.w_avg_beta))
         if self.num_ws is None:
             return x
@@ -293,7 +293,7 @@ class StyleGAN2Backbone(nn.Module):
         self.mapping = MappingNetwork(z_dim, c_dim, w_dim, self.num_ws, **(mapping_kwargs or {}))
 
     def forward(self, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False, noise_mode="random"):
-        ws = self.mapping(z, c, truncation_psi, truncation_cutoff, update_w_avg=update_emas)
+        ws = self.mapping(z, c, truncation_psi, truncation_cutoff, update_emas=update_emas)
         return self.synthesis(ws, noise_mode)
 
 

@@ -177,7 +177,7 @@ class TriPlaneGenerator(nn.Module):
         if self.rendering_kwargs["c_gen_conditioning_zero"]:
             c = torch.zeros_like(c)
         return self.backbone.mapping(z, c * self.rendering_kwargs.get("c_scale", 0), truncation_psi,
-                                     truncation_cutoff, update_w_avg=update_emas)
+                                     truncation_cutoff, update_emas=update_emas)
 
     def planes(self, ws, noise_mode="random"):
         planes = self.backbone.synthesis(ws, noise_mode)
