@@ -584,6 +584,9 @@ def test_init_from_a_run_starts_from_its_weights(stage_one, gan_run, tmp_path):
     assert RunFolder(str(out)).read_config()["init"] == os.path.abspath(str(gan_run))
     from omnifast.cli import main as cli_main
     assert cli_main(["train-gan", "--out", str(out), "--resume", "--init", str(gan_run)]) == 2
+    assert cli_main(["train-gan", "--out", str(tmp_path / "empty-init"), "--init", ""]) == 2
+    with pytest.raises(ValueError, match="init must be the path"):
+        config_for(stage_one, init=5)
     with pytest.raises(RunError, match="no such file or folder"):
         GANRun(config).initialise_from(str(tmp_path / "missing"))
 

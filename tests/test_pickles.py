@@ -198,3 +198,27 @@ def test_import_pkl_then_generate(snapshot_128, tmp_path):
         assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, (flags, out.stderr)
     out = subprocess.run(cmd + ["import-pkl", str(path), "--out", str(run)], capture_output=True, text=True, env=env)
     assert out.returncode != 0 and "already holds" in out.stderr
+
+
+def test_a_pickle_cannot_patch_omnifast_or_torch_or_explode(snapshot_128):
+    _, _, path = snapshot_128
+    from omnifast.gan import pickles
+
+    # BUILD on what the unpickler hands out: omnifast's record class, a torch function.
+    for target in (b"ctorch_utils.persistence\n_reconstruct_persistent_obj\n", b"ctorch._utils\n_rebuild_tensor_v2\n"):
+        data = (b"\x80\x02" + target + b"N}X\x08\x00\x00\x00__init__cbuiltins\nset\nsX\x0c\x00\x00\x00__defaults__N"
+                b"s\x86b0}.")
+        with pytest.raises(PickleError, match="snapshot dict"):
+            load_network_pkl(io.BytesIO(data))
+    assert pickles.Persistent.__init__ is not set and torch._utils._rebuild_tensor_v2.__defaults__ is not None
+    assert load_network_pkl(path)["G_ema"] is not None  # still loads
+    # Shared settings nested 60 deep (2^60 paths): refused at once, not walked.
+    nested = {}
+    for _ in range(60):
+        nested = {"a": nested, "b": nested}
+    with pytest.raises(PickleError, match="nested"):
+        load_network_pkl(io.BytesIO(_pickle_with({"G": None, "training_set_kwargs": nested})))
+    # A torch.save checkpoint is named as one.
+    torch.save({"G": torch.zeros(1)}, str(path) + ".pt")
+    with pytest.raises(PickleError, match="torch.save"):
+        load_network_pkl(str(path) + ".pt")

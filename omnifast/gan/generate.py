@@ -162,9 +162,10 @@ def read_label_pool(path, layout):
         pool = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as error:
         raise ValueError(f"--labels {path}: not a readable .npy array ({error})") from None
-    if pool.ndim != 2 or pool.shape[0] < 1 or not np.issubdtype(pool.dtype, np.number):
-        raise ValueError(f"--labels {path}: expected a [K, 25 + F] array of numbers, got {pool.dtype} "
-                         f"{list(pool.shape)}")
+    if not isinstance(pool, np.ndarray) or pool.ndim != 2 or pool.shape[0] < 1 \
+            or pool.dtype.kind not in "iuf":
+        got = f"{pool.dtype} {list(pool.shape)}" if isinstance(pool, np.ndarray) else type(pool).__name__
+        raise ValueError(f"--labels {path}: expected a .npy [K, 25 + F] array of real numbers, got {got}")
     pool = torch.from_numpy(np.ascontiguousarray(pool, dtype=np.float32))
     if not torch.isfinite(pool).all():
         row = int((~torch.isfinite(pool)).any(1).nonzero()[0])

@@ -147,8 +147,8 @@ class Generator(nn.Module):
 
 def check_truncation(truncation_psi, truncation_cutoff, num_ws):
     if isinstance(truncation_psi, bool) or not isinstance(truncation_psi, (int, float)) \
-            or not math.isfinite(truncation_psi):
-        raise ValueError(f"truncation_psi must be a finite number, got {truncation_psi!r}")
+            or not math.isfinite(truncation_psi) or abs(truncation_psi) > 1e3:
+        raise ValueError(f"truncation_psi must be a finite number in [-1000, 1000], got {truncation_psi!r}")
     if truncation_cutoff is not None and (isinstance(truncation_cutoff, bool) or not isinstance(truncation_cutoff, int)
                                           or not 0 <= truncation_cutoff <= num_ws):
         raise ValueError(f"truncation_cutoff must be None or an integer in [0, {num_ws}], got {truncation_cutoff!r}")

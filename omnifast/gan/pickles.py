@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 
+import numpy as np
 import torch
 
 from .models import DualDiscriminator
@@ -59,7 +60,6 @@ PLAIN = ("training.volumetric_rendering.renderer.ImportanceRenderer",
          "torch.nn.modules.container.ModuleList",
          "torch.nn.modules.activation.Softplus",
          "torch.nn.modules.activation.LeakyReLU")
-_PLAIN_CLASSES = {name: type(name.rsplit(".", 1)[1], (Plain,), {"qualified": name}) for name in PLAIN}
 
 
 def _load_storage(data):
@@ -68,6 +68,8 @@ def _load_storage(data):
 
 
 def _rebuild_from_type(func, new_type, args, state):
+    wrapper, original = _ORIGINALS.get(id(func), (None, None))
+    func = original if wrapper is func else func
     if func not in (torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter) \
             or new_type not in (torch.Tensor, torch.nn.Parameter):
         raise PickleError(f"a tensor of type {getattr(new_type, '__name__', new_type)!r} is not allowed")
@@ -95,13 +97,29 @@ _NUMPY = {("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "s
 _NUMPY_DTYPES = ("numpy.dtypes",)
 
 
+def _fresh(found):
+    """What ``find_class`` hands out: pickle's BUILD may set attributes on it, so omnifast's
+    classes and torch's functions go out as new per-file subclasses and wrappers, never the
+    originals (numpy's and torch's types refuse attributes)."""
+    if isinstance(found, type) and issubclass(found, (Persistent, Plain, EasyDict)):
+        return type(found.__name__, (found,), {})
+    if callable(found) and not isinstance(found, type):
+        wrapper = lambda *args: found(*args)  # noqa: E731
+        _ORIGINALS[id(wrapper)] = (wrapper, found)
+        return wrapper
+    return found
+
+
+_ORIGINALS = {}  # the wrappers' functions, by the wrapper's identity (not an attribute a pickle could set)
+
+
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module, name):
         key = (module, name)
         if key in _SAFE:
-            return _SAFE[key]
-        if f"{module}.{name}" in _PLAIN_CLASSES:
-            return _PLAIN_CLASSES[f"{module}.{name}"]
+            return _fresh(_SAFE[key])
+        if f"{module}.{name}" in PLAIN:
+            return type(name, (Plain,), {"qualified": f"{module}.{name}"})
         if key in _NUMPY or (module in _NUMPY_DTYPES and name.endswith("DType")):
             return getattr(importlib.import_module(module), name)
         if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
@@ -113,24 +131,32 @@ class _Unpickler(pickle.Unpickler):
         raise PickleError("the pickle uses persistent ids (a torch.save file?); expected EG3D's network pickle")
 
 
-def tensors_of(record, prefix=""):
+def _group(record, group, prefix):
+    value = record.state.get(group) or {} if isinstance(record, (Persistent, Plain)) else {}
+    if not isinstance(value, dict):
+        raise PickleError(f"{prefix or 'the network'}: its {group} is a {type(value).__name__}, not a dict")
+    return value
+
+
+def tensors_of(record, prefix="", depth=0):
     """``{name: tensor}`` of a pickled module's parameters and buffers, its children's too."""
-    state = record.state if isinstance(record, (Persistent, Plain)) else {}
+    if depth > 64:
+        raise PickleError(f"{prefix}: modules nested more than 64 deep")
     out = {}
     for group in ("_parameters", "_buffers"):
-        for name, value in (state.get(group) or {}).items():
+        for name, value in _group(record, group, prefix).items():
             if value is not None:
-                out[prefix + name] = value
-    for name, child in (state.get("_modules") or {}).items():
+                out[f"{prefix}{name}"] = value
+    for name, child in _group(record, "_modules", prefix).items():
         if child is not None:
-            out.update(tensors_of(child, f"{prefix}{name}."))
+            out.update(tensors_of(child, f"{prefix}{name}.", depth + 1))
     return out
 
 
 def _module_attribute(record, *path):
     for name in path:
-        record = (record.state.get("_modules") or {}).get(name) if isinstance(record, (Persistent, Plain)) else None
-    return record
+        record = _group(record, "_modules", "").get(name)
+    return record if isinstance(record, (Persistent, Plain)) else None
 
 
 def _build_generator(record):
@@ -138,7 +164,11 @@ def _build_generator(record):
     kwargs = _plain(dict(zip(names, record.init_args), **record.init_kwargs))
     G = TriPlaneGenerator(**kwargs)
     G.init_kwargs = kwargs
-    G.neural_rendering_resolution = int(record.state.get("neural_rendering_resolution", 64))
+    nrr = record.state.get("neural_rendering_resolution", 64)
+    if isinstance(nrr, bool) or not isinstance(nrr, (int, np.integer)) or not 1 <= nrr <= 4096:
+        raise PickleError(f"TriPlaneGenerator: neural_rendering_resolution must be an integer in [1, 4096], "
+                          f"got {nrr!r}")
+    G.neural_rendering_resolution = int(nrr)
     renderer = _module_attribute(record, "renderer")
     if renderer is not None and "plane_axes" in renderer.state:
         G.set_plane_axes(renderer.state["plane_axes"])
@@ -182,9 +212,12 @@ def _rebuild(record, where):
                           f"(it rebuilds {', '.join(sorted(BUILDERS))})")
     try:
         module = BUILDERS[record.class_name](record)
-    except (TypeError, ValueError, KeyError) as e:
-        raise PickleError(f"{where} ({record.class_name}): {e}") from None
-    load_tensors(module, tensors_of(record), f"{where} ({record.class_name})")
+        load_tensors(module, tensors_of(record), f"{where} ({record.class_name})")
+    except PickleError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise PickleError(f"{where} ({record.class_name}): {first}") from None
     return module.eval().requires_grad_(False)
 
 
@@ -197,8 +230,9 @@ def load_tensors(module, tensors, where):
                           f"missing {missing[:4]}{' ...' if len(missing) > 4 else ''}, "
                           f"unexpected {extra[:4]}{' ...' if len(extra) > 4 else ''}")
     for name, value in tensors.items():
-        if not isinstance(value, torch.Tensor):
-            raise PickleError(f"{where}: {name} is a {type(value).__name__}, not a tensor")
+        if not isinstance(value, torch.Tensor) or not (value.is_floating_point() or value.dtype == own[name].dtype):
+            got = value.dtype if isinstance(value, torch.Tensor) else type(value).__name__
+            raise PickleError(f"{where}: {name} is a {got}, not a floating-point tensor")
         if value.shape != own[name].shape:
             raise PickleError(f"{where}: {name} has shape {list(value.shape)}, omnifast's layout needs "
                               f"{list(own[name].shape)}")
@@ -213,7 +247,8 @@ def load_network_pkl(path_or_file):
     if isinstance(path_or_file, (str, os.PathLike)):
         name = os.fspath(path_or_file)
         if not os.path.isfile(name):
-            raise PickleError(f"network pickle {name}: no such file")
+            raise PickleError(f"network pickle {name}: {'a folder' if os.path.isdir(name) else 'no such file'}, "
+                              f"expected EG3D's network-snapshot-*.pkl")
         with open(name, "rb") as f:
             return _load(f, name)
     if not hasattr(path_or_file, "read"):
@@ -222,12 +257,17 @@ def load_network_pkl(path_or_file):
 
 
 def _load(f, name):
+    head = f.peek(4)[:4] if hasattr(f, "peek") else b""
+    if head.startswith(b"PK\x03\x04"):
+        raise PickleError(f"{name}: a zip archive (a torch.save checkpoint?), not EG3D's network pickle")
     try:
         data = _Unpickler(f).load()
     except PickleError as e:
         raise PickleError(f"{name}: {e}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, RuntimeError) as e:
-        raise PickleError(f"{name}: not a readable network pickle ({type(e).__name__}: {e})") from None
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, RuntimeError,
+            RecursionError, KeyError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PickleError(f"{name}: not a readable network pickle ({type(e).__name__}: {first})") from None
     if not isinstance(data, dict) or not any(k in data for k in NETWORK_KEYS):
         raise PickleError(f"{name}: expected EG3D's snapshot dict with {', '.join(NETWORK_KEYS)}, got "
                           f"{type(data).__name__}{' with ' + str(sorted(data)) if isinstance(data, dict) else ''}")
@@ -242,14 +282,22 @@ def _load(f, name):
     return out
 
 
-def _plain(value):
-    if isinstance(value, EasyDict):
-        return {k: _plain(v) for k, v in value.items()}
+def _plain(value, depth=0):
+    """``value`` as plain JSON-able data: dicts, lists, strings, numbers, None (numpy scalars as
+    numbers; modules as None)."""
+    if depth > 32:
+        raise PickleError("settings nested more than 32 deep")
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (Persistent, Plain)):
+        return {str(k): _plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, depth + 1) for v in value]
+    if isinstance(value, (Persistent, Plain)) or value is None:
         return None
-    return value
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return value.item()
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    raise PickleError(f"a setting holds a {type(value).__name__}, not a plain value")
 
 
 # ---- imported runs: a folder omnifast's commands read (``omnifast import-pkl``)
@@ -267,10 +315,12 @@ def import_network(pkl, out):
         if config.get("imported") != IMPORTED:
             raise ValueError("not an imported network")
 
-    check_new_run_folder(out, "imported network", accepts)
+    if RunFolder(out).has_checkpoint():
+        raise FileExistsError(f"{out} already holds networks: give import-pkl a new or empty folder")
+    check_new_run_folder(out, "network import", accepts)
     networks = load_network_pkl(pkl)
-    if networks.get("G_ema") is None:
-        raise PickleError(f"{pkl}: has no G_ema to generate with")
+    if not isinstance(networks.get("G_ema"), TriPlaneGenerator):
+        raise PickleError(f"{pkl}: has no EG3D generator (TriPlaneGenerator) as G_ema to generate with")
     G = networks["G_ema"]
     config = {"imported": IMPORTED, "source": os.path.abspath(os.fspath(pkl)),
               "networks": {key: {"class": type(networks[key]).__name__, "init_kwargs": networks[key].init_kwargs}
@@ -331,7 +381,10 @@ def initial_weights(source):
         return {k: networks[k].state_dict() for k in NETWORK_KEYS if networks.get(k) is not None}
     if not os.path.isdir(source):
         raise RunError(f"--init {source}: no such file or folder (an EG3D .pkl, an import-pkl or train-gan run)")
-    state = RunFolder(source).load_checkpoint()
+    try:
+        state = RunFolder(source).load_checkpoint()
+    except RunError as e:
+        raise RunError(f"--init {source}: {e}") from None
     found = {k: state[k] for k in NETWORK_KEYS if isinstance(state.get(k), dict)}
     if not found:
         raise RunError(f"--init {source}: its checkpoint holds none of {', '.join(NETWORK_KEYS)}")
@@ -340,8 +393,8 @@ def initial_weights(source):
 
 def transfer_tensors(module, source):
     """Copy into ``module`` every tensor of the state dict ``source`` with its name and shape;
-    a fully connected weight whose source has fewer inputs (EG3D's 25-number label where
-    omnifast's discriminator also reads FLAME) gets those columns, rescaled so that the
+    a label embedding whose source has fewer inputs (EG3D's 25-number label where omnifast's
+    discriminator also reads FLAME) gets those columns, rescaled so that the
     equalised-learning-rate layer applies the same weights, and zeros for the rest. Returns
     ``{'copied': n, 'widened': [names], 'kept': [names]}`` (kept: left as initialised)."""
     own = module.state_dict()
@@ -352,7 +405,7 @@ def transfer_tensors(module, source):
             if isinstance(value, torch.Tensor) and value.shape == target.shape:
                 target.copy_(value)
                 copied += 1
-            elif (isinstance(value, torch.Tensor) and name.endswith("weight") and value.dim() == target.dim() == 2
+            elif (isinstance(value, torch.Tensor) and name.endswith("mapping.embed.weight") and value.dim() == 2
                   and value.shape[0] == target.shape[0] and value.shape[1] < target.shape[1]):
                 gain = (target.shape[1] / value.shape[1]) ** 0.5  # runtime gain 1 / sqrt(fan_in) grew
                 target.zero_()

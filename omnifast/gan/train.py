@@ -100,6 +100,8 @@ class GANConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.init is not None and (not isinstance(self.init, str) or not self.init.strip()):
+            raise ValueError(f"init must be the path of an EG3D .pkl, an import-pkl folder or a run, got {self.init!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
             raise ValueError(f"seed must be an integer in [0, 2^63), got {self.seed!r}")
         # Numbers: finite (a NaN weight would silently turn its loss off), and in range.

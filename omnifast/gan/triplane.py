@@ -5,6 +5,8 @@ parameter names and interface (``mapping``, ``synthesis``, ``sample``, ``sample_
 sampled with omnifast's kernel (EG3D's plane axes), the coarse and importance passes are
 composited with the fused kernel, the importance depths drawn by the fused sampler; the random
 draws are EG3D's (``rand_like`` of the coarse depths, then ``rand(rays, N_importance)``)."""
+import math
+
 import torch
 from torch import nn
 
@@ -14,7 +16,7 @@ from ..ops.composite import composite, importance_sample, merge_samples
 from ..ops.triplane import triplane_sample
 from ..render.decoder import FullyConnected
 from .models import check_truncation
-from .networks import EG3D_SUPERRESOLUTION, StyleGAN2Backbone, SuperResolution, check_noise_mode
+from .networks import EG3D_SUPERRESOLUTION, NOISE_MODES, StyleGAN2Backbone, SuperResolution, check_noise_mode
 
 # Keyword arguments of EG3D's networks that only choose speed or precision on a GPU (fp16
 # layers, fused modulated convolutions, channels-last): accepted and ignored.
@@ -43,6 +45,33 @@ def synthesis_kwargs_of(kwargs, where):
     if unknown:
         raise ValueError(f"{where}: unknown synthesis arguments {unknown}")
     return kwargs
+
+
+def _number(value):
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_rendering_kwargs(k):
+    """EG3D's rendering settings omnifast renders with, each of its type and range."""
+    where = "TriPlaneGenerator: rendering_kwargs"
+    if not (_number(k["ray_start"]) and _number(k["ray_end"]) and 0 <= k["ray_start"] < k["ray_end"]):
+        raise ValueError(f"{where} ray_start and ray_end must be numbers with 0 <= ray_start < ray_end (omnifast "
+                         f"does not support 'auto'), got {k['ray_start']!r} and {k['ray_end']!r}")
+    if not (_number(k["box_warp"]) and k["box_warp"] > 0):
+        raise ValueError(f"{where} box_warp must be a positive number, got {k['box_warp']!r}")
+    for key, low in (("depth_resolution", 2), ("depth_resolution_importance", 0)):
+        value = k[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 4096:
+            raise ValueError(f"{where} {key} must be an integer in [{low}, 4096], got {value!r}")
+    if k["superresolution_noise_mode"] not in NOISE_MODES:
+        raise ValueError(f"{where} superresolution_noise_mode must be one of {NOISE_MODES}, got "
+                         f"{k['superresolution_noise_mode']!r}")
+    for key in ("sr_antialias", "c_gen_conditioning_zero"):
+        if not isinstance(k[key], bool):
+            raise ValueError(f"{where} {key} must be True or False, got {k[key]!r}")
+    for key in ("c_scale", "decoder_lr_mul", "density_noise"):
+        if key in k and not _number(k[key]):
+            raise ValueError(f"{where} {key} must be a finite number, got {k[key]!r}")
 
 
 class OSGDecoder(nn.Module):
@@ -132,10 +161,7 @@ class TriPlaneGenerator(nn.Module):
             if rendering_kwargs.get(key, allowed[0]) not in allowed:
                 raise ValueError(f"TriPlaneGenerator: rendering_kwargs {key} must be {allowed[0]!r}, got "
                                  f"{rendering_kwargs[key]!r}")
-        for key in ("ray_start", "ray_end"):
-            if isinstance(rendering_kwargs[key], bool) or not isinstance(rendering_kwargs[key], (int, float)):
-                raise ValueError(f"TriPlaneGenerator: rendering_kwargs {key} must be a number (omnifast does not "
-                                 f"support {rendering_kwargs[key]!r}), got {type(rendering_kwargs[key]).__name__}")
+        check_rendering_kwargs(rendering_kwargs)
         module = str(rendering_kwargs["superresolution_module"]).rsplit(".", 1)[-1]
         if module not in EG3D_SUPERRESOLUTION:
             raise ValueError(f"TriPlaneGenerator: superresolution_module must be one of "
