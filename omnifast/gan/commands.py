@@ -261,9 +261,7 @@ def train_gan_command(args):
     settings.update({k: getattr(args, k) for k in FLAGS if getattr(args, k) is not None})
     if args.init is not None and args.resume:
         raise ValueError("--init starts a new run from other weights; a resumed run continues from its own")
-    if args.init is not None:
-        if not args.init.strip():
-            raise ValueError("--init: expected an EG3D .pkl, an import-pkl folder or a train-gan run, got ''")
+    if args.init is not None:  # GANConfig refuses an empty one
         settings["init"] = args.init
     if args.data:
         settings["dataset"] = args.data

@@ -68,8 +68,6 @@ def _load_storage(data):
 
 
 def _rebuild_from_type(func, new_type, args, state):
-    wrapper, original = _ORIGINALS.get(id(func), (None, None))
-    func = original if wrapper is func else func
     if func not in (torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter) \
             or new_type not in (torch.Tensor, torch.nn.Parameter):
         raise PickleError(f"a tensor of type {getattr(new_type, '__name__', new_type)!r} is not allowed")
@@ -97,27 +95,29 @@ _NUMPY = {("numpy", "dtype"), ("numpy", "ndarray"), ("numpy.core.multiarray", "s
 _NUMPY_DTYPES = ("numpy.dtypes",)
 
 
-def _fresh(found):
-    """What ``find_class`` hands out: pickle's BUILD may set attributes on it, so omnifast's
-    classes and torch's functions go out as new per-file subclasses and wrappers, never the
-    originals (numpy's and torch's types refuse attributes)."""
-    if isinstance(found, type) and issubclass(found, (Persistent, Plain, EasyDict)):
-        return type(found.__name__, (found,), {})
-    if callable(found) and not isinstance(found, type):
-        wrapper = lambda *args: found(*args)  # noqa: E731
-        _ORIGINALS[id(wrapper)] = (wrapper, found)
-        return wrapper
-    return found
-
-
-_ORIGINALS = {}  # the wrappers' functions, by the wrapper's identity (not an attribute a pickle could set)
-
-
 class _Unpickler(pickle.Unpickler):
+    def __init__(self, f):
+        super().__init__(f)
+        self.originals = {}  # this file's wrappers' functions, by the wrapper's identity (not an attribute)
+
+    def fresh(self, found):
+        """What ``find_class`` hands out: pickle's BUILD may set attributes on it, so omnifast's
+        classes and torch's functions go out as new per-file subclasses and wrappers, never the
+        originals (numpy's and torch's types refuse attributes)."""
+        if isinstance(found, type) and issubclass(found, (Persistent, Plain, EasyDict)):
+            return type(found.__name__, (found,), {})
+        if found is _rebuild_from_type:
+            return lambda func, *rest: _rebuild_from_type(self.originals.get(id(func), (None, func))[1], *rest)
+        if callable(found) and not isinstance(found, type):
+            wrapper = lambda *args: found(*args)  # noqa: E731
+            self.originals[id(wrapper)] = (wrapper, found)
+            return wrapper
+        return found
+
     def find_class(self, module, name):
         key = (module, name)
         if key in _SAFE:
-            return _fresh(_SAFE[key])
+            return self.fresh(_SAFE[key])
         if f"{module}.{name}" in PLAIN:
             return type(name, (Plain,), {"qualified": f"{module}.{name}"})
         if key in _NUMPY or (module in _NUMPY_DTYPES and name.endswith("DType")):
