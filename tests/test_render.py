@@ -15,7 +15,7 @@ from omnifast.geometry import (
     orbit_cam2world,
     split_labels,
 )
-from omnifast.render import MeshWarp, OSGDecoder, RenderConfig, Renderer, SDFWarp, load_warp, world_scale_for
+from omnifast.render import MeshWarp, OSGDecoder, RenderConfig, Renderer, SDFWarp, Warp, load_warp, world_scale_for
 from omnifast.sdf.data import SDFSampler
 from omnifast.sdf.network import NetworkConfig, SemanticSDF
 
@@ -221,7 +221,8 @@ def test_backends_agree_in_float64(flame, sdf_warp, mesh_warp, density, warp_kin
     decoder = OSGDecoder(8, pose_dim=pose_dim(flame)).double()
     renderer = renderer_for(warp, density=density, depth_resolution=10, depth_resolution_importance=8, chunk=30)
     outs, grads = [], []
-    for backend in ("omnifast", "reference"):
+    # reference+checkpoint: EG3D's code path recomputed per chunk of rays (chunk=30: several)
+    for backend in ("omnifast", "reference+checkpoint", "reference"):
         out = renderer(planes, decoder, labels, 5, backend=backend, generator=torch.Generator().manual_seed(4),
                        return_weights=True)
         weights = torch.linspace(1, 2, out.delta.shape[-1], dtype=torch.float64)
@@ -229,14 +230,17 @@ def test_backends_agree_in_float64(flame, sdf_warp, mesh_warp, density, warp_kin
                 + (out.delta * weights).square().sum())
         grads.append(torch.autograd.grad(loss, [planes, *decoder.parameters(), renderer.sigmoid_beta]))
         outs.append(out)
-    a, b = outs
-    for name in ("features", "depth", "opacity", "delta", "prior_sdf", "depths", "weights"):
-        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-9, atol=1e-9, msg=name)
+    *others, b = outs
+    for a in others:
+        for name in ("features", "depth", "opacity", "delta", "prior_sdf", "depths", "weights"):
+            torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-9, atol=1e-9, msg=name)
+    a = outs[0]
     assert a.features.shape == (2, 32, 5, 5) and a.delta.shape == (2, 25, 18) and a.weights.shape == (2, 25, 17)
     assert torch.isfinite(a.features).all() and a.opacity.min() >= 0 and a.opacity.max() <= 1 + 1e-6  # (EG3D adds 1e-10 per interval)
-    for name, x, y in zip(["planes", *(n for n, _ in decoder.named_parameters()), "beta"], *grads):
-        assert x.abs().max() > 0, name
-        torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-9, msg=name)
+    for other in grads[:-1]:
+        for name, x, y in zip(["planes", *(n for n, _ in decoder.named_parameters()), "beta"], other, grads[-1]):
+            assert x.abs().max() > 0, name
+            torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-9, msg=name)
 
 
 @pytest.mark.parametrize("backend", ["omnifast", "reference"])
@@ -270,6 +274,153 @@ def test_backends_agree_on_eg3d_triplanes(flame, sdf_warp):
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-9)
     assert grads[0].abs().max() > 0
 
+
+
+# ---- the proposal sampler
+
+def image_errors(out, ref, world_scale):
+    """PSNR (dB, features as images in [0, 1]), mean absolute depth error (mm) where both hit,
+    and the IoU of the silhouettes (opacity > 0.5)."""
+    mse = (out.features - ref.features).square().mean().item()
+    mine, theirs = out.opacity > 0.5, ref.opacity > 0.5
+    both = mine & theirs
+    depth_mm = ((out.depth - ref.depth).abs()[both].mean() / world_scale * 1000).item()
+    iou = ((mine & theirs).sum() / (mine | theirs).sum()).item()
+    return 10 * math.log10(1 / max(mse, 1e-30)), depth_mm, iou
+
+
+def surface_decoder(flame):
+    """A decoder whose correction is nearly zero: the surface is the prior's."""
+    decoder = OSGDecoder(8, pose_dim=pose_dim(flame)).double()
+    with torch.no_grad():
+        decoder.output.weight[0].mul_(0.01)
+        decoder.output.bias[0].zero_()
+    return decoder
+
+
+def test_proposal_converges_to_the_dense_render(flame, mesh_warp):
+    torch.manual_seed(5)
+    planes, labels, *_ = scene(flame, 4, batch=2)
+    decoder = surface_decoder(flame)
+    dense = renderer_for(mesh_warp, beta=0.002, depth_resolution=96, depth_resolution_importance=96,
+                         det_sampling=True)(planes, decoder, labels, 32)
+    errors = []
+    for samples in (8, 24, 96):
+        renderer = renderer_for(mesh_warp, beta=0.002, sampling="proposal", proposal_samples=samples,
+                                det_sampling=True)
+        out = renderer(planes, decoder, labels, 32)
+        assert out.depths.shape == (2, 32 * 32, samples) and (out.depths.diff(dim=-1) >= 0).all()
+        errors.append(image_errors(out, dense, mesh_warp.world_scale))
+    (psnr8, depth8, _), (psnr24, depth24, iou24), (psnr96, depth96, iou96) = errors
+    assert (dense.opacity > 0.5).float().mean() > 0.2  # the head fills the frame's middle
+    assert psnr8 < psnr24 < psnr96 and depth8 > depth24 > depth96, errors
+    assert psnr96 > 36 and depth96 < 0.7 and iou96 > 0.99, errors
+    assert psnr24 > 30 and depth24 < 3.5 and iou24 > 0.98, errors
+
+
+def test_proposal_backends_agree_and_the_probe_costs_no_gradients(flame, sdf_warp):
+    planes, labels, *_ = scene(flame, 6, batch=2)
+    decoder = surface_decoder(flame)
+    renderer = renderer_for(sdf_warp, beta=0.01, sampling="proposal", proposal_samples=6, probe_stride=2,
+                            depth_resolution=8, depth_resolution_importance=8, chunk=50)
+    outs, grads, saved = [], [], []
+    for backend in ("omnifast", "reference"):
+        out = renderer(planes, decoder, labels, 6, backend=backend, generator=torch.Generator().manual_seed(3))
+        grads.append(torch.autograd.grad(out.features.square().sum() + out.delta.sum(), planes)[0])
+        outs.append(out)
+    for name in ("features", "depth", "opacity", "delta", "depths"):
+        torch.testing.assert_close(getattr(outs[0], name), getattr(outs[1], name), rtol=1e-9, atol=1e-9, msg=name)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-8, atol=1e-9)
+    # The probe keeps nothing for the backward: the render saves what shading its final samples
+    # alone saves, and gives the same gradient.
+    cam2world, intrinsics, params = renderer.split_labels(labels)
+    origins, directions = camera_rays(cam2world, intrinsics, 6)
+
+    def bytes_saved(fn):
+        total = []
+
+        def pack(t):
+            total.append(t.numel() * t.element_size())
+            return t
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = fn()
+        return sum(total), out
+    full, out = bytes_saved(lambda: renderer(planes, decoder, labels, 6, backend="reference",
+                                             generator=torch.Generator().manual_seed(3)))
+    depths = renderer.proposal_depths(planes, decoder, cam2world, intrinsics, params, 6, backend="reference",
+                                      generator=torch.Generator().manual_seed(3))
+    assert not depths.requires_grad and depths.shape == (2, 36, 6, 1)
+    final, given = bytes_saved(lambda: renderer.render_rays(planes, decoder, origins, directions, params,
+                                                            backend="reference", depths=depths))
+    assert full == final > 0
+    grad = torch.autograd.grad(given.features.square().sum() + given.delta.sum(), planes)[0]
+    torch.testing.assert_close(grad, grads[1], rtol=1e-12, atol=1e-12)
+
+
+class SphereWarp(Warp):
+    """A prior the tests know exactly: a sphere of radius ``radius`` metres about the centre,
+    the identity correspondence."""
+
+    def __init__(self, flame, centre, world_scale, radius):
+        super().__init__(flame, centre, world_scale)
+        self.radius = radius
+
+    def flame_space(self, x, params, backend):
+        return (x - self.centre.to(x.dtype)).norm(dim=-1) - self.radius, x
+
+
+class ShellDecoder(torch.nn.Module):
+    """Reads world points from :func:`coordinate_planes` and corrects the sphere prior with a
+    shell ``inner``-``outer`` world units from the centre, outside the prior's surface (hair
+    the prior does not know); the colour marks which surface a ray sees."""
+    pose_dim = 0
+
+    def __init__(self, radius, inner, outer):
+        super().__init__()
+        self.radius, self.inner, self.outer = radius, inner, outer
+
+    def pose_bias(self, pose):
+        return None
+
+    def decode(self, points, bias):
+        r = points.norm(dim=-1, keepdim=True)
+        shell = (r - (self.inner + self.outer) / 2).abs() - (self.outer - self.inner) / 2
+        delta = torch.clamp_max(shell - (r - self.radius), 0)
+        colour = torch.cat([(r - self.radius).clamp(0, 1) * 3, (points + 0.5).clamp(0, 1)], -1)
+        return colour, delta
+
+
+def coordinate_planes(size, box=1.0, dtype=torch.float64):
+    """EG3D tri-planes whose mean is the sampled point itself (linear ramps through the texel
+    centres: bilinear interpolation is exact inside them)."""
+    ramp = ((torch.arange(size, dtype=dtype) * 2 + 1) / size - 1) * box / 2
+    planes = torch.zeros(1, 3, 3, size, size, dtype=dtype)
+    planes[0, 0, 0] = 3 * ramp[None, :]  # plane (x, y): x along the width
+    planes[0, 0, 1] = 3 * ramp[:, None]  # y along the height
+    planes[0, 1, 2] = 3 * ramp[:, None]  # plane (x, z): z along the height
+    return planes
+
+
+def test_proposal_keeps_a_thin_shell_the_prior_does_not_know(flame, sdf_warp):
+    from omnifast import triplane_sample
+
+    scale = sdf_warp.world_scale
+    warp = SphereWarp(flame, sdf_warp.centre, scale, radius=0.09)
+    decoder = ShellDecoder(0.09 * scale, 0.115 * scale, 0.125 * scale)  # a 1 cm shell 2.5 cm out
+    planes = coordinate_planes(64)
+    points = torch.rand(1, 100, 3, dtype=torch.float64) * 0.8 - 0.4
+    torch.testing.assert_close(triplane_sample(planes, points, reduce="mean"), points, rtol=0, atol=1e-12)
+    cam2world = orbit_cam2world(math.pi / 2 + 0.4, math.pi / 2 - 0.2, batch=1, dtype=torch.float64)
+    labels = torch.cat([camera_labels(cam2world, ffhq_intrinsics(dtype=torch.float64)),
+                        torch.zeros(1, flame.layout.size, dtype=torch.float64)], -1)
+    dense = renderer_for(warp, beta=0.001, depth_resolution=96, depth_resolution_importance=96,
+                         det_sampling=True)(planes, decoder, labels, 64)
+    out = renderer_for(warp, beta=0.001, sampling="proposal", det_sampling=True)(planes, decoder, labels, 64)
+    on_shell = (dense.opacity > 0.5) & (dense.features[:, :1] > 0.1)  # the shell, not the sphere, in front
+    assert on_shell.float().mean() > 0.1
+    psnr, depth_mm, iou = image_errors(out, dense, scale)
+    assert psnr > 35 and depth_mm < 1 and iou > 0.99, (psnr, depth_mm, iou)
+    assert ((out.features[:, :1] > 0.1) & on_shell).sum() >= 0.99 * on_shell.sum()
 
 @pytest.mark.parametrize("backend", ["omnifast", "reference"])
 @pytest.mark.parametrize("density", ["sdf", "density_delta"])
@@ -431,7 +582,15 @@ def test_bad_configurations_raise_clear_errors(flame, sdf_warp):
                                 ("box_warp", 0, "box_warp must be a positive number"),
                                 ("density", "laplace", "density must be one of"),
                                 ("mode", "alpha", "mode must be one of"),
-                                ("depth_resolution_importance", -1, "must be a non-negative integer")):
+                                ("depth_resolution_importance", -1, "must be a non-negative integer"),
+                                ("sampling", "stochastic", "sampling must be one of"),
+                                ("proposal_samples", 1, "proposal_samples must be an integer >= 2"),
+                                ("probe_pool", 2, "probe_pool must be odd"),
+                                ("proposal_bins", 2.5, "proposal_bins must be an integer >= 4"),
+                                ("prior_band", 0, "prior_band must be a positive number"),
+                                ("prior_share", float("nan"), "prior_share must be a non-negative number"),
+                                ("uniform_share", 0, r"uniform_share must be in \(0, 1\)"),
+                                ("prior_share", 0.99, r"prior_share \+ uniform_share below 1")):
         with pytest.raises(ValueError, match=message):
             RenderConfig(**{key: value})
     with pytest.raises(ValueError, match=r"FLAME parameters must be \[N, "):

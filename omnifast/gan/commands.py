@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 
+from ..render.backends import BACKENDS
+
 
 def add_parsers(sub):
     from ..sdf.commands import SEED, at_least, positive_float
@@ -22,7 +24,7 @@ def add_parsers(sub):
     train.add_argument("--steps", type=at_least(1), help="training iterations (default 300)")
     train.add_argument("--batch", type=at_least(1), help="images per process and iteration")
     train.add_argument("--warp", choices=["sdf", "mesh"], help="the stage I network (default) or the exact mesh")
-    train.add_argument("--backend", choices=["omnifast", "reference"], help="renderer kernels (default omnifast)")
+    train.add_argument("--backend", choices=list(BACKENDS), help="renderer kernels (default omnifast)")
     train.add_argument("--nrr-final", type=at_least(8), help="neural rendering resolution to fade to")
     train.add_argument("--lr-g", type=positive_float)
     train.add_argument("--lr-d", type=positive_float)
@@ -55,7 +57,7 @@ def add_parsers(sub):
     gen.add_argument("--mesh-resolution", type=at_least(16), default=128, help="marching cubes grid (default 128)")
     gen.add_argument("--extras", action="store_true",
                      help="also write the raw neural image, depth and normals grids beside --out")
-    gen.add_argument("--backend", choices=["omnifast", "reference"], default="omnifast")
+    gen.add_argument("--backend", choices=list(BACKENDS), default="omnifast")
     gen.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ev = sub.add_parser("eval-gan", help="control accuracy of a stage II run against the FLAME mesh")
     ev.add_argument("run", help="a train-gan run folder")
@@ -67,7 +69,7 @@ def add_parsers(sub):
     ev.add_argument("--inception", help="the Inception network for FID and KID: StyleGAN2-ADA's "
                     "inception-2015-12-05.pt or StyleGAN3's .pkl (not downloaded; without it, only the proxy)")
     ev.add_argument("--json", help="also write the table as JSON")
-    ev.add_argument("--backend", choices=["omnifast", "reference"], default="omnifast")
+    ev.add_argument("--backend", choices=list(BACKENDS), default="omnifast")
     ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     imp = sub.add_parser("import-pkl", help="a released EG3D network pickle as a run folder generate reads "
                                             "(read without running code from the file)")

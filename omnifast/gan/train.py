@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from ..geometry.cameras import LABEL_SIZE
-from ..render import RenderConfig
+from ..render import BACKENDS, RenderConfig
 from ..runs import RunError, RunFolder, atomic_write, check_new_run_folder, check_steps_left
 from . import loss as L
 from .models import DualDiscriminator, Generator, GeneratorConfig
@@ -121,8 +121,8 @@ class GANConfig:
                 raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
         if self.gpc_prob > 1:
             raise ValueError(f"gpc_prob must be a probability in [0, 1], got {self.gpc_prob!r}")
-        if self.backend not in ("omnifast", "reference"):
-            raise ValueError(f"backend must be 'omnifast' or 'reference', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         try:
             torch.device(self.device)
         except (RuntimeError, TypeError):

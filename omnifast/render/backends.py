@@ -12,7 +12,7 @@ class Omnifast:
     """omnifast's kernels. Sampling and decoding run chunk by chunk and are recomputed in the
     backward (``recompute``): nothing per sample is kept from the tri-grid or the decoder, only
     their outputs, which the compositing kernel needs anyway."""
-    name = "omnifast"
+    name = kernels = "omnifast"
     recompute = True
 
     @staticmethod
@@ -36,7 +36,7 @@ class Omnifast:
 class Reference:
     """The pure-PyTorch references: ``grid_sample`` for the tri-grid, EG3D's marcher, pdf sampler
     and sort, every intermediate kept by autograd as EG3D's renderer keeps it."""
-    name = "reference"
+    name = kernels = "reference"
     recompute = False
 
     @staticmethod
@@ -65,7 +65,15 @@ class Reference:
         return out.reshape(*lead, n, 1)
 
 
-BACKENDS = {"omnifast": Omnifast, "reference": Reference}
+class ReferenceCheckpoint(Reference):
+    """The strongest plain-PyTorch setup: EG3D's code path wrapped in ``torch.utils.checkpoint``
+    over chunks of rays (``RenderConfig.chunk`` samples each), as a user short of memory wraps
+    EG3D's renderer: per-sample intermediates are recomputed in the backward, not kept."""
+    name = "reference+checkpoint"
+    recompute = True
+
+
+BACKENDS = {"omnifast": Omnifast, "reference": Reference, "reference+checkpoint": ReferenceCheckpoint}
 
 
 def backend_named(name):

@@ -7,6 +7,7 @@ import math
 from collections import namedtuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..geometry.cameras import camera_rays, check_camera_labels, split_labels
@@ -25,6 +26,7 @@ RenderOutput = namedtuple("RenderOutput", [
 
 DENSITIES = ("sdf", "density_delta")
 MODES = ("midpoint", "absorption")
+SAMPLINGS = ("dense", "proposal")
 
 
 @dataclasses.dataclass
@@ -34,7 +36,16 @@ class RenderConfig:
     ``density``: ``"sdf"`` composites ``s + delta`` through ``sigmoid(-sdf / beta) / beta``
     (OmniAvatar's SDF path, learnable beta); ``"density_delta"`` adds the decoder's output to the
     prior's density ``sigmoid(-s / beta) / beta`` (OmniAvatar's released ``delta_geom`` path).
-    ``chunk``: samples per sample-and-decode chunk (omnifast backend)."""
+    ``chunk``: samples per sample-and-decode chunk (omnifast backend).
+
+    ``sampling``: ``"dense"`` (EG3D's coarse samples plus importance samples, both shaded with
+    gradients) or ``"proposal"``: the dense render without gradients at ``1 / probe_stride`` of
+    the resolution (the probe) gives each pixel a proposal over ``proposal_bins`` even bins of
+    the ray (the probe's weights, max-pooled over ``probe_pool`` x ``probe_pool`` probe pixels so
+    that thin structures survive, mixed with ``prior_share`` of a band of half-width
+    ``prior_band`` world units about the prior's first zero crossing and ``uniform_share`` of a
+    uniform floor); ``proposal_samples`` depths per ray are drawn from it and shaded with
+    gradients, nothing else."""
     depth_resolution: int = 48
     depth_resolution_importance: int = 48
     ray_start: float = 2.25
@@ -47,6 +58,14 @@ class RenderConfig:
     white_back: bool = False
     beta_init: float = 0.001
     chunk: int = 131072
+    sampling: str = "dense"
+    proposal_samples: int = 24
+    probe_stride: int = 4
+    probe_pool: int = 3
+    proposal_bins: int = 256
+    prior_band: float = 0.03
+    prior_share: float = 0.25
+    uniform_share: float = 0.02
 
     def __post_init__(self):
         for name in ("depth_resolution", "chunk"):
@@ -66,6 +85,25 @@ class RenderConfig:
             raise ValueError(f"RenderConfig: density must be one of {DENSITIES}, got {self.density!r}")
         if self.mode not in MODES:
             raise ValueError(f"RenderConfig: mode must be one of {MODES}, got {self.mode!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"RenderConfig: sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
+        for name, low in (("proposal_samples", 2), ("probe_stride", 1), ("probe_pool", 1), ("proposal_bins", 4)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"RenderConfig: {name} must be an integer >= {low}, got {value!r}")
+        if self.probe_pool % 2 == 0:
+            raise ValueError(f"RenderConfig: probe_pool must be odd (a neighbourhood about each probe pixel), "
+                             f"got {self.probe_pool}")
+        for name in ("prior_band", "prior_share", "uniform_share"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (name == "prior_band" and value == 0):
+                raise ValueError(f"RenderConfig: {name} must be a {'positive' if name == 'prior_band' else 'non-negative'}"
+                                 f" number, got {value!r}")
+        if not 0 < self.uniform_share < 1 or self.prior_share + self.uniform_share >= 1:
+            raise ValueError(f"RenderConfig: uniform_share must be in (0, 1) and prior_share + uniform_share "
+                             f"below 1 (the rest follows the probe), got {self.uniform_share} and "
+                             f"{self.prior_share}")
 
 
 class Renderer(nn.Module):
@@ -98,8 +136,12 @@ class Renderer(nn.Module):
         cam2world, intrinsics, params = self.split_labels(labels)
         self.check_planes(planes, labels.shape[0])
         origins, directions = camera_rays(cam2world, intrinsics, resolution)
+        depths = None
+        if self.config.sampling == "proposal":
+            depths = self.proposal_depths(planes, decoder, cam2world, intrinsics, params, resolution,
+                                          backend=backend, generator=generator)
         out = self.render_rays(planes, decoder, origins, directions, params, backend=backend,
-                               generator=generator, return_weights=return_weights)
+                               generator=generator, return_weights=return_weights, depths=depths)
         image = lambda t: t.permute(0, 2, 1).reshape(t.shape[0], t.shape[-1], resolution, resolution)  # noqa: E731
         return out._replace(features=image(out.features), depth=image(out.depth), opacity=image(out.opacity))
 
@@ -149,7 +191,7 @@ class Renderer(nn.Module):
             raise ValueError(f"params must be [N, {self.warp.param_dim}] with the N of points ({points.shape[0]}), "
                              f"got {list(params.shape)}")
         backend = backend_named(backend)
-        prior, canonical = self.warp(points, params, backend.name)
+        prior, canonical = self.warp(points, params, backend.kernels)
         colour, delta = decoder.decode(backend.triplane(planes, canonical.to(planes.dtype), self.config.box_warp),
                                        self.pose_bias(decoder, params, planes.dtype))
         return colour, delta, prior
@@ -170,7 +212,7 @@ class Renderer(nn.Module):
         backend = backend_named(backend)
         with torch.enable_grad():
             points = points.detach().requires_grad_(True)
-            prior, canonical = self.warp(points, params, backend.name, differentiable=True)
+            prior, canonical = self.warp(points, params, backend.kernels, differentiable=True)
             _, delta = decoder.decode(backend.triplane(planes, canonical.to(planes.dtype), self.config.box_warp),
                                       self.pose_bias(decoder, params, planes.dtype))
             sdf = prior.to(delta.dtype) + delta[..., 0]
@@ -195,7 +237,7 @@ class Renderer(nn.Module):
         """The warp at ``depths [N, M, S, 1]``: ``(canonical [N, M, S, 3], prior SDF [N, M, S, 1])``."""
         N, M, S = depths.shape[:3]
         points = (origins.unsqueeze(-2) + depths * directions.unsqueeze(-2)).reshape(N, M * S, 3)
-        prior, canonical = self.warp(points, params, backend.name)
+        prior, canonical = self.warp(points, params, backend.kernels)
         return canonical.to(depths.dtype).reshape(N, M, S, 3), prior.to(depths.dtype).reshape(N, M, S, 1)
 
     def _shade(self, backend, decoder, want_weights, planes, bias, beta, canonical, prior, depths):
@@ -216,10 +258,59 @@ class Renderer(nn.Module):
         depth = torch.where(out.opacity == 0, torch.full_like(out.depth, math.nan), out.depth)
         return out.features, depth, out.opacity, delta[..., 0], None if out.weights is None else out.weights[..., 0]
 
+    @torch.no_grad()
+    def proposal_depths(self, planes, decoder, cam2world, intrinsics, params, resolution, *, backend="omnifast",
+                        generator=None):
+        """The proposal sampler's depths ``[N, R^2, K, 1]`` (K = ``proposal_samples``) for the
+        ``resolution`` x ``resolution`` image of each camera; no gradients (see
+        :class:`RenderConfig`)."""
+        c, N, R = self.config, planes.shape[0], resolution
+        probe = -(-R // c.probe_stride)
+        origins, directions = camera_rays(cam2world, intrinsics, probe)
+        out = self.render_rays(planes, decoder, origins, directions, params, backend=backend, generator=generator,
+                               return_weights=True)
+        # Each interval's weight (and prior band) goes to the proposal bin of its middle.
+        depths, B = out.depths, c.proposal_bins
+        middle = 0.5 * (depths[..., :-1] + depths[..., 1:]) if out.weights.shape[-1] < depths.shape[-1] else depths
+        index = ((middle - c.ray_start) * (B / (c.ray_end - c.ray_start))).long().clamp_(0, B - 1)
+        empty = depths.new_zeros(N, probe * probe, B)
+        weights = empty.scatter_add(-1, index, out.weights)
+        band = empty.scatter_reduce(-1, index, self._prior_band(out.prior_sdf, out.weights.shape[-1]), "amax")
+
+        def per_pixel(t):  # [N, probe^2, B] -> pooled over the neighbourhood, one per pixel [N, R^2, B]
+            t = t.transpose(1, 2).reshape(N, B, probe, probe)
+            t = F.max_pool2d(t, c.probe_pool, 1, c.probe_pool // 2)
+            return F.interpolate(t, size=(R, R), mode="nearest").reshape(N, B, R * R).transpose(1, 2)
+
+        normalise = lambda t: t / t.sum(-1, keepdim=True).clamp_min(1e-30)  # noqa: E731
+        share = c.prior_share / (1 - c.uniform_share)
+        proposal = normalise((1 - share) * normalise(per_pixel(weights)) + share * normalise(per_pixel(band)))
+        # importance_sample adds EG3D's 0.01 to each of its B - 2 pdf entries: scaled so, that
+        # constant is the uniform floor's share of the draws.
+        scale = 0.01 * (B - 2) * (1 - c.uniform_share) / c.uniform_share
+        edges = torch.linspace(c.ray_start, c.ray_end, B + 1, device=depths.device, dtype=depths.dtype)
+        edges = edges.view(1, 1, B + 1, 1).expand(N, R * R, B + 1, 1)
+        return backend_named(backend).importance(edges, (proposal * scale).unsqueeze(-1), c.proposal_samples,
+                                                 c.det_sampling, generator)
+
+    def _prior_band(self, prior, intervals):
+        """``exp(-(s / prior_band)^2)`` per interval (the larger of its ends; 1 where ``s``
+        changes sign) of ``prior [N, M, S]`` (the probe's), up to the first interval that ends
+        inside the prior's surface: ``[N, M, intervals]``."""
+        near = torch.exp(-(prior / self.config.prior_band).square())
+        inside = prior < 0
+        if intervals == prior.shape[-1]:  # absorption: per sample
+            return near * (inside.cumsum(-1) - inside.long() == 0)
+        crossing = inside[..., :-1] != inside[..., 1:]
+        band = torch.maximum(near[..., :-1], near[..., 1:]).masked_fill(crossing, 1.0)
+        return band * (inside[..., :-1].cumsum(-1) == 0)
+
     def render_rays(self, planes, decoder, origins, directions, params, *, backend="omnifast", generator=None,
-                    return_weights=False):
+                    return_weights=False, depths=None):
         """The renderer on rays ``origins, directions [N, M, 3]`` with FLAME ``params [N, P]``:
-        :class:`RenderOutput` with per-ray ``[N, M, .]`` images.
+        :class:`RenderOutput` with per-ray ``[N, M, .]`` images. ``depths [N, M, K, 1]`` (sorted
+        along each ray): shade these samples only (the proposal sampler's), no coarse or
+        importance pass.
 
         The coarse samples are shaded once without gradients for the importance weights (EG3D
         samples the fine depths under ``no_grad``); then coarse and fine samples are merged in
@@ -230,10 +321,11 @@ class Renderer(nn.Module):
         bias = self.pose_bias(decoder, params, planes.dtype)
         # A step of an optimiser can push beta through zero: it is used at no less than 1e-6.
         beta = self.sigmoid_beta.to(planes.dtype).clamp_min(1e-6)
-        depths = self.stratified(origins, generator).to(planes.dtype)
+        given = depths is not None
+        depths = depths.to(planes.dtype) if given else self.stratified(origins, generator).to(planes.dtype)
         canonical, prior = self._points(backend, origins, directions, depths, params)
         shade = lambda weights: functools.partial(self._shade, backend, decoder, weights)  # noqa: E731
-        if c.depth_resolution_importance:
+        if c.depth_resolution_importance and not given:
             with torch.no_grad():
                 weights = in_chunks(backend, shade(True), c.chunk, canonical, prior, depths,
                                     shared=(planes, bias, beta))[4]
