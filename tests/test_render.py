@@ -323,7 +323,7 @@ def test_proposal_backends_agree_and_the_probe_costs_no_gradients(flame, sdf_war
     decoder = surface_decoder(flame)
     renderer = renderer_for(sdf_warp, beta=0.01, sampling="proposal", proposal_samples=6, probe_stride=2,
                             depth_resolution=8, depth_resolution_importance=8, chunk=50)
-    outs, grads, saved = [], [], []
+    outs, grads = [], []
     for backend in ("omnifast", "reference"):
         out = renderer(planes, decoder, labels, 6, backend=backend, generator=torch.Generator().manual_seed(3))
         grads.append(torch.autograd.grad(out.features.square().sum() + out.delta.sum(), planes)[0])

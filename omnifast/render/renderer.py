@@ -98,8 +98,8 @@ class RenderConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or value < 0 or (name == "prior_band" and value == 0):
-                raise ValueError(f"RenderConfig: {name} must be a {'positive' if name == 'prior_band' else 'non-negative'}"
-                                 f" number, got {value!r}")
+                kind = "positive" if name == "prior_band" else "non-negative"
+                raise ValueError(f"RenderConfig: {name} must be a {kind} number, got {value!r}")
         if not 0 < self.uniform_share < 1 or self.prior_share + self.uniform_share >= 1:
             raise ValueError(f"RenderConfig: uniform_share must be in (0, 1) and prior_share + uniform_share "
                              f"below 1 (the rest follows the probe), got {self.uniform_share} and "
