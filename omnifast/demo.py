@@ -31,6 +31,7 @@ STAGES = 8
 
 
 def add_parsers(sub):
+    from .gan.train import PRESETS
     from .sdf.commands import add_export_arguments, add_train_arguments, at_least
 
     demo = sub.add_parser("demo", help="the whole system on a fresh machine: stage I, a dataset, stage II, "
@@ -44,7 +45,7 @@ def add_parsers(sub):
     demo.add_argument("--images", type=at_least(1), help="dataset images (default 512 on a CPU, 4000 on CUDA)")
     demo.add_argument("--image-resolution", type=at_least(8), help="dataset pixels per side (64 CPU, 128 CUDA)")
     demo.add_argument("--gan-steps", type=at_least(1), help="stage II iterations (default 250 CPU, 2000 CUDA)")
-    demo.add_argument("--gan-preset", choices=["tiny", "64", "128", "256"], help="stage II preset (tiny CPU, 64 CUDA)")
+    demo.add_argument("--gan-preset", choices=list(PRESETS), help="stage II preset (tiny CPU, 64 CUDA)")
     demo.add_argument("--gan-config", help="a JSON file of stage II settings (a train-gan config.json's format)")
     demo.add_argument("--seeds", help="generation: seeds of the grids and videos (default 0-3 CPU, 0-7 CUDA)")
     demo.add_argument("--frames", type=at_least(2), help="generation: frames of each sweep (8 CPU, 24 CUDA)")

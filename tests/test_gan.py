@@ -122,6 +122,38 @@ def test_resume_continues_exactly(stage_one, tmp_path):
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
 
 
+def test_the_sr_free_tiny_preset_trains_and_resumes_exactly(stage_one, tmp_path):
+    # No super-resolution: the image is the proposal-sampled render at the dataset's 32^2, and
+    # D's raw input is that same image; every phase runs (R1 and the regulariser every 2 steps).
+    config = GANConfig.with_preset("sr-free-tiny", dataset=str(stage_one / "data"), sdf_run=str(stage_one / "sdf"),
+                                   steps=4, checkpoint_every=2, image_every=2, r1_interval=2, density_reg_interval=2)
+    run = GANRun(config)
+    assert run.G.superresolution is None and run.G.renderer.config.sampling == "proposal"
+    z, c, _ = run.fake_inputs(torch.Generator().manual_seed(0))
+    out = run.G(z, c)
+    assert out["image"] is out["image_raw"] and out["image"].shape == (2, 3, 32, 32)
+    terms = train_gan(config, str(tmp_path / "straight"), progress=False)
+    assert all(math.isfinite(v) for v in terms.values())
+    rows = open(tmp_path / "straight" / "train_log.csv").read().splitlines()
+    header, step2 = rows[0].split(","), rows[4].split(",")  # the header, the start, iterations 1, 2, 3, ...
+    for name in ("G", "D", "r1", "density_reg"):
+        assert math.isfinite(float(step2[header.index(name)])), name
+    assert sorted(os.listdir(tmp_path / "straight" / "images")) == ["step000000.png", "step000002.png",
+                                                                   "step000004.png"]
+    train_gan(config, str(tmp_path / "resumed"), progress=False, stop_after=2)
+    train_gan(None, str(tmp_path / "resumed"), resume=True, progress=False)
+    a = RunFolder(str(tmp_path / "straight")).load_checkpoint()
+    b = RunFolder(str(tmp_path / "resumed")).load_checkpoint()
+    assert a["step"] == b["step"] == 4
+    for key in ("G", "D", "G_ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    with pytest.raises(RunError, match="nrr_initial is 16, but a generator without super-resolution renders the "
+                                       "dataset's images at their own resolution: nrr_initial must be 32"):
+        GANRun(GANConfig.with_preset("sr-free-tiny", dataset=str(stage_one / "data"), sdf_run=str(stage_one / "sdf"),
+                                     nrr_initial=16))
+
+
 def test_a_non_finite_loss_is_reported_before_anything_is_written(stage_one, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     config = config_for(stage_one, steps=3, checkpoint_every=1, log_every=1, image_every=1)

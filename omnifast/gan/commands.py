@@ -10,6 +10,7 @@ from ..render.backends import BACKENDS
 
 def add_parsers(sub):
     from ..sdf.commands import SEED, at_least, positive_float
+    from .train import PRESETS
 
     train = sub.add_parser("train-gan", help="train OmniAvatar's generator (stage II) on a dataset")
     train.add_argument("--data", help="the dataset folder or zip (make-dataset; required for a new run)")
@@ -18,7 +19,7 @@ def add_parsers(sub):
     train.add_argument("--resume", action="store_true", help="continue the run in --out")
     train.add_argument("--init", help="start a new run from these weights: an EG3D network .pkl, an import-pkl "
                                       "folder or a train-gan run (tensors of the same name and shape)")
-    train.add_argument("--preset", choices=["tiny", "64", "128", "256"],
+    train.add_argument("--preset", choices=list(PRESETS),
                        help="network sizes and neural rendering resolution (default: tiny on a CPU, 64 on CUDA)")
     train.add_argument("--config", help="a JSON file of settings (the format of a run's config.json)")
     train.add_argument("--steps", type=at_least(1), help="training iterations (default 300)")

@@ -46,6 +46,9 @@ class GeneratorConfig:
     sr_channels: list = dataclasses.field(default_factory=list)
     sr_input_resolution: int = 0  # 0: EG3D's per module (64 for 128^2 images, 128 for 256^2 and 512^2)
     sr_noise: bool = False        # EG3D's superresolution_noise_mode 'none'
+    # False: no super-resolution; the image is the rendered image at the image's resolution (the
+    # SR-free presets), and the dual discriminator's raw input is that same image.
+    superresolution: bool = True
 
 
 EG3D_SR_INPUT = {128: 64, 256: 128, 512: 128}
@@ -78,8 +81,8 @@ class Generator(nn.Module):
         # The super-resolution module's input size is fixed (the rendered image is resized to it),
         # so the neural rendering resolution may change during training.
         sr_input = c.sr_input_resolution or EG3D_SR_INPUT.get(image_resolution, neural_resolution)
-        self.superresolution = SuperResolution(c.feature_channels, sr_input, image_resolution, c.w_dim,
-                                               widths=tuple(c.sr_channels) or None)
+        self.superresolution = (SuperResolution(c.feature_channels, sr_input, image_resolution, c.w_dim,
+                                                widths=tuple(c.sr_channels) or None) if c.superresolution else None)
         self.decoder = OSGDecoder(c.grid_channels, pose_dim=self.param_dim - self.n_shape,
                                   out_features=c.feature_channels, activation=c.decoder_activation,
                                   pose_noise=c.pose_noise)
@@ -133,7 +136,11 @@ class Generator(nn.Module):
         if self.config.decoder_activation == "sigmoid":
             features = features * 2 - 1
         raw = features[:, :3]
-        image = self.superresolution(raw, features, ws, noise_mode if self.config.sr_noise else "none")
+        if self.superresolution is None:  # SR-free: the rendered image, resized only if rendered at another size
+            image = raw if raw.shape[-1] == self.image_resolution else F.interpolate(
+                raw, size=(self.image_resolution,) * 2, mode="bilinear", align_corners=False, antialias=True)
+        else:
+            image = self.superresolution(raw, features, ws, noise_mode if self.config.sr_noise else "none")
         return {"image": image, "image_raw": raw, "image_depth": out.depth, "opacity": out.opacity,
                 "delta": out.delta, "prior_sdf": out.prior_sdf, "planes": planes}
 

@@ -23,6 +23,7 @@ TRAIN_COLUMNS = ("step", "seconds", "G", "D", "geometry_prior", "control", "D_co
 CHECKPOINT_KEYS = ("config", "step", "G", "D", "G_ema", "opt_G", "opt_D")
 TINY_GENERATOR = dict(z_dim=64, w_dim=64, grid_resolution=32, grid_channels=8, channel_base=2048, channel_max=64,
                       feature_channels=16, sr_channels=[32, 16])
+SR_FREE_RENDER = dict(sampling="proposal", proposal_samples=24, depth_resolution=48, depth_resolution_importance=48)
 PRESETS = {  # neural rendering resolution, network sizes, samples per ray, batch
     # tiny: EG3D's blur (10 pixels of a 512^2 image, faded over 6250 iterations) scaled to its 64^2
     # images and its few hundred iterations: 1.25 pixels, faded over 100 iterations at batch 2
@@ -35,6 +36,16 @@ PRESETS = {  # neural rendering resolution, network sizes, samples per ray, batc
     "64": dict(nrr_initial=64, batch=4),
     "128": dict(nrr_initial=128, batch=4),
     "256": dict(nrr_initial=256, batch=4),
+    # SR-free: the generator's image is the rendered image at the dataset's resolution (no
+    # super-resolution), rendered with the proposal sampler (RenderConfig sampling="proposal").
+    "sr-free-tiny": dict(nrr_initial=32, generator={**{k: v for k, v in TINY_GENERATOR.items() if k != "sr_channels"},
+                                                    "superresolution": False},
+                         render=dict(sampling="proposal", proposal_samples=8, depth_resolution=12,
+                                     depth_resolution_importance=12, probe_stride=2),
+                         batch=2, d_channel_base=1024, d_channel_max=64, blur_sigma=1.25, blur_fade_kimg=0.2,
+                         geometry_prior=100.0),
+    "sr-free-256": dict(nrr_initial=256, batch=4, generator=dict(superresolution=False), render=SR_FREE_RENDER),
+    "sr-free-512": dict(nrr_initial=512, batch=4, generator=dict(superresolution=False), render=SR_FREE_RENDER),
 }
 
 
@@ -226,6 +237,12 @@ class GANRun:
             if getattr(config, name) > resolution:
                 raise RunError(f"{name} {getattr(config, name)} exceeds the dataset's images ({resolution}^2): the "
                                "neural rendering resolution is at most the image's")
+        if not GeneratorConfig(**config.generator).superresolution:
+            for name in ("nrr_initial", "nrr_final"):
+                if getattr(config, name) not in ((resolution, 0) if name == "nrr_final" else (resolution,)):
+                    raise RunError(f"{name} is {getattr(config, name)}, but a generator without super-resolution "
+                                   f"renders the dataset's images at their own resolution: {name} must be "
+                                   f"{resolution}{' (or 0)' if name == 'nrr_final' else ''}")
         self.n_shape = warp.flame.layout.n_shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
@@ -235,7 +252,9 @@ class GANRun:
                                        warp.flame.layout.n_expr + 3, config.d_channel_base,
                                        config.d_channel_max, mbstd_group=config.mbstd_group).to(device)
         amp = config.mixed_precision and device.type == "cuda"
-        self.G.superresolution.autocast = self.D.autocast = amp
+        self.D.autocast = amp
+        if self.G.superresolution is not None:
+            self.G.superresolution.autocast = amp
         # G_ema shares the frozen warp (its FLAME model and network) rather than holding a copy.
         self.G_ema = copy.deepcopy(self.G, memo={id(warp): warp}).eval().requires_grad_(False)
         if world_size > 1:  # every process starts from rank 0's weights (they are equal when seeded alike)
