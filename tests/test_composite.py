@@ -337,6 +337,18 @@ def test_importance_sample_matches_eg3d_given_the_same_draws(device, dtype, mode
     assert (ours >= mids[..., :1, :]).all() and (ours <= mids[..., -1:, :]).all()
 
 
+def test_stratified_draws_take_one_quantile_per_stratum():
+    from omnifast.ops.composite import importance_uniforms
+
+    u = importance_uniforms(500, 8, stratified=True, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    assert ((u * 8).floor() == torch.arange(8, dtype=torch.float64)).all()  # draw k in [k / 8, (k + 1) / 8)
+    assert u.std(0).min() > 0.03  # and random within it
+    depths = torch.linspace(2, 3, 25, dtype=torch.float64).expand(500, 25)
+    weights = torch.rand(500, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ours = omnifast.importance_sample(depths, weights, 8, stratified=True, generator=torch.Generator().manual_seed(2))
+    assert_close(ours, reference.sample_importance(depths, weights, 8, u), TOL[torch.float64])
+
+
 def test_importance_sample_layouts_and_errors():
     depths = torch.sort(torch.rand(5, 10), -1).values
     out = omnifast.importance_sample(depths, torch.rand(5, 9), 4)

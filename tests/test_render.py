@@ -314,8 +314,8 @@ def test_proposal_converges_to_the_dense_render(flame, mesh_warp):
     (psnr8, depth8, _), (psnr24, depth24, iou24), (psnr96, depth96, iou96) = errors
     assert (dense.opacity > 0.5).float().mean() > 0.2  # the head fills the frame's middle
     assert psnr8 < psnr24 < psnr96 and depth8 > depth24 > depth96, errors
-    assert psnr96 > 36 and depth96 < 0.7 and iou96 > 0.99, errors
-    assert psnr24 > 30 and depth24 < 3.5 and iou24 > 0.98, errors
+    assert psnr96 > 40 and depth96 < 0.4 and iou96 > 0.995, errors
+    assert psnr24 > 32 and depth24 < 3 and iou24 > 0.985, errors
 
 
 def test_proposal_backends_agree_and_the_probe_costs_no_gradients(flame, sdf_warp):
@@ -415,7 +415,8 @@ def test_proposal_keeps_a_thin_shell_the_prior_does_not_know(flame, sdf_warp):
                         torch.zeros(1, flame.layout.size, dtype=torch.float64)], -1)
     dense = renderer_for(warp, beta=0.001, depth_resolution=96, depth_resolution_importance=96,
                          det_sampling=True)(planes, decoder, labels, 64)
-    out = renderer_for(warp, beta=0.001, sampling="proposal", det_sampling=True)(planes, decoder, labels, 64)
+    out = renderer_for(warp, beta=0.001, sampling="proposal")(planes, decoder, labels, 64,
+                                                              generator=torch.Generator().manual_seed(0))
     on_shell = (dense.opacity > 0.5) & (dense.features[:, :1] > 0.1)  # the shell, not the sphere, in front
     assert on_shell.float().mean() > 0.1
     psnr, depth_mm, iou = image_errors(out, dense, scale)

@@ -115,18 +115,21 @@ def _strip_trailing_one(t, reference_dim):
     return t[..., 0] if t.dim() == reference_dim and t.shape[-1] == 1 else t
 
 
-def importance_uniforms(rays, n, *, deterministic=False, generator=None, device=None, dtype=torch.float32):
+def importance_uniforms(rays, n, *, deterministic=False, generator=None, device=None, dtype=torch.float32,
+                        stratified=False):
     """The sorted quantiles ``[rays, n]`` :func:`importance_sample` inverts: evenly spaced
-    (``linspace(0, 1, n)``) or ``torch.rand((rays, n))`` as EG3D draws them (float32, then
-    ``dtype``). Sorted draws give sorted depths."""
+    (``linspace(0, 1, n)``), ``torch.rand((rays, n))`` as EG3D draws them (float32, then
+    ``dtype``), or with ``stratified`` one draw in each of ``n`` equal strata ``(k + rand) / n``
+    (no gaps wider than two strata). Sorted draws give sorted depths."""
     if deterministic:
-        u = torch.linspace(0, 1, n, device=device, dtype=dtype).expand(rays, n)
-    else:
-        u = torch.rand((rays, n), device=device, generator=generator).to(dtype)
-    return torch.sort(u, dim=-1).values
+        return torch.linspace(0, 1, n, device=device, dtype=dtype).expand(rays, n).contiguous()
+    u = torch.rand((rays, n), device=device, generator=generator)
+    if stratified:
+        return ((torch.arange(n, device=device, dtype=u.dtype) + u) / n).to(dtype)
+    return torch.sort(u.to(dtype), dim=-1).values
 
 
-def importance_sample(depths, weights, n, *, deterministic=False, generator=None):
+def importance_sample(depths, weights, n, *, deterministic=False, generator=None, stratified=False):
     """EG3D's importance sampling, fused: weight smoothing (max-pool then avg-pool, +0.01),
     pdf, cdf, search and interpolation in one pass per ray.
 
@@ -138,6 +141,8 @@ def importance_sample(depths, weights, n, *, deterministic=False, generator=None
         deterministic: evenly spaced quantiles (``linspace(0, 1, n)``, OmniAvatar's
             ``det_sampling``) instead of uniform draws.
         generator: for the draws, which are ``torch.rand((rays, n))`` exactly as EG3D makes them.
+        stratified: one draw in each of ``n`` equal quantile strata instead of EG3D's sorted
+            uniform draws.
 
     Returns:
         ``[..., n, 1]`` (or ``[..., n]``, like ``depths``) sorted depths, detached (EG3D samples
@@ -156,7 +161,7 @@ def importance_sample(depths, weights, n, *, deterministic=False, generator=None
     rays = math.prod(lead)
     with torch.no_grad():
         u = importance_uniforms(rays, n, deterministic=deterministic, generator=generator, device=z.device,
-                                dtype=z.dtype)
+                                dtype=z.dtype, stratified=stratified)
         out = torch.ops.omnifast.importance_sample(z.reshape(rays, samples),
                                                    w.detach().reshape(rays, count), u)
     out = out.reshape(*lead, n)

@@ -29,8 +29,9 @@ class Omnifast:
     merge = staticmethod(merge_samples)
 
     @staticmethod
-    def importance(depths, weights, n, deterministic, generator):
-        return importance_sample(depths, weights, n, deterministic=deterministic, generator=generator)
+    def importance(depths, weights, n, deterministic, generator, stratified=False):
+        return importance_sample(depths, weights, n, deterministic=deterministic, generator=generator,
+                                 stratified=stratified)
 
 
 class Reference:
@@ -54,12 +55,12 @@ class Reference:
     merge = staticmethod(reference.merge_samples)
 
     @staticmethod
-    def importance(depths, weights, n, deterministic, generator):
-        """The same draws as :func:`omnifast.importance_sample` (sorted uniforms)."""
+    def importance(depths, weights, n, deterministic, generator, stratified=False):
+        """The same draws as :func:`omnifast.importance_sample`."""
         lead, samples = depths.shape[:-2], depths.shape[-2]
         rays = depths[..., 0].numel() // samples
         u = importance_uniforms(rays, n, deterministic=deterministic, generator=generator, device=depths.device,
-                                dtype=depths.dtype)
+                                dtype=depths.dtype, stratified=stratified)
         out = reference.sample_importance(depths.reshape(rays, samples), weights.detach().reshape(rays, -1),
                                           n, u.contiguous())
         return out.reshape(*lead, n, 1)

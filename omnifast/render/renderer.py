@@ -27,6 +27,7 @@ RenderOutput = namedtuple("RenderOutput", [
 DENSITIES = ("sdf", "density_delta")
 MODES = ("midpoint", "absorption")
 SAMPLINGS = ("dense", "proposal")
+PROBE_DETERMINISTIC = True
 
 
 @dataclasses.dataclass
@@ -63,6 +64,7 @@ class RenderConfig:
     probe_stride: int = 4
     probe_pool: int = 3
     proposal_bins: int = 256
+    proposal_dilation: int = 2
     prior_band: float = 0.03
     prior_share: float = 0.25
     uniform_share: float = 0.02
@@ -87,7 +89,8 @@ class RenderConfig:
             raise ValueError(f"RenderConfig: mode must be one of {MODES}, got {self.mode!r}")
         if self.sampling not in SAMPLINGS:
             raise ValueError(f"RenderConfig: sampling must be one of {SAMPLINGS}, got {self.sampling!r}")
-        for name, low in (("proposal_samples", 2), ("probe_stride", 1), ("probe_pool", 1), ("proposal_bins", 4)):
+        for name, low in (("proposal_samples", 2), ("probe_stride", 1), ("probe_pool", 1), ("proposal_bins", 4),
+                          ("proposal_dilation", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"RenderConfig: {name} must be an integer >= {low}, got {value!r}")
@@ -218,18 +221,19 @@ class Renderer(nn.Module):
             sdf = prior.to(delta.dtype) + delta[..., 0]
             return torch.autograd.grad(sdf.sum(), points, create_graph=True)[0]
 
-    def stratified(self, origins, generator=None):
+    def stratified(self, origins, generator=None, deterministic=None):
         """EG3D's ``sample_stratified`` for the config's scalar ray start/end: ``[N, M, S, 1]``."""
         c, (N, M) = self.config, origins.shape[:2]
         S, start, end = c.depth_resolution, c.ray_start, c.ray_end
         g = dict(device=origins.device, dtype=origins.dtype)
+        det = c.det_sampling if deterministic is None else deterministic
         if c.disparity_space_sampling:
             t = torch.linspace(0, 1, S, **g).reshape(1, 1, S, 1).repeat(N, M, 1, 1)
-            if not c.det_sampling:
+            if not det:
                 t = t + torch.rand(t.shape, generator=generator, **g) / (S - 1)
             return 1.0 / (1.0 / start * (1.0 - t) + 1.0 / end * t)
         depths = torch.linspace(start, end, S, **g).reshape(1, 1, S, 1).repeat(N, M, 1, 1)
-        if not c.det_sampling:
+        if not det:
             depths = depths + torch.rand(depths.shape, generator=generator, **g) * ((end - start) / (S - 1))
         return depths
 
@@ -268,7 +272,7 @@ class Renderer(nn.Module):
         probe = -(-R // c.probe_stride)
         origins, directions = camera_rays(cam2world, intrinsics, probe)
         out = self.render_rays(planes, decoder, origins, directions, params, backend=backend, generator=generator,
-                               return_weights=True)
+                               return_weights=True, deterministic=PROBE_DETERMINISTIC)
         # Each interval's weight (and prior band) goes to the proposal bin of its middle.
         depths, B = out.depths, c.proposal_bins
         middle = 0.5 * (depths[..., :-1] + depths[..., 1:]) if out.weights.shape[-1] < depths.shape[-1] else depths
@@ -278,9 +282,10 @@ class Renderer(nn.Module):
         band = empty.scatter_reduce(-1, index, self._prior_band(out.prior_sdf, out.weights.shape[-1]), "amax")
 
         def per_pixel(t):  # [N, probe^2, B] -> pooled over the neighbourhood, one per pixel [N, R^2, B]
-            t = t.transpose(1, 2).reshape(N, B, probe, probe)
-            t = F.max_pool2d(t, c.probe_pool, 1, c.probe_pool // 2)
-            return F.interpolate(t, size=(R, R), mode="nearest").reshape(N, B, R * R).transpose(1, 2)
+            t = t.transpose(1, 2).reshape(N, 1, B, probe, probe)
+            d = c.proposal_dilation
+            t = F.max_pool3d(t, (2 * d + 1, c.probe_pool, c.probe_pool), 1, (d, c.probe_pool // 2, c.probe_pool // 2))
+            return F.interpolate(t[:, 0], size=(R, R), mode="nearest").reshape(N, B, R * R).transpose(1, 2)
 
         normalise = lambda t: t / t.sum(-1, keepdim=True).clamp_min(1e-30)  # noqa: E731
         share = c.prior_share / (1 - c.uniform_share)
@@ -290,8 +295,12 @@ class Renderer(nn.Module):
         scale = 0.01 * (B - 2) * (1 - c.uniform_share) / c.uniform_share
         edges = torch.linspace(c.ray_start, c.ray_end, B + 1, device=depths.device, dtype=depths.dtype)
         edges = edges.view(1, 1, B + 1, 1).expand(N, R * R, B + 1, 1)
-        return backend_named(backend).importance(edges, (proposal * scale).unsqueeze(-1), c.proposal_samples,
-                                                 c.det_sampling, generator)
+        drawn = backend_named(backend).importance(edges, (proposal * scale).unsqueeze(-1), c.proposal_samples - 2,
+                                                  c.det_sampling, generator, stratified=True)
+        # The ray's ends are samples too: the marcher integrates EG3D's density floor
+        # (softplus(-1) per unit length, the whole ray's "fog") over the whole ray, as the dense
+        # render does, whatever the draws.
+        return torch.cat([edges[:, :, :1], drawn, edges[:, :, -1:]], 2)
 
     def _prior_band(self, prior, intervals):
         """``exp(-(s / prior_band)^2)`` per interval (the larger of its ends; 1 where ``s``
@@ -306,11 +315,12 @@ class Renderer(nn.Module):
         return band * (inside[..., :-1].cumsum(-1) == 0)
 
     def render_rays(self, planes, decoder, origins, directions, params, *, backend="omnifast", generator=None,
-                    return_weights=False, depths=None):
+                    return_weights=False, depths=None, deterministic=None):
         """The renderer on rays ``origins, directions [N, M, 3]`` with FLAME ``params [N, P]``:
         :class:`RenderOutput` with per-ray ``[N, M, .]`` images. ``depths [N, M, K, 1]`` (sorted
         along each ray): shade these samples only (the proposal sampler's), no coarse or
-        importance pass.
+        importance pass. ``deterministic``: evenly spaced depths and quantiles (None: the config's
+        ``det_sampling``).
 
         The coarse samples are shaded once without gradients for the importance weights (EG3D
         samples the fine depths under ``no_grad``); then coarse and fine samples are merged in
@@ -322,15 +332,15 @@ class Renderer(nn.Module):
         # A step of an optimiser can push beta through zero: it is used at no less than 1e-6.
         beta = self.sigmoid_beta.to(planes.dtype).clamp_min(1e-6)
         given = depths is not None
-        depths = depths.to(planes.dtype) if given else self.stratified(origins, generator).to(planes.dtype)
+        det = c.det_sampling if deterministic is None else deterministic
+        depths = depths.to(planes.dtype) if given else self.stratified(origins, generator, det).to(planes.dtype)
         canonical, prior = self._points(backend, origins, directions, depths, params)
         shade = lambda weights: functools.partial(self._shade, backend, decoder, weights)  # noqa: E731
         if c.depth_resolution_importance and not given:
             with torch.no_grad():
                 weights = in_chunks(backend, shade(True), c.chunk, canonical, prior, depths,
                                     shared=(planes, bias, beta))[4]
-            fine = backend.importance(depths, weights.unsqueeze(-1), c.depth_resolution_importance,
-                                      c.det_sampling, generator)
+            fine = backend.importance(depths, weights.unsqueeze(-1), c.depth_resolution_importance, det, generator)
             fine_canonical, fine_prior = self._points(backend, origins, directions, fine, params)
             depths, (canonical, prior) = backend.merge(depths, fine, (canonical, prior), (fine_canonical, fine_prior))
         features, depth, opacity, delta, weights = in_chunks(backend, shade(return_weights), c.chunk, canonical,
