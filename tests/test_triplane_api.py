@@ -1,5 +1,6 @@
 """Registration (opcheck, torch.compile), bad input, the EG3D/OmniAvatar drop-ins, and the CLI."""
 import json
+import math
 import subprocess
 import sys
 import types
@@ -302,13 +303,23 @@ def test_cli_bench_render_rows_and_budget(tmp_path):
     assert result.returncode == 0, result.stderr
     report = json.loads(path.read_text())
     rows = report["results"]
+    backends = ("omnifast", "reference", "reference+checkpoint")
     assert {(r["backend"], r["resolution"], r["pass"]) for r in rows} == {
-        (b, r, p) for b in ("omnifast", "reference") for r in (16, 32) for p in ("forward", "forward+backward")}
-    assert {(r["backend"], r["warp"]) for r in rows} == {("omnifast", "sdf"), ("reference", "sdf"), ("omnifast", "mesh")}
+        (b, r, p) for b in backends for r in (16, 32) for p in ("forward", "forward+backward")}
+    assert {(r["backend"], r["sampling"], r["warp"]) for r in rows} == {
+        *((b, "dense", "sdf") for b in backends), ("omnifast", "dense", "mesh"), ("omnifast", "proposal", "sdf")}
     for row in rows:
         assert row["ms"] > 0 and row["peak_bytes"] > 0 and 0 < row["warp_share"] < 1
         if row["warp"] == "sdf":
-            assert row["max_resolution"] == report["render_max_resolution"][row["backend"]] > 0
+            assert row["max_resolution"] == report["render_max_resolution"][row["contender"]] > 0
+        if row["sampling"] == "proposal":
+            assert row["samples_per_ray"] == 6 and row["probe"]["resolution"] == row["resolution"] // 4
+            assert math.isfinite(row["psnr_db"]) and row["depth_mae_mm"] >= 0 and 0 < row["silhouette_iou"] <= 1
+        else:
+            assert row["samples_per_ray"] == [8, 8] and "psnr_db" not in row
+        assert row["ms_over_omnifast_dense"] == pytest.approx(
+            row["ms"] / next(r["ms"] for r in rows if r["contender"] == "omnifast"
+                             and (r["resolution"], r["pass"]) == (row["resolution"], row["pass"])))
     assert report["render_max_resolution"]["memory_budget_bytes"] == 2 ** 29
     assert "largest 1-image training render in 0.5 GiB" in result.stdout
     assert run_cli("bench", "render", "--memory-budget", "-1").returncode == 2
@@ -316,11 +327,14 @@ def test_cli_bench_render_rows_and_budget(tmp_path):
 
 def test_cli_bench_train_rows(tmp_path):
     path = tmp_path / "bench.json"
-    result = run_cli("bench", "train", "--quick", "--device", "cpu", "--cases", "1", "--json", str(path))
+    result = run_cli("bench", "train", "--quick", "--device", "cpu", "--json", str(path))
     assert result.returncode == 0, result.stderr
     report = json.loads(path.read_text())
     rows = report["results"]
-    assert {(r["op"], r["backend"], r["resolution"]) for r in rows} == {("train", b, 16) for b in ("omnifast", "reference")}
+    contenders = ("omnifast", "reference", "reference+checkpoint", "omnifast proposal")
+    assert [(r["op"], r["contender"], r["resolution"], r["sr_free"]) for r in rows] == [
+        *(("train", c, n, False) for n in (16, 32) for c in contenders),
+        *(("train", c, n, True) for n in (16, 32) for c in ("omnifast", "omnifast proposal"))]
     for row in rows:
         amortised = (row["plain_iteration_seconds"] + row["phases"]["G_reg"] / 4 + row["phases"]["D_reg"] / 16)
         assert row["seconds_per_iteration"] == pytest.approx(amortised)
@@ -329,12 +343,22 @@ def test_cli_bench_train_rows(tmp_path):
         assert {"data", "G_main", "D_main", "G_reg", "D_reg"} <= set(row["phases"])
         assert row["phases"]["D_reg"] > 0
         assert row["peak_bytes"] == row["static_bytes"] + row["extra_peak_bytes"] > 0
+        assert row["image_resolution"] == (row["resolution"] if row["sr_free"] else 64)
+        assert row["samples_per_ray"] == (6 if row["sampling"] == "proposal" else [6, 6])
         parts = row["part_seconds"]
         assert set(parts) == {"backbone", "warp", "renderer", "superresolution", "discriminator", "other"}
-        assert all(parts[p] > 0 for p in ("backbone", "warp", "renderer", "superresolution", "discriminator"))
+        used = ("backbone", "warp", "renderer", "discriminator", *(() if row["sr_free"] else ("superresolution",)))
+        assert all(parts[p] > 0 for p in used) and (parts["superresolution"] == 0) == row["sr_free"]
         assert sum(parts.values()) <= row["plain_iteration_seconds"] * 3  # profiled, so somewhat slower
+        base = next(r for r in rows if r["contender"] == "omnifast" and
+                    (r["resolution"], r["sr_free"]) == (row["resolution"], row["sr_free"]))
+        assert row["seconds_over_omnifast_dense"] == pytest.approx(
+            row["seconds_per_iteration"] / base["seconds_per_iteration"])
+        if row["sr_free"]:
+            fit = row["sr_free_projection"]
+            assert fit["bytes_per_pixel"] > 0 and fit["resolution_80GB_batch4"] > 0
     assert rows[0]["speedup"] == pytest.approx(rows[1]["seconds_per_iteration"] / rows[0]["seconds_per_iteration"])
-    assert "kimg/day" in result.stdout
+    assert "kimg/day" in result.stdout and "SR-free training, omnifast proposal" in result.stdout
 
 
 def test_cli_rejects_unknown_pass():

@@ -6,9 +6,13 @@ phase's time, and each part's share (the profiler attributes every forward op an
 the module that ran it). Peak memory is the run's tensors (parameters, gradients, optimiser
 states, G_ema) plus the most the iteration adds, phase by phase.
 
-The backbone, super-resolution and discriminator are the same code under both backends; only
-the renderer differs. The images are random and W is untrained: an iteration's cost does not
-depend on either."""
+The contenders: omnifast's kernels, EG3D's plain PyTorch path (``reference``) and that path
+wrapped in ``torch.utils.checkpoint`` over chunks of rays (``reference+checkpoint``), with EG3D's
+coarse + fine samples, and omnifast's proposal sampler (24 samples per ray). The backbone,
+super-resolution and discriminator are the same code for all; only the renderer differs. The
+SR-free cases train a generator without super-resolution whose image is the render at the
+image's resolution (the ``sr-free`` presets). The images are random and W is untrained: an
+iteration's cost does not depend on either."""
 import math
 import time
 from collections import defaultdict
@@ -19,9 +23,9 @@ import torch
 from ..gan.train import TINY_GENERATOR, GANConfig, GANRun
 from ..geometry import camera_labels, ffhq_intrinsics, orbit_cam2world
 from .measure import PeakMeter, _sync
-from .render import untrained_warps
+from .render import OMNIFAST, PROPOSAL, Setup, untrained_warps
 
-BACKENDS = ("omnifast", "reference")
+SETUPS = (OMNIFAST, Setup("reference"), Setup("reference+checkpoint"), PROPOSAL)
 PARTS = ("backbone", "warp", "renderer", "superresolution", "discriminator", "other")
 
 
@@ -32,21 +36,31 @@ class TrainCase:
     coarse: int
     fine: int
     note: str = ""
+    sr_free: bool = False     # no super-resolution: the images are nrr^2
+    setups: tuple = SETUPS
+    proposal: int = 24        # samples per ray of the proposal rows
 
     @property
     def name(self):
-        return f"{self.nrr}px {self.coarse}+{self.fine} x{self.batch}"
+        return f"{self.nrr}px {self.coarse}+{self.fine} x{self.batch}{' SR-free' if self.sr_free else ''}"
 
 
 def train_cases(device, quick=False):
     """EG3D's 48 + 48 samples at 64^2 and 128^2 (batch 1 on the CPU, 4 on a GPU) and 256^2 (on
-    the CPU with 16 + 16 samples, which keeps the reference's iteration within minutes)."""
+    the CPU with 16 + 16 samples, which keeps the reference's iteration within minutes); then
+    SR-free iterations, omnifast dense and proposal (64^2 and 128^2 on the CPU, 256^2 and 512^2
+    on a GPU), whose peaks give the bytes per pixel of SR-free training."""
+    sr_free = dict(sr_free=True, setups=(OMNIFAST, PROPOSAL))
     if quick:
-        return [TrainCase(16, 2, 6, 6, "harness check"), TrainCase(32, 2, 6, 6, "harness check")]
+        check = dict(note="harness check", proposal=6)
+        return [*(TrainCase(r, 2, 6, 6, **check) for r in (16, 32)),
+                *(TrainCase(r, 2, 6, 6, **check, **sr_free) for r in (16, 32))]
     if torch.device(device).type == "cuda":
-        return [TrainCase(r, 4, 48, 48) for r in (64, 128, 256)]
+        return [*(TrainCase(r, 4, 48, 48) for r in (64, 128, 256)),
+                *(TrainCase(r, 4, 48, 48, **sr_free) for r in (256, 512))]
     return [TrainCase(64, 1, 48, 48), TrainCase(128, 1, 48, 48),
-            TrainCase(256, 1, 16, 16, "CPU: 16 + 16 samples per ray at 256^2")]
+            TrainCase(256, 1, 16, 16, "CPU: 16 + 16 samples per ray at 256^2"),
+            *(TrainCase(r, 1, 48, 48, **sr_free) for r in (64, 128))]
 
 
 class RandomImages(torch.utils.data.Dataset):
@@ -112,7 +126,8 @@ def part_seconds(step, run, device):
     from torch.profiler import ProfilerActivity, profile
 
     modules = [("backbone", run.G.backbone.mapping), ("backbone", run.G.backbone.synthesis),
-               ("renderer", run.G.renderer), ("warp", run.G.renderer.warp), ("superresolution", run.G.superresolution),
+               ("renderer", run.G.renderer), ("warp", run.G.renderer.warp),
+               *((("superresolution", run.G.superresolution),) if run.G.superresolution is not None else ()),
                ("discriminator", run.D)]
     scopes, hooks = [], []
     for part, module in modules:
@@ -168,19 +183,29 @@ class TrainBench:
         self.network = network or ("full" if self.device.type == "cuda" else "small")
         self.warp = untrained_warps(self.device, self.network)["sdf"]
         self.image_resolution = 64 if quick else 512
-        self.dataset = RandomImages(16, self.image_resolution, self.warp.flame.layout)
+        self.datasets = {}
 
-    def config(self, case, backend):
+    def dataset(self, case):
+        resolution = case.nrr if case.sr_free else self.image_resolution
+        if resolution not in self.datasets:
+            self.datasets[resolution] = RandomImages(16, resolution, self.warp.flame.layout)
+        return self.datasets[resolution]
+
+    def config(self, case, setup):
         sizes = dict(generator=TINY_GENERATOR, d_channel_base=1024, d_channel_max=64) if self.quick else {}
+        if case.sr_free:
+            sizes["generator"] = {**{k: v for k, v in sizes.get("generator", {}).items() if k != "sr_channels"},
+                                  "superresolution": False}
         return GANConfig(dataset="random images", sdf_run=f"untrained W ({self.network})", preset="benchmark",
-                         render=dict(depth_resolution=case.coarse, depth_resolution_importance=case.fine),
-                         batch=case.batch, nrr_initial=case.nrr, backend=backend, device=str(self.device),
+                         render=dict(depth_resolution=case.coarse, depth_resolution_importance=case.fine,
+                                     sampling=setup.sampling, proposal_samples=case.proposal),
+                         batch=case.batch, nrr_initial=case.nrr, backend=setup.backend, device=str(self.device),
                          mbstd_group=min(4, case.batch), **sizes)
 
-    def make_run(self, case, backend):
+    def make_run(self, case, setup):
         """A run as after its first iteration: the optimisers' states and the gradients exist
         (Adam's first step on zero gradients moves nothing)."""
-        run = GANRun(self.config(case, backend), warp=self.warp, dataset=self.dataset)
+        run = GANRun(self.config(case, setup), warp=self.warp, dataset=self.dataset(case))
         for optimizer, module in ((run.opt_G, run.G), (run.opt_D, run.D)):
             for p in module.parameters():
                 if p.requires_grad:
@@ -189,19 +214,19 @@ class TrainBench:
         return run
 
     def warm_up(self, case):
-        """One iteration of both backends with 4 + 4 samples per ray: the networks' one-time
+        """One iteration of every contender with 4 + 4 samples per ray: the networks' one-time
         costs (first allocations, kernel selection per shape) fall on no measured iteration."""
-        for backend in BACKENDS:
-            run = self.make_run(TrainCase(case.nrr, case.batch, 4, 4), backend)
+        for setup in case.setups:
+            run = self.make_run(TrainCase(case.nrr, case.batch, 4, 4, sr_free=case.sr_free, proposal=4), setup)
             run.step = 0
             run.train_step()
 
-    def measure(self, case, backend, runs=1, warmup=0, shares=True):
-        """One backend on one case: a plain iteration (step 1) and one with every lazy
+    def measure(self, case, setup, runs=1, warmup=0, shares=True):
+        """One contender on one case: a plain iteration (step 1) and one with every lazy
         regulariser (step 0), each timed by phase; the amortised iteration; peak memory (the
         larger of the two iterations', plus what the run holds between iterations); and with
         ``shares``, each part's seconds in a profiled plain iteration."""
-        run = self.make_run(case, backend)
+        run = self.make_run(case, setup)
         clock = run.clock = PhaseClock(self.device)
         measured = {}
         for label, step in (("plain", 1), ("regularised", 0)):
@@ -222,8 +247,10 @@ class TrainBench:
         fixed = static_bytes(run)
         phase_peaks = {**plain["peaks"], "G_main+G_reg": full["peaks"]["G_main"], "D_reg": full["peaks"].get("D_reg")}
         peak = None if None in phase_peaks.values() else max(phase_peaks.values())
-        row = {"op": "train", "backend": backend, "resolution": case.nrr, "batch": case.batch,
-               "image_resolution": self.image_resolution, "samples_per_ray": [case.coarse, case.fine],
+        row = {"op": "train", "backend": setup.backend, "sampling": setup.sampling, "contender": setup.name,
+               "sr_free": case.sr_free, "resolution": case.nrr, "batch": case.batch,
+               "image_resolution": run.G.image_resolution,
+               "samples_per_ray": case.proposal if setup.sampling == "proposal" else [case.coarse, case.fine],
                "sdf_network": self.network, "note": case.note, "pass": "forward+backward", "warp": "sdf",
                "seconds_per_iteration": seconds, "images_per_second": case.batch / seconds,
                "kimg_per_day": case.batch / seconds * 86400 / 1000,
@@ -238,7 +265,8 @@ class TrainBench:
 
 
 def run_train_bench(device, quick=False, cases=None, runs=None, shares=True):
-    """Every case and backend: the rows."""
+    """Every case and contender: the rows (and, from the SR-free rows, the largest SR-free
+    resolution a memory budget fits)."""
     from .measure import return_large_blocks
 
     device = torch.device(device)
@@ -247,29 +275,58 @@ def run_train_bench(device, quick=False, cases=None, runs=None, shares=True):
     cuda = device.type == "cuda"
     runs, warmup = runs or (3 if cuda else 1), 1 if cuda else 0
     print(f"\ntrain: one GAN iteration, {'tiny' if quick else 'full-size'} networks, images "
-          f"{bench.image_resolution}^2, W '{bench.network}'; seconds amortise density (1/4) and R1 (1/16); "
-          f"peak = run's tensors + extra during the iteration", flush=True)
-    print(f"{'case':<22} {'backend':<10} {'s/iter':>8} {'img/s':>7} {'kimg/day':>9} {'speedup':>8} "
-          f"{'peak MiB':>9} {'memory':>7}  parts (share of a plain iteration)")
+          f"{bench.image_resolution}^2 (SR-free: the render's), W '{bench.network}'; seconds amortise density (1/4) "
+          f"and R1 (1/16); peak = run's tensors + extra during the iteration; x = the row's time (peak) over "
+          f"omnifast dense's", flush=True)
+    print(f"{'case':<26} {'contender':<22} {'s/iter':>8} {'img/s':>7} {'kimg/day':>9} {'x time':>7} "
+          f"{'peak MiB':>9} {'x peak':>7}  parts (share of a plain iteration)")
     rows = []
     for case in train_cases(device, quick)[:cases]:
         bench.warm_up(case)
-        got = {b: bench.measure(case, b, runs, warmup, shares) for b in BACKENDS}
-        ref = got["reference"]
-        for backend, row in got.items():
-            row["speedup"] = ref["seconds_per_iteration"] / row["seconds_per_iteration"]
-            if row["peak_bytes"] and ref["peak_bytes"]:
-                row["memory_ratio"] = row["peak_bytes"] / ref["peak_bytes"]
+        got = {s: bench.measure(case, s, runs, warmup, shares) for s in case.setups}
+        base, ref = got[OMNIFAST], got.get(Setup("reference"))
+        for setup, row in got.items():
+            row["seconds_over_omnifast_dense"] = row["seconds_per_iteration"] / base["seconds_per_iteration"]
+            if row["peak_bytes"] and base["peak_bytes"]:
+                row["peak_over_omnifast_dense"] = row["peak_bytes"] / base["peak_bytes"]
+            if ref is not None:  # the reference's time and peak over the row's, as before
+                row["speedup"] = ref["seconds_per_iteration"] / row["seconds_per_iteration"]
+                if row["peak_bytes"] and ref["peak_bytes"]:
+                    row["memory_ratio"] = row["peak_bytes"] / ref["peak_bytes"]
             rows.append(row)
             parts = row.get("part_seconds")
             shares_text = "" if not parts else " ".join(
                 f"{p} {s / max(sum(parts.values()), 1e-12):.0%}" for p, s in parts.items())
-            memory = row.get("memory_ratio")
-            print(f"{case.name:<22} {backend:<10} {row['seconds_per_iteration']:>8.2f} "
-                  f"{row['images_per_second']:>7.3f} {row['kimg_per_day']:>9.2f} {row['speedup']:>7.2f}x "
-                  f"{_mib(row['peak_bytes']):>9} {'n/a' if memory is None else f'{memory:.2f}':>7}  {shares_text}",
-                  flush=True)
+            memory = row.get("peak_over_omnifast_dense")
+            print(f"{case.name:<26} {setup.name:<22} {row['seconds_per_iteration']:>8.2f} "
+                  f"{row['images_per_second']:>7.3f} {row['kimg_per_day']:>9.2f} "
+                  f"{row['seconds_over_omnifast_dense']:>7.2f} {_mib(row['peak_bytes']):>9} "
+                  f"{'n/a' if memory is None else f'{memory:.2f}':>7}  {shares_text}", flush=True)
+    for setup in (OMNIFAST, PROPOSAL):
+        fit = sr_free_projection([r for r in rows if r["sr_free"] and r["contender"] == setup.name])
+        if fit:
+            print(f"SR-free training, {setup.name}: {fit['bytes_per_pixel'] / 1024:.1f} KiB per pixel + "
+                  f"{fit['fixed_bytes'] / 2 ** 30:.2f} GiB; at batch 4 an 80 GB GPU fits "
+                  f"{fit['resolution_80GB_batch4']}^2 (projection from these peaks)", flush=True)
+            for row in rows:
+                if row["sr_free"] and row["contender"] == setup.name:
+                    row["sr_free_projection"] = fit
     return rows
+
+
+def sr_free_projection(rows, budget_bytes=80e9, batch=4):
+    """A line through the peaks of the smallest and largest SR-free rows (bytes = fixed +
+    per_pixel * pixels, pixels counted over the batch), solved for the largest square
+    resolution of ``batch`` images in ``budget_bytes``; None with fewer than two resolutions."""
+    points = sorted((r["resolution"] ** 2 * r["batch"], r["peak_bytes"]) for r in rows if r["peak_bytes"])
+    if len({p for p, _ in points}) < 2:
+        return None
+    (p0, b0), (p1, b1) = points[0], points[-1]
+    per_pixel = max((b1 - b0) / (p1 - p0), 1.0)
+    fixed = max(0.0, b1 - per_pixel * p1)
+    pixels = (budget_bytes - fixed) / per_pixel / batch
+    return {"bytes_per_pixel": per_pixel, "fixed_bytes": fixed, "budget_bytes": budget_bytes, "batch": batch,
+            "resolution_80GB_batch4": int(math.isqrt(int(pixels))) if pixels > 0 else 0}
 
 
 def _mib(value):
