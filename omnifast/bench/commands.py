@@ -144,14 +144,18 @@ OPS = ("triplane", "composite", "correspondence", "render", "train")
 
 
 def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=None, json_path=None, runs=None,
-                   subset=2000, memory_budget=None):
+                   subset=2000, memory_budget=None, gan_run=None, cameras=16, resolution=256, samples=24,
+                   image_path=None):
     """Time omnifast against the PyTorch references (and any peers installed) and return the
     report; ``op``: one of OPS, "kernels" (every operator, no render) or "all"; ``cases``: only
     the first N (smallest) cases of each op ("train": one GAN iteration with full-size networks);
     ``passes``: a subset of the ops' passes; ``runs``: timed calls per contender (default 9, 3
     with ``quick``); ``subset``: queries the slow closest-point peers answer (times scaled);
     ``memory_budget``: bytes the render benchmark's largest resolution must fit (default: the
-    GPU's memory, 16 GiB on the CPU); ``json_path``: also write the report there."""
+    GPU's memory, 16 GiB on the CPU); ``json_path``: also write the report there. ``op="quality"``
+    (not part of "all"): the proposal sampler against a dense render on the generator of the
+    train-gan run ``gan_run`` and its hair-shell twin, ``cameras`` labels at ``resolution``^2,
+    ``samples`` per ray."""
     runs_given, runs = runs, runs or (3 if quick else 9)
     import omnifast
 
@@ -173,8 +177,16 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
                         lambda device: ((), {})),
            "composite": ("composite", composite_cases, composite_runner, COMPOSITE_PASSES,
                          composite_forward_with_graph, composite_peers)}
-    if op not in (*OPS, "kernels", "all"):
-        raise ValueError(f"op must be one of {', '.join(OPS)}, kernels or all, got {op!r}")
+    if op not in (*OPS, "kernels", "all", "quality"):
+        raise ValueError(f"op must be one of {', '.join(OPS)}, kernels, quality or all, got {op!r}")
+    if op == "quality":
+        if not gan_run:
+            raise ValueError("bench quality needs --gan-run RUN (a train-gan run folder)")
+        for name, value, low in (("--cameras", cameras, 1), ("--resolution", resolution, 8), ("--samples", samples, 2)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if image_path:
+            check_output(image_path, "--image", (".png",))
     chosen = list(ops) if op in ("all", "kernels") else [op] if op in ops else []
     known = {p for name in chosen for p in ops[name][3]} | ({"forward", "forward+backward"} if op in ("all", "render")
                                                             else set())
@@ -223,6 +235,11 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
         from .train import run_train_bench
 
         report["results"] += run_train_bench(device, quick, cases, runs_given)
+    if op == "quality":
+        from .quality import proposal_quality
+
+        report["results"] += proposal_quality(gan_run, cameras=cameras, resolution=resolution, samples=samples,
+                                              device=device, image_path=image_path)
     if "copy_bandwidth_GBps" in report:  # how close the forward comes to the bytes it must move
         for row in report["results"]:
             if "omnifast_forward_GBps" in row:
@@ -238,9 +255,10 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
 
 def add_parsers(sub):
     bench = sub.add_parser("bench", help="omnifast vs the PyTorch reference, same run")
-    bench.add_argument("op", nargs="?", default="all", choices=[*OPS, "kernels", "all"],
+    bench.add_argument("op", nargs="?", default="all", choices=[*OPS, "kernels", "quality", "all"],
                        help="one operator, the render, a training iteration (train), kernels (every "
-                       "operator) or all (default)")
+                       "operator), all (default), or quality: the proposal sampler against a dense render "
+                       "on a trained generator (--gan-run)")
     bench.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     bench.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     bench.add_argument("--quick", action="store_true", help="tiny sizes (checks the harness)")
@@ -250,11 +268,19 @@ def add_parsers(sub):
     bench.add_argument("--runs", type=int, metavar="N", help="timed calls per contender")
     bench.add_argument("--passes", help="comma-separated subset of: forward, forward+backward, "
                        "forward+double-backward (tri-plane only)")
+    bench.add_argument("--gan-run", metavar="RUN", help="quality: the train-gan run whose generator is rendered")
+    bench.add_argument("--cameras", type=int, default=16, help="quality: labels of the run's dataset (default 16)")
+    bench.add_argument("--resolution", type=int, default=256, help="quality: pixels per side (default 256)")
+    bench.add_argument("--samples", type=int, default=24, help="quality: proposal samples per ray (default 24)")
+    bench.add_argument("--image", metavar="PNG", help="quality: the first camera's dense and proposal renders and "
+                       "their difference x 10, for each generator")
     return {"bench": bench_command}
 
 
 def bench_command(args):
     run_benchmarks(args.op, args.device, quick=args.quick, cases=args.cases,
                    passes=args.passes.split(",") if args.passes else None, json_path=args.json, runs=args.runs,
-                   memory_budget=None if args.memory_budget is None else args.memory_budget * 2 ** 30)
+                   memory_budget=None if args.memory_budget is None else args.memory_budget * 2 ** 30,
+                   gan_run=args.gan_run, cameras=args.cameras, resolution=args.resolution, samples=args.samples,
+                   image_path=args.image)
     return 0
