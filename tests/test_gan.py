@@ -154,6 +154,25 @@ def test_the_sr_free_tiny_preset_trains_and_resumes_exactly(stage_one, tmp_path)
                                      nrr_initial=16))
 
 
+def test_bench_quality_on_a_run_and_its_hair_shell(stage_one, tmp_path):
+    import omnifast
+    from omnifast.bench.quality import coordinate_channels, proposal_quality, sampled_points
+
+    planes = torch.zeros(1, 3, 2, 3, 16, 16, dtype=torch.float64)
+    points = (torch.rand(1, 200, 3, dtype=torch.float64) - 0.5) * 0.9
+    sampled = omnifast.triplane_sample(coordinate_channels(planes, 1.0), points, reduce="mean")
+    torch.testing.assert_close(sampled_points(sampled), points, rtol=0, atol=1e-12)
+    train_gan(config_for(stage_one, steps=1), str(tmp_path / "run"), progress=False)
+    rows = proposal_quality(str(tmp_path / "run"), cameras=2, resolution=16, batch=1, log=lambda *a: None,
+                            image_path=str(tmp_path / "quality.png"))
+    assert [r["generator"] for r in rows] == ["trained", "hair shell"]
+    for row in rows:
+        assert math.isfinite(row["psnr_db"]) and row["depth_mae_mm"] >= 0 and 0 < row["silhouette_iou"] <= 1
+        assert row["worst_camera"]["psnr_db"] <= row["psnr_db"] + 1e-9
+    assert rows[1]["coverage"] > rows[0]["coverage"]  # the shell adds to the silhouette
+    assert os.path.getsize(tmp_path / "quality.png") > 0
+
+
 def test_a_non_finite_loss_is_reported_before_anything_is_written(stage_one, tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     config = config_for(stage_one, steps=3, checkpoint_every=1, log_every=1, image_every=1)
