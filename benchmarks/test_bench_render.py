@@ -43,21 +43,20 @@ def test_render_forward_backward(benchmark, bench, case):
                                 **{f"{s.name}_{k}": m[k] for s, m in got.items() for k in ("ms", "peak_bytes")})
     benchmark.pedantic(bench.runner(case, OMNIFAST, "forward+backward"), rounds=1, warmup_rounds=0)
     if case.resolution == 128:
-        for setup, memory_floor in ((REFERENCE, MEMORY_FLOOR), (CHECKPOINT, 1.0)):
-            theirs = got[setup]
-            speedup = theirs["ms"] / ours["ms"]
-            assert speedup >= SPEED_FLOOR, f"{case.name}: {speedup:.2f}x {setup.name} < {SPEED_FLOOR}x"
-            if ours["peak_bytes"] and theirs["peak_bytes"]:
-                assert ours["peak_bytes"] <= memory_floor * theirs["peak_bytes"], \
-                    f"{case.name}: peak {ours['peak_bytes']} B vs {setup.name} {theirs['peak_bytes']} B"
+        check_floor(case, "omnifast", ours, REFERENCE.name, got[REFERENCE], SPEED_FLOOR, MEMORY_FLOOR)
+        check_floor(case, "omnifast", ours, CHECKPOINT.name, got[CHECKPOINT], SPEED_FLOOR, 1.0)
     if case.resolution == 512:
-        proposal = got[PROPOSAL]
-        speedup = ours["ms"] / proposal["ms"]
-        assert speedup >= PROPOSAL_SPEED_FLOOR, f"{case.name}: proposal {speedup:.2f}x < {PROPOSAL_SPEED_FLOOR}x"
-        if ours["peak_bytes"] and proposal["peak_bytes"]:
-            assert proposal["peak_bytes"] <= PROPOSAL_MEMORY_FLOOR * ours["peak_bytes"], \
-                f"{case.name}: proposal peak {proposal['peak_bytes']} B vs dense {ours['peak_bytes']} B"
+        check_floor(case, PROPOSAL.name, got[PROPOSAL], "omnifast", ours, PROPOSAL_SPEED_FLOOR, PROPOSAL_MEMORY_FLOOR)
 
+
+def check_floor(case, name, fast, other, slow, speed_floor, memory_floor):
+    """``fast`` at least ``speed_floor`` times faster than ``slow`` with at most ``memory_floor``
+    of its peak."""
+    speedup = slow["ms"] / fast["ms"]
+    assert speedup >= speed_floor, f"{case.name}: {name} {speedup:.2f}x faster than {other} < {speed_floor}x"
+    if fast["peak_bytes"] and slow["peak_bytes"]:
+        assert fast["peak_bytes"] <= memory_floor * slow["peak_bytes"], \
+            f"{case.name}: {name} peak {fast['peak_bytes']} B vs {other} {slow['peak_bytes']} B"
 
 def test_render_resolution_in_a_memory_budget(bench):
     budget = 16 * 2 ** 30

@@ -112,11 +112,17 @@ def test_mixed_precision_runs_super_resolution_and_d_in_bfloat16(stage_one):
 def test_resume_continues_exactly(stage_one, tmp_path):
     config = config_for(stage_one, steps=4, checkpoint_every=2)
     train_gan(config, str(tmp_path / "straight"), progress=False)
-    train_gan(config, str(tmp_path / "resumed"), progress=False, stop_after=2)
+    assert_resume_is_exact(config, tmp_path, stop_after=2)
+
+
+def assert_resume_is_exact(config, tmp_path, stop_after):
+    """A run stopped after ``stop_after`` iterations and resumed ends with the weights of the run
+    in ``tmp_path / "straight"``, which ran ``config.steps`` straight."""
+    train_gan(config, str(tmp_path / "resumed"), progress=False, stop_after=stop_after)
     train_gan(None, str(tmp_path / "resumed"), resume=True, progress=False)
     a = RunFolder(str(tmp_path / "straight")).load_checkpoint()
     b = RunFolder(str(tmp_path / "resumed")).load_checkpoint()
-    assert a["step"] == b["step"] == 4
+    assert a["step"] == b["step"] == config.steps
     for key in ("G", "D", "G_ema"):
         for name in a[key]:
             assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
@@ -140,14 +146,7 @@ def test_the_sr_free_tiny_preset_trains_and_resumes_exactly(stage_one, tmp_path)
         assert math.isfinite(float(step2[header.index(name)])), name
     assert sorted(os.listdir(tmp_path / "straight" / "images")) == ["step000000.png", "step000002.png",
                                                                    "step000004.png"]
-    train_gan(config, str(tmp_path / "resumed"), progress=False, stop_after=2)
-    train_gan(None, str(tmp_path / "resumed"), resume=True, progress=False)
-    a = RunFolder(str(tmp_path / "straight")).load_checkpoint()
-    b = RunFolder(str(tmp_path / "resumed")).load_checkpoint()
-    assert a["step"] == b["step"] == 4
-    for key in ("G", "D", "G_ema"):
-        for name in a[key]:
-            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name}"
+    assert_resume_is_exact(config, tmp_path, stop_after=2)
     with pytest.raises(RunError, match="nrr_initial is 16, but a generator without super-resolution renders the "
                                        "dataset's images at their own resolution: nrr_initial must be 32"):
         GANRun(GANConfig.with_preset("sr-free-tiny", dataset=str(stage_one / "data"), sdf_run=str(stage_one / "sdf"),
