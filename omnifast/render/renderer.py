@@ -27,7 +27,7 @@ RenderOutput = namedtuple("RenderOutput", [
 DENSITIES = ("sdf", "density_delta")
 MODES = ("midpoint", "absorption")
 SAMPLINGS = ("dense", "proposal")
-PROBE_DETERMINISTIC = True
+PROPOSAL_CHUNK = 1 << 22  # pdf entries per importance-sampling call of the proposal sampler
 
 
 @dataclasses.dataclass
@@ -271,8 +271,9 @@ class Renderer(nn.Module):
         c, N, R = self.config, planes.shape[0], resolution
         probe = -(-R // c.probe_stride)
         origins, directions = camera_rays(cam2world, intrinsics, probe)
+        # Evenly spaced probe depths: the final samples' draws carry the randomness.
         out = self.render_rays(planes, decoder, origins, directions, params, backend=backend, generator=generator,
-                               return_weights=True, deterministic=PROBE_DETERMINISTIC)
+                               return_weights=True, deterministic=True)
         # Each interval's weight (and prior band) goes to the proposal bin of its middle.
         depths, B = out.depths, c.proposal_bins
         middle = 0.5 * (depths[..., :-1] + depths[..., 1:]) if out.weights.shape[-1] < depths.shape[-1] else depths
@@ -281,26 +282,32 @@ class Renderer(nn.Module):
         weights = empty.scatter_add(-1, index, out.weights)
         band = empty.scatter_reduce(-1, index, self._prior_band(out.prior_sdf, out.weights.shape[-1]), "amax")
 
-        def per_pixel(t):  # [N, probe^2, B] -> pooled over the neighbourhood, one per pixel [N, R^2, B]
+        def pooled(t):  # over the neighbourhood of each probe pixel (and along the ray): [N, probe^2, B]
             t = t.transpose(1, 2).reshape(N, 1, B, probe, probe)
             d = c.proposal_dilation
             t = F.max_pool3d(t, (2 * d + 1, c.probe_pool, c.probe_pool), 1, (d, c.probe_pool // 2, c.probe_pool // 2))
-            return F.interpolate(t[:, 0], size=(R, R), mode="nearest").reshape(N, B, R * R).transpose(1, 2)
+            return t.reshape(N, B, probe * probe).transpose(1, 2)
 
         normalise = lambda t: t / t.sum(-1, keepdim=True).clamp_min(1e-30)  # noqa: E731
         share = c.prior_share / (1 - c.uniform_share)
-        proposal = normalise((1 - share) * normalise(per_pixel(weights)) + share * normalise(per_pixel(band)))
         # importance_sample adds EG3D's 0.01 to each of its B - 2 pdf entries: scaled so, that
         # constant is the uniform floor's share of the draws.
         scale = 0.01 * (B - 2) * (1 - c.uniform_share) / c.uniform_share
+        proposal = normalise((1 - share) * normalise(pooled(weights)) + share * normalise(pooled(band))) * scale
+        # Each pixel takes the proposal of the probe pixel it lies in, a chunk of rays at a time
+        # (a [rays, bins] pdf per pixel at once would be the largest tensor of a 512^2 render).
+        cell = torch.arange(R, device=depths.device) * probe // R
+        owner = (cell[:, None] * probe + cell[None, :]).reshape(-1)
         edges = torch.linspace(c.ray_start, c.ray_end, B + 1, device=depths.device, dtype=depths.dtype)
-        edges = edges.view(1, 1, B + 1, 1).expand(N, R * R, B + 1, 1)
-        drawn = backend_named(backend).importance(edges, (proposal * scale).unsqueeze(-1), c.proposal_samples - 2,
-                                                  c.det_sampling, generator, stratified=True)
+        step = max(1, PROPOSAL_CHUNK // (N * (B + 1)))
+        drawn = torch.cat([backend_named(backend).importance(
+            edges.view(1, 1, B + 1, 1).expand(N, len(part), B + 1, 1), proposal[:, part].unsqueeze(-1),
+            c.proposal_samples - 2, c.det_sampling, generator, stratified=True) for part in owner.split(step)], 1)
         # The ray's ends are samples too: the marcher integrates EG3D's density floor
         # (softplus(-1) per unit length, the whole ray's "fog") over the whole ray, as the dense
         # render does, whatever the draws.
-        return torch.cat([edges[:, :, :1], drawn, edges[:, :, -1:]], 2)
+        ends = edges[[0, -1]].view(1, 1, 2, 1).expand(N, R * R, 2, 1)
+        return torch.cat([ends[:, :, :1], drawn, ends[:, :, 1:]], 2)
 
     def _prior_band(self, prior, intervals):
         """``exp(-(s / prior_band)^2)`` per interval (the larger of its ends; 1 where ``s``
