@@ -359,6 +359,10 @@ def test_cli_bench_train_rows(tmp_path):
             assert fit["bytes_per_pixel"] > 0 and fit["resolution_80GB_batch4"] > 0
     assert rows[0]["speedup"] == pytest.approx(rows[1]["seconds_per_iteration"] / rows[0]["seconds_per_iteration"])
     assert "kimg/day" in result.stdout and "SR-free training, omnifast proposal" in result.stdout
+    only = run_cli("bench", "train", "--quick", "--device", "cpu", "--sr-free", "--cases", "1", "--json", str(path))
+    assert only.returncode == 0, only.stderr
+    assert [(r["contender"], r["resolution"], r["sr_free"]) for r in json.loads(path.read_text())["results"]] == [
+        ("omnifast", 16, True), ("omnifast proposal", 16, True)]
 
 
 def test_cli_rejects_unknown_pass():

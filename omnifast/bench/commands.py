@@ -145,7 +145,7 @@ OPS = ("triplane", "composite", "correspondence", "render", "train")
 
 def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=None, json_path=None, runs=None,
                    subset=2000, memory_budget=None, gan_run=None, cameras=16, resolution=256, samples=24,
-                   image_path=None):
+                   image_path=None, sr_free_only=False):
     """Time omnifast against the PyTorch references (and any peers installed) and return the
     report; ``op``: one of OPS, "kernels" (every operator, no render) or "all"; ``cases``: only
     the first N (smallest) cases of each op ("train": one GAN iteration with full-size networks);
@@ -155,7 +155,7 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
     GPU's memory, 16 GiB on the CPU); ``json_path``: also write the report there. ``op="quality"``
     (not part of "all"): the proposal sampler against a dense render on the generator of the
     train-gan run ``gan_run`` and its hair-shell twin, ``cameras`` labels at ``resolution``^2,
-    ``samples`` per ray."""
+    ``samples`` per ray. ``sr_free_only``: train's SR-free cases only."""
     runs_given, runs = runs, runs or (3 if quick else 9)
     import omnifast
 
@@ -234,7 +234,7 @@ def run_benchmarks(op="all", device=None, *, quick=False, cases=None, passes=Non
     if op in ("all", "train"):
         from .train import run_train_bench
 
-        report["results"] += run_train_bench(device, quick, cases, runs_given)
+        report["results"] += run_train_bench(device, quick, cases, runs_given, sr_free_only=sr_free_only)
     if op == "quality":
         from .quality import proposal_quality
 
@@ -268,6 +268,7 @@ def add_parsers(sub):
     bench.add_argument("--runs", type=int, metavar="N", help="timed calls per contender")
     bench.add_argument("--passes", help="comma-separated subset of: forward, forward+backward, "
                        "forward+double-backward (tri-plane only)")
+    bench.add_argument("--sr-free", action="store_true", help="train: only the SR-free cases")
     bench.add_argument("--gan-run", metavar="RUN", help="quality: the train-gan run whose generator is rendered")
     bench.add_argument("--cameras", type=int, default=16, help="quality: labels of the run's dataset (default 16)")
     bench.add_argument("--resolution", type=int, default=256, help="quality: pixels per side (default 256)")
@@ -282,5 +283,5 @@ def bench_command(args):
                    passes=args.passes.split(",") if args.passes else None, json_path=args.json, runs=args.runs,
                    memory_budget=None if args.memory_budget is None else args.memory_budget * 2 ** 30,
                    gan_run=args.gan_run, cameras=args.cameras, resolution=args.resolution, samples=args.samples,
-                   image_path=args.image)
+                   image_path=args.image, sr_free_only=args.sr_free)
     return 0

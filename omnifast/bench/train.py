@@ -264,9 +264,9 @@ class TrainBench:
         return row
 
 
-def run_train_bench(device, quick=False, cases=None, runs=None, shares=True):
-    """Every case and contender: the rows (and, from the SR-free rows, the largest SR-free
-    resolution a memory budget fits)."""
+def run_train_bench(device, quick=False, cases=None, runs=None, shares=True, sr_free_only=False):
+    """Every case (``sr_free_only``: the SR-free ones) and contender: the rows (and, from the
+    SR-free rows, the largest SR-free resolution a memory budget fits)."""
     from .measure import return_large_blocks
 
     device = torch.device(device)
@@ -281,7 +281,7 @@ def run_train_bench(device, quick=False, cases=None, runs=None, shares=True):
     print(f"{'case':<26} {'contender':<22} {'s/iter':>8} {'img/s':>7} {'kimg/day':>9} {'x time':>7} "
           f"{'peak MiB':>9} {'x peak':>7}  parts (share of a plain iteration)")
     rows = []
-    for case in train_cases(device, quick)[:cases]:
+    for case in [c for c in train_cases(device, quick) if c.sr_free or not sr_free_only][:cases]:
         bench.warm_up(case)
         got = {s: bench.measure(case, s, runs, warmup, shares) for s in case.setups}
         base, ref = got[OMNIFAST], got.get(Setup("reference"))
