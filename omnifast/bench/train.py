@@ -53,8 +53,7 @@ def train_cases(device, quick=False):
     sr_free = dict(sr_free=True, setups=(OMNIFAST, PROPOSAL))
     if quick:
         check = dict(note="harness check", proposal=6)
-        return [*(TrainCase(r, 2, 6, 6, **check) for r in (16, 32)),
-                *(TrainCase(r, 2, 6, 6, **check, **sr_free) for r in (16, 32))]
+        return [TrainCase(16, 2, 6, 6, **check), *(TrainCase(r, 2, 6, 6, **check, **sr_free) for r in (16, 32))]
     if torch.device(device).type == "cuda":
         return [*(TrainCase(r, 4, 48, 48) for r in (64, 128, 256)),
                 *(TrainCase(r, 4, 48, 48, **sr_free) for r in (256, 512))]
