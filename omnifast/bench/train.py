@@ -193,8 +193,7 @@ class TrainBench:
     def config(self, case, setup):
         sizes = dict(generator=TINY_GENERATOR, d_channel_base=1024, d_channel_max=64) if self.quick else {}
         if case.sr_free:
-            sizes["generator"] = {**{k: v for k, v in sizes.get("generator", {}).items() if k != "sr_channels"},
-                                  "superresolution": False}
+            sizes["generator"] = {**sizes.get("generator", {}), "superresolution": False}
         return GANConfig(dataset="random images", sdf_run=f"untrained W ({self.network})", preset="benchmark",
                          render=dict(depth_resolution=case.coarse, depth_resolution_importance=case.fine,
                                      sampling=setup.sampling, proposal_samples=case.proposal),

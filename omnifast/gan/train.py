@@ -38,8 +38,7 @@ PRESETS = {  # neural rendering resolution, network sizes, samples per ray, batc
     "256": dict(nrr_initial=256, batch=4),
     # SR-free: the generator's image is the rendered image at the dataset's resolution (no
     # super-resolution), rendered with the proposal sampler (RenderConfig sampling="proposal").
-    "sr-free-tiny": dict(nrr_initial=32, generator={**{k: v for k, v in TINY_GENERATOR.items() if k != "sr_channels"},
-                                                    "superresolution": False},
+    "sr-free-tiny": dict(nrr_initial=32, generator={**TINY_GENERATOR, "superresolution": False},
                          render=dict(sampling="proposal", proposal_samples=8, depth_resolution=12,
                                      depth_resolution_importance=12, probe_stride=2),
                          batch=2, d_channel_base=1024, d_channel_max=64, blur_sigma=1.25, blur_fade_kimg=0.2,
@@ -238,11 +237,11 @@ class GANRun:
                 raise RunError(f"{name} {getattr(config, name)} exceeds the dataset's images ({resolution}^2): the "
                                "neural rendering resolution is at most the image's")
         if not GeneratorConfig(**config.generator).superresolution:
-            for name in ("nrr_initial", "nrr_final"):
-                if getattr(config, name) not in ((resolution, 0) if name == "nrr_final" else (resolution,)):
+            for name, allowed, text in (("nrr_initial", (resolution,), ""), ("nrr_final", (resolution, 0), " (or 0)")):
+                if getattr(config, name) not in allowed:
                     raise RunError(f"{name} is {getattr(config, name)}, but a generator without super-resolution "
                                    f"renders the dataset's images at their own resolution: {name} must be "
-                                   f"{resolution}{' (or 0)' if name == 'nrr_final' else ''}")
+                                   f"{resolution}{text}")
         self.n_shape = warp.flame.layout.n_shape
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)

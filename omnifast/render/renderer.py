@@ -141,6 +141,7 @@ class Renderer(nn.Module):
         origins, directions = camera_rays(cam2world, intrinsics, resolution)
         depths = None
         if self.config.sampling == "proposal":
+            planes = backend_named(backend).prepare(planes)  # once for the probe and the final samples
             depths = self.proposal_depths(planes, decoder, cam2world, intrinsics, params, resolution,
                                           backend=backend, generator=generator)
         out = self.render_rays(planes, decoder, origins, directions, params, backend=backend,
