@@ -21,6 +21,11 @@ TORCH_LIBRARY(
       "triplane_sample_double_backward(Tensor? grad_grad_planes, Tensor? grad_grad_coords,"
       " Tensor grad_out, Tensor planes, Tensor coords, int[] axes, float[] scale, int reduce,"
       " bool want_grad_out, bool want_planes, bool want_coords) -> (Tensor, Tensor, Tensor)");
+  // The backward's plane gradient added into grad_planes (feature-last planes' shape, the
+  // accumulation type); it reads no plane values.
+  m.def(
+      "triplane_sample_plane_grad_add_(Tensor(a!) grad_planes, Tensor grad_out, Tensor coords,"
+      " int[] axes, float[] scale, int reduce) -> ()");
   // Fused SDF-to-density compositing over rays: features [R, S, C], field/depths [R, S].
   // Returns (features [R, C], opacity [R], depth = sum(w z) / opacity [R], weights [R, L],
   // log transmittance [R] (float64, kept for the backward)).

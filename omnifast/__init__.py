@@ -10,6 +10,7 @@ from .ops import (
     Correspondence,
     MeshBVH,
     MeshIndex,
+    SharedPlanes,
     barycentric_interpolate,
     closest_point,
     composite,
@@ -20,7 +21,7 @@ from .ops import (
 )
 
 __version__ = "0.1.0"
-__all__ = ["ClosestPoint", "CompositeResult", "Correspondence", "MeshBVH", "MeshIndex",
+__all__ = ["ClosestPoint", "CompositeResult", "Correspondence", "MeshBVH", "MeshIndex", "SharedPlanes",
            "barycentric_interpolate", "closest_point", "composite", "correspondence",
            "importance_sample", "merge_samples", "triplane_sample", "info", "__version__"]
 

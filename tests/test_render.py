@@ -127,6 +127,8 @@ def test_decoder_equals_omniavatar(flame, activation, pose_embed):
     colour, correction = ours(features.mean(1), params[:, -P:])
     torch.testing.assert_close(colour, expected["rgb"], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(correction, expected["sigma"], rtol=1e-12, atol=1e-12)
+    # Its own storage: a renderer keeping every chunk's correction keeps nothing else of the chunk.
+    assert correction.untyped_storage().nbytes() == correction.numel() * correction.element_size()
 
 
 def test_decoder_pose_noise_only_in_training(flame):

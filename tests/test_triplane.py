@@ -354,6 +354,109 @@ def test_row_walk_opcheck():
                           test_utils=("test_schema", "test_faketensor"))
 
 
+# ---------------------------------------------------------------------------------------------
+# Many chunks, one plane gradient: the accumulating backward and SharedPlanes
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_plane_grad_add_adds_the_backward_plane_gradient(device, dims, deterministic):
+    """Into a buffer holding an earlier sum, as the backward's plane gradient is (CUDA's
+    deterministic mode: the row walk, adding too)."""
+    grad_out, planes, coords, axes, scale, code = row_walk_inputs(dims, "mean", device)
+    expected, _ = torch.ops.omnifast.triplane_sample_backward(
+        grad_out, planes, coords, axes, scale, code, True, False)
+    earlier = torch.randn_like(planes)
+    buffer = earlier.clone()
+    torch.use_deterministic_algorithms(deterministic)
+    try:
+        torch.ops.omnifast.triplane_sample_plane_grad_add_(buffer, grad_out, coords, axes, scale, code)
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert_close(buffer, earlier + expected, 1e-12)
+
+
+def test_plane_grad_add_checks_its_buffer():
+    grad_out, planes, coords, axes, scale, code = row_walk_inputs(2, "mean", "cpu", m=20)
+    add = torch.ops.omnifast.triplane_sample_plane_grad_add_
+    with pytest.raises(RuntimeError, match=r"grad_out must be of shape \[2, 20, 5\], got \[2, 20, 6\]"):
+        add(torch.zeros(2, 3, 6, 9, 5, dtype=torch.float64), grad_out, coords, axes, scale, code)
+    with pytest.raises(RuntimeError, match=r"grad_planes must be feature-last .*, got \[2, 6, 9, 6\]"):
+        add(torch.zeros(2, 6, 9, 6, dtype=torch.float64), grad_out, coords, axes, scale, code)
+    with pytest.raises(RuntimeError, match=r"grad_planes must be of the accumulation type of grad_out "
+                                           r"\(Double\), got Float"):
+        add(torch.zeros(planes.shape), grad_out, coords, axes, scale, code)
+    with pytest.raises(RuntimeError, match=r"grad_planes must be contiguous, got strides"):
+        add(torch.zeros(2, 3, 6, 6, 9, dtype=torch.float64).transpose(2, 3).transpose(3, 4).transpose(2, 3)
+            .contiguous().transpose(2, 3), grad_out, coords, axes, scale, code)
+    with pytest.raises(RuntimeError, match=r"coords must be \[N, M, 3\] with N = 2"):
+        add(torch.zeros_like(planes), grad_out, coords[:1], axes, scale, code)
+    torch.library.opcheck(add, (torch.zeros_like(planes), grad_out, coords, axes, scale, code),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("recompute", [False, True])
+def test_shared_planes_chunks_give_the_whole_gradient(device, dtype, dims, recompute):
+    """Chunks sampled from SharedPlanes (each recomputed in the backward under
+    torch.utils.checkpoint, as the renderer runs them) give triplane_sample's values and
+    gradients on the whole, for planes in any layout."""
+    box_warp = 1.7
+    planes = make_planes(2, 7, spatial_for(dims), dtype, device).requires_grad_()
+    coords = make_coords(2, 300, dtype, device, box_warp).requires_grad_()
+    whole = omnifast.triplane_sample(planes, coords, box_warp=box_warp)
+    grad_out = torch.randn_like(whole)
+    expected = torch.autograd.grad(whole, (planes, coords), grad_out)
+
+    shared = omnifast.SharedPlanes(planes, box_warp=box_warp)
+    parts = [torch.utils.checkpoint.checkpoint(shared.sample, part, use_reentrant=False) if recompute
+             else shared.sample(part) for part in coords.split(70, 1)]
+    out = torch.cat(parts, 1)
+    assert_close(out, whole, TOL[dtype])
+    grads = torch.autograd.grad(out, (planes, coords), grad_out)
+    for g, e in zip(grads, expected):
+        assert_close(g, e, TOL[dtype])
+    assert shared.buffer.grad is None  # handed over, not kept
+
+    # Released before the backward (as the renderer does), the recomputed chunks make their own
+    # copies; a copy given by the caller (Renderer.prepare) is used until then.
+    copy = planes.detach().movedim(2, -1).contiguous().movedim(-1, 2)
+    shared = omnifast.SharedPlanes(planes, box_warp=box_warp, prepared=copy)
+    assert shared.held.data_ptr() == copy.data_ptr()
+    out = torch.cat([torch.utils.checkpoint.checkpoint(shared.sample, part, use_reentrant=False)
+                     for part in coords.split(70, 1)], 1)
+    shared.release()
+    grads = torch.autograd.grad(out, (planes, coords), grad_out)
+    for g, e in zip(grads, expected):
+        assert_close(g, e, TOL[dtype])
+
+    # A feature-last (prepared) input is used without a copy, and grads reach it all the same.
+    prepared = planes.detach().movedim(2, -1).contiguous().movedim(-1, 2).requires_grad_()
+    shared = omnifast.SharedPlanes(prepared, box_warp=box_warp)
+    assert shared.held.data_ptr() == prepared.data_ptr()
+    (grad,) = torch.autograd.grad(torch.cat([shared.sample(p) for p in coords.detach().split(70, 1)], 1),
+                                  prepared, grad_out)
+    assert_close(grad, expected[0], TOL[dtype])
+
+
+def test_shared_planes_without_gradients_and_bad_input():
+    planes, coords = make_planes(1, 4, (5, 5), torch.float64, "cpu"), make_coords(1, 30, torch.float64, "cpu")
+    out = omnifast.SharedPlanes(planes).sample(coords)
+    assert not out.requires_grad
+    assert torch.equal(out, omnifast.triplane_sample(planes, coords))
+    with pytest.raises(ValueError, match=r"SharedPlanes: planes must be \[N, 3, C, H, W\]"):
+        omnifast.SharedPlanes(planes[:, :2])
+    with pytest.raises(ValueError, match=r"SharedPlanes.sample: coords must be \[N, M, 3\] with N = 1"):
+        omnifast.SharedPlanes(planes).sample(coords.expand(2, -1, -1))
+    with pytest.raises(ValueError, match=r"SharedPlanes: box_warp must be a positive number"):
+        omnifast.SharedPlanes(planes, box_warp=0)
+    with pytest.raises(ValueError, match=r"SharedPlanes: prepared must be a copy of planes \[1, 3, 4, 5, 5\], "
+                                         r"got \[1, 3, 4, 5, 6\]"):
+        omnifast.SharedPlanes(planes, prepared=torch.zeros(1, 3, 4, 5, 6))
+
+
 @pytest.mark.parametrize("device", KERNEL_DEVICES)
 @pytest.mark.parametrize("dims", [2, 3])
 def test_cuda_deterministic_mode_is_bitwise_reproducible(device, dims):

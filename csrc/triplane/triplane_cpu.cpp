@@ -33,9 +33,10 @@ void for_each_point(const TriplaneShape& s, Body&& body) {
 // Plane gradients: one worker per (batch item, plane, channel chunk) walks the points in order,
 // so the sum is race-free and bitwise reproducible.
 // The worker also zero-fills its share of the gradient first (the buffer arrives
-// uninitialised), so that share is still in cache when the walk adds to it.
+// uninitialised), so that share is still in cache when the walk adds to it; with `add` set it
+// adds to the buffer's content instead.
 template <typename T, typename Body>
-void for_each_plane_in_point_order(const TriplaneShape& s, T* grad_planes, Body&& body) {
+void for_each_plane_in_point_order(const TriplaneShape& s, T* grad_planes, bool add, Body&& body) {
   const int64_t chunks = (s.channels + kCpuVec - 1) / kCpuVec;
   const int64_t texels = s.size[0] * s.size[1] * s.size[2];
   at::parallel_for(0, s.batch * 3 * chunks, 1, [&](int64_t begin, int64_t end) {
@@ -45,7 +46,8 @@ void for_each_plane_in_point_order(const TriplaneShape& s, T* grad_planes, Body&
       const int64_t c0 = chunk.first * kCpuVec;
       const int64_t width = std::min<int64_t>(kCpuVec, s.channels - c0);
       T* plane = grad_planes + np * texels * s.channels + c0;
-      for (int64_t t = 0; t < texels; ++t) std::fill_n(plane + t * s.channels, width, T(0));
+      if (!add)
+        for (int64_t t = 0; t < texels; ++t) std::fill_n(plane + t * s.channels, width, T(0));
       for (int64_t m = 0; m < s.points; ++m) body(np / 3, static_cast<int>(np % 3), m, chunk);
     }
   });
@@ -83,14 +85,16 @@ void backward(const TriplaneShape& s, const TriplaneTensors& t) {
   const int64_t slices = 3 * ((s.channels + kCpuVec - 1) / kCpuVec);
   const int64_t per_slice = s.batch * s.points * 3;
   std::vector<T> partial(grad_coords != nullptr ? slices * per_slice : 0);
-  for_each_plane_in_point_order(s, grad_planes, [&](int64_t n, int p, int64_t m, ChunkRange chunk) {
-    T unused[3];
-    const int64_t slice = p * chunk.step + chunk.first;
-    T* dst = grad_coords != nullptr ? &partial[slice * per_slice + (n * s.points + m) * 3] : unused;
-    triplane_backward_point<DIMS, kCpuVec, T, T>(
-        s, grad_out, t.grad_strides, planes, coords, t.coord_strides, grad_planes,
-        grad_coords != nullptr, dst, n, m, p, p + 1, chunk, PlainAdd<T>());
-  });
+  for_each_plane_in_point_order(
+      s, grad_planes, t.add_to_grad_planes, [&](int64_t n, int p, int64_t m, ChunkRange chunk) {
+        T unused[3];
+        const int64_t slice = p * chunk.step + chunk.first;
+        T* dst =
+            grad_coords != nullptr ? &partial[slice * per_slice + (n * s.points + m) * 3] : unused;
+        triplane_backward_point<DIMS, kCpuVec, T, T>(
+            s, grad_out, t.grad_strides, planes, coords, t.coord_strides, grad_planes,
+            grad_coords != nullptr, dst, n, m, p, p + 1, chunk, PlainAdd<T>());
+      });
   if (grad_coords == nullptr) return;
   at::parallel_for(0, per_slice, 3 * kPointGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
@@ -123,7 +127,7 @@ void double_backward(const TriplaneShape& s, const TriplaneTensors& t) {
   }
   if (grad_planes != nullptr && gg_coords != nullptr) {
     for_each_plane_in_point_order(
-        s, grad_planes, [&](int64_t n, int p, int64_t m, ChunkRange chunk) {
+        s, grad_planes, false, [&](int64_t n, int p, int64_t m, ChunkRange chunk) {
           T unused[3];
           triplane_double_backward_point<DIMS, kCpuVec, T, T>(
               s, grad_out, t.grad_strides, planes, coords, t.coord_strides, nullptr, gg_coords,

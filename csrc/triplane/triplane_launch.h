@@ -19,7 +19,10 @@ struct TriplaneTensors {
   const void* gg_coords = nullptr;  // acc type, strided, optional (double backward)
   CoordStrides gg_coord_strides{};
   void* out = nullptr;          // storage type, contiguous: forward output or grad of grad_out
-  void* grad_planes = nullptr;  // acc type, zero-filled, optional
+  void* grad_planes = nullptr;  // acc type, zero-filled (CPU: any content), optional
+  // The backward adds to grad_planes as it is (CPU: its workers zero their shares first unless
+  // set; the CUDA kernels always add).
+  bool add_to_grad_planes = false;
   void* grad_coords = nullptr;  // acc type, contiguous [N, M, 3], optional
   // The row walk (plane gradients in a fixed order): flat (n * 3 + p) * M + m indices sorted
   // stably by row_sort_key, and the first position of each key (one more entry than keys).

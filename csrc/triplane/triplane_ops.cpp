@@ -26,8 +26,10 @@ struct Prepared {
   at::Tensor coords;  // accumulation type
 };
 
+// `planes` may be a stand-in of their shape and dtype (read_planes false: the pass reads no
+// plane values).
 Prepared prepare(const at::Tensor& planes, const at::Tensor& coords, at::IntArrayRef axes,
-                 at::ArrayRef<double> scale, int64_t reduce) {
+                 at::ArrayRef<double> scale, int64_t reduce, bool read_planes = true) {
   check_defined(kOp, "planes", planes);
   check_defined(kOp, "coords", coords);
   OMNIFAST_CHECK_ARG(planes.dim() == 5 || planes.dim() == 6, kOp, "planes",
@@ -94,7 +96,7 @@ Prepared prepare(const at::Tensor& planes, const at::Tensor& coords, at::IntArra
   s.reduce = static_cast<int>(reduce);
   p.type = storage_type_of(dtype);
   p.acc_type = acc_type;
-  p.planes = planes.contiguous();
+  p.planes = read_planes ? planes.contiguous() : planes;
   p.coords = coords.to(acc_type);
   return p;
 }
@@ -171,7 +173,9 @@ at::Tensor nothing(const at::Tensor& like) { return at::empty({0}, like.options(
 // The plane gradient through the row walk (triplane.h): keys, a stable sort, one worker per
 // gradient row. Bitwise reproducible; CUDA uses it under torch.use_deterministic_algorithms,
 // where its atomics would not be.
-at::Tensor plane_grad_by_rows(const Prepared& p, TriplaneTensors t) {
+// With `into` defined the walk adds to it (the accumulation type, zeros or an earlier sum).
+at::Tensor plane_grad_by_rows(const Prepared& p, TriplaneTensors t,
+                              const at::Tensor& into = at::Tensor()) {
   const TriplaneShape& s = p.shape;
   const auto long_options = p.coords.options().dtype(at::kLong);
   at::Tensor keys = at::empty({s.batch * 3 * s.points}, long_options);
@@ -184,7 +188,7 @@ at::Tensor plane_grad_by_rows(const Prepared& p, TriplaneTensors t) {
   const int64_t total_keys = s.batch * 3 * row_keys_per_plane(s);
   const at::Tensor key_start =
       at::searchsorted(std::get<0>(sorted), at::arange(total_keys + 1, long_options));
-  at::Tensor grad_planes = zero_plane_grad(p);
+  at::Tensor grad_planes = into.defined() ? into : zero_plane_grad(p);
   t.row_order = order.data_ptr<int64_t>();
   t.row_key_start = key_start.data_ptr<int64_t>();
   t.grad_planes = grad_planes.data_ptr();
@@ -235,6 +239,42 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_backward(
         [&](void* stream) { return triplane_backward_cuda(p.shape, p.type, t, stream); });
   return {want_planes ? grad_planes.to(planes.scalar_type()) : nothing(planes),
           want_coords ? grad_coords.to(coords.scalar_type()) : nothing(coords)};
+}
+
+// The backward's plane gradient added into `grad_planes` (feature-last [N, 3, (D,) H, W, C],
+// contiguous, the accumulation type of grad_out's dtype: float64 for float64, float32
+// otherwise): many calls on the same planes (chunks of rays) share one gradient buffer instead
+// of returning one each. It needs no plane values (the planes' dtype is grad_out's), so a caller
+// need not keep the planes for it.
+void triplane_sample_plane_grad_add_(const at::Tensor& grad_planes, const at::Tensor& grad_out,
+                                     const at::Tensor& coords, at::IntArrayRef axes,
+                                     at::ArrayRef<double> scale, int64_t reduce) {
+  check_defined(kOp, "grad_planes", grad_planes);
+  check_defined(kOp, "grad_out", grad_out);
+  check_same_device(kOp, "grad_planes", grad_planes, "grad_out", grad_out);
+  OMNIFAST_CHECK_ARG((grad_planes.dim() == 5 || grad_planes.dim() == 6) && grad_planes.size(1) == 3,
+                     kOp, "grad_planes", "feature-last [N, 3, H, W, C] or [N, 3, D, H, W, C]",
+                     shape_of(grad_planes));
+  const at::Tensor planes =
+      at::empty({}, grad_out.options()).expand(grad_planes.sizes());  // shape and dtype only
+  const Prepared p = prepare(planes, coords, axes, scale, reduce, /*read_planes=*/false);
+  const at::Tensor grad = checked_grad_out(p, planes, grad_out);
+  OMNIFAST_CHECK_ARG(
+      grad_planes.scalar_type() == p.acc_type, kOp, "grad_planes",
+      std::string("of the accumulation type of grad_out (") + c10::toString(p.acc_type) + ")",
+      grad_planes.scalar_type());
+  OMNIFAST_CHECK_ARG(grad_planes.is_contiguous(), kOp, "grad_planes", "contiguous",
+                     "strides " + c10::str(grad_planes.strides()));
+  TriplaneTensors t = inputs_of(p, grad);
+  if (use_row_walk(planes)) {
+    plane_grad_by_rows(p, t, grad_planes);
+    return;
+  }
+  t.grad_planes = grad_planes.data_ptr();
+  t.add_to_grad_planes = true;
+  run_on(
+      kOp, planes, [&] { triplane_backward_cpu(p.shape, p.type, t); },
+      [&](void* stream) { return triplane_backward_cuda(p.shape, p.type, t, stream); });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_double_backward(
@@ -304,6 +344,7 @@ TORCH_LIBRARY_IMPL(omnifast, CPU, m) {
   m.impl("triplane_sample", &omnifast::triplane_sample);
   m.impl("triplane_sample_backward", &omnifast::triplane_sample_backward);
   m.impl("triplane_sample_double_backward", &omnifast::triplane_sample_double_backward);
+  m.impl("triplane_sample_plane_grad_add_", &omnifast::triplane_sample_plane_grad_add_);
 }
 
 #ifdef OMNIFAST_WITH_CUDA
@@ -312,5 +353,6 @@ TORCH_LIBRARY_IMPL(omnifast, CUDA, m) {
   m.impl("triplane_sample", &omnifast::triplane_sample);
   m.impl("triplane_sample_backward", &omnifast::triplane_sample_backward);
   m.impl("triplane_sample_double_backward", &omnifast::triplane_sample_double_backward);
+  m.impl("triplane_sample_plane_grad_add_", &omnifast::triplane_sample_plane_grad_add_);
 }
 #endif

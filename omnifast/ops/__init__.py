@@ -9,8 +9,8 @@ from .mesh import (
                    closest_point,
                    correspondence,
 )
-from .triplane import triplane_sample
+from .triplane import SharedPlanes, triplane_sample
 
-__all__ = ["ClosestPoint", "CompositeResult", "Correspondence", "MeshBVH", "MeshIndex",
+__all__ = ["ClosestPoint", "CompositeResult", "Correspondence", "MeshBVH", "MeshIndex", "SharedPlanes",
            "barycentric_interpolate", "closest_point", "composite", "correspondence",
            "importance_sample", "merge_samples", "triplane_sample"]

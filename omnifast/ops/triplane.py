@@ -146,6 +146,100 @@ def feature_last(planes):
     return moved if moved.is_contiguous() else torch.ops.omnifast.feature_last(planes)
 
 
+class SharedPlanes:
+    """Planes sampled by many calls whose plane gradients add into one buffer: a render's chunks
+    of rays, each recomputed in the backward. Sampled with :func:`triplane_sample`, every chunk's
+    backward returns a gradient the size of the planes and autograd holds two of them while it
+    sums; here each chunk's backward adds its share into the buffer (the kernel's
+    ``triplane_sample_plane_grad_add_``, which reads no plane values), handed to ``planes`` once,
+    after the last chunk. First derivatives only (the renderer's); :func:`triplane_sample` for
+    anything else.
+
+    ``prepared``: the planes' feature-last copy if the caller made one (else made here, a view
+    when ``planes`` already are feature-last). It is held until :meth:`release`; after it each sample
+    (a chunk recomputed in the backward) makes its own and drops it once sampled, so that the
+    copy is not held through the backward.
+
+    Example:
+        >>> shared = SharedPlanes(planes)
+        >>> features = torch.cat([checkpoint(shared.sample, part, use_reentrant=False)
+        ...                       for part in coords.split(4096, 1)], 1)
+        >>> shared.release()
+    """
+
+    def __init__(self, planes, *, box_warp=1.0, reduce="mean", axes=None, prepared=None):
+        dims = plane_dims(planes, "SharedPlanes")
+        self.axes = [i for plane in resolve_axes(axes, dims, "SharedPlanes") for i in plane]
+        self.scale, self.reduce = resolve_scale(box_warp, "SharedPlanes"), resolve_reduce(reduce, "SharedPlanes")
+        self.planes = planes.detach()
+        self.held = feature_last(self.planes if prepared is None else prepared.detach())
+        if self.held.shape != self.planes.movedim(2, -1).shape:
+            raise ValueError(f"SharedPlanes: prepared must be a copy of planes {list(planes.shape)}, "
+                             f"got {list(prepared.shape)}")
+        # The buffer and the gather node share a holder, not this object: a reference from
+        # here to the token would make a cycle that keeps the planes alive until a collection.
+        self.buffer = _GradBuffer()
+        self.token = _Gather.apply(planes, self.buffer) if planes.requires_grad else None
+
+    def release(self):
+        """Stop holding the feature-last copy (see the class)."""
+        self.held = None
+
+    def sample(self, coords):
+        """``coords [N, M, 3]`` -> features, as :func:`triplane_sample` with this object's
+        settings."""
+        check_tensors(self.planes, coords, "SharedPlanes.sample")
+        planes = self.held if self.held is not None else feature_last(self.planes)
+        if self.token is None or not torch.is_grad_enabled():
+            return torch.ops.omnifast.triplane_sample(planes, coords, self.axes, self.scale, self.reduce)
+        return _SampleShared.apply(self.token, coords, planes, self.buffer, (self.axes, self.scale, self.reduce))
+
+
+class _GradBuffer:
+    grad = None
+
+
+class _Gather(torch.autograd.Function):
+    """planes -> a zero-size token the chunks' samples hang on; its backward (after every
+    chunk's) hands the summed buffer to ``planes``."""
+
+    @staticmethod
+    def forward(ctx, planes, buffer):
+        ctx.buffer, ctx.dtype = buffer, planes.dtype
+        return planes.new_empty(0)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, _):
+        grad, ctx.buffer.grad = ctx.buffer.grad, None
+        return None if grad is None else grad.to(ctx.dtype).movedim(-1, 2), None
+
+
+class _SampleShared(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, token, coords, planes, buffer, config):
+        # The planes are not kept: the plane gradient reads none of their values, and the
+        # coordinate gradient (rare here) reads them from the holder.
+        ctx.save_for_backward(coords)
+        ctx.buffer, ctx.config, ctx.shape, ctx.dtype = buffer, config, planes.shape, planes.dtype
+        ctx.planes = planes if ctx.needs_input_grad[1] else None
+        return torch.ops.omnifast.triplane_sample(planes, coords, *config)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        (coords,) = ctx.saved_tensors
+        if ctx.buffer.grad is None:
+            acc = torch.float64 if ctx.dtype == torch.float64 else torch.float32
+            ctx.buffer.grad = torch.zeros(ctx.shape, dtype=acc, device=grad_out.device)
+        torch.ops.omnifast.triplane_sample_plane_grad_add_(ctx.buffer.grad, grad_out, coords, *ctx.config)
+        grad_coords = None
+        if ctx.needs_input_grad[1]:
+            grad_coords = torch.ops.omnifast.triplane_sample_backward(grad_out, ctx.planes, coords, *ctx.config,
+                                                                      False, True)[1]
+        return grad_out.new_zeros(0), grad_coords, None, None, None
+
+
 # ---- fake (meta) kernels: shapes, dtypes and strides exactly as the C++ kernels return them ----
 
 def _output_shape(planes_last, coords, reduce):
@@ -182,6 +276,11 @@ def _triplane_sample_double_backward_fake(grad_grad_planes, grad_grad_coords, gr
             else planes.new_empty(0),
             _fake_plane_grad(planes) if want_planes else planes.new_empty(0),
             coords.new_empty(coords.shape) if want_coords else coords.new_empty(0))
+
+
+@torch.library.register_fake("omnifast::triplane_sample_plane_grad_add_")
+def _triplane_sample_plane_grad_add_fake(grad_planes, grad_out, coords, axes, scale, reduce):
+    return None
 
 
 @torch.library.register_fake("omnifast::triplane_sample_plane_grad_rows")

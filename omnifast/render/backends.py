@@ -5,7 +5,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .. import reference
 from ..ops.composite import composite, importance_sample, importance_uniforms, merge_samples
-from ..ops.triplane import triplane_sample
+from ..ops.triplane import SharedPlanes, triplane_sample
 
 
 class Omnifast:
@@ -22,7 +22,19 @@ class Omnifast:
         return planes.movedim(2, -1).contiguous().movedim(-1, 2)
 
     @staticmethod
+    def shared(planes, prepared, box_warp):
+        """What every chunk of one render with gradients samples (``planes`` as the caller
+        gave them, ``prepared`` their :meth:`prepare`): the chunks' plane gradients add into one
+        buffer (:class:`omnifast.SharedPlanes`), not one planes-sized gradient per chunk summed
+        by autograd, and the renderer releases the prepared copy once the forward is done."""
+        if torch.is_grad_enabled() and planes.requires_grad:
+            return SharedPlanes(planes, box_warp=box_warp, reduce="mean", prepared=prepared)
+        return prepared
+
+    @staticmethod
     def triplane(planes, coords, box_warp):
+        if isinstance(planes, SharedPlanes):
+            return planes.sample(coords)
         return triplane_sample(planes, coords, box_warp=box_warp, reduce="mean")
 
     composite = staticmethod(composite)
@@ -43,6 +55,10 @@ class Reference:
     @staticmethod
     def prepare(planes):
         return planes
+
+    @staticmethod
+    def shared(planes, prepared, box_warp):
+        return prepared
 
     @staticmethod
     def triplane(planes, coords, box_warp):

@@ -95,7 +95,9 @@ class OSGDecoder(nn.Module):
             colour = torch.sigmoid(colour) * (1 + 2 * 0.001) - 0.001
         elif self.activation == "lrelu":
             colour = F.leaky_relu(colour, 0.2) * math.sqrt(2)
-        return colour, out[..., :1]
+        # A copy, not a view: a caller keeping the correction of many chunks would otherwise
+        # keep each chunk's whole decoder output alive through it.
+        return colour, out[..., :1].contiguous()
 
     def forward(self, features, pose=None):
         """``features [N, M, n_features]`` (plane features already averaged), ``pose

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..geometry.cameras import camera_rays, check_camera_labels, split_labels
+from ..ops.triplane import SharedPlanes
 from .backends import backend_named, in_chunks
 
 RenderOutput = namedtuple("RenderOutput", [
@@ -141,9 +142,10 @@ class Renderer(nn.Module):
         origins, directions = camera_rays(cam2world, intrinsics, resolution)
         depths = None
         if self.config.sampling == "proposal":
-            planes = backend_named(backend).prepare(planes)  # once for the probe and the final samples
-            depths = self.proposal_depths(planes, decoder, cam2world, intrinsics, params, resolution,
-                                          backend=backend, generator=generator)
+            # The probe's copy of the planes is dropped with it: the final samples' render makes
+            # its own, which it need not hold through the backward.
+            depths = self.proposal_depths(backend_named(backend).prepare(planes), decoder, cam2world, intrinsics,
+                                          params, resolution, backend=backend, generator=generator)
         out = self.render_rays(planes, decoder, origins, directions, params, backend=backend,
                                generator=generator, return_weights=return_weights, depths=depths)
         image = lambda t: t.permute(0, 2, 1).reshape(t.shape[0], t.shape[-1], resolution, resolution)  # noqa: E731
@@ -335,7 +337,7 @@ class Renderer(nn.Module):
         depth order and shaded together, which gives EG3D's result (shading is per sample)
         without keeping per-sample colours from the coarse pass."""
         backend, c = backend_named(backend), self.config
-        planes = backend.prepare(planes)
+        given_planes, planes = planes, backend.prepare(planes)
         bias = self.pose_bias(decoder, params, planes.dtype)
         # A step of an optimiser can push beta through zero: it is used at no less than 1e-6.
         beta = self.sigmoid_beta.to(planes.dtype).clamp_min(1e-6)
@@ -351,8 +353,11 @@ class Renderer(nn.Module):
             fine = backend.importance(depths, weights.unsqueeze(-1), c.depth_resolution_importance, det, generator)
             fine_canonical, fine_prior = self._points(backend, origins, directions, fine, params)
             depths, (canonical, prior) = backend.merge(depths, fine, (canonical, prior), (fine_canonical, fine_prior))
+        sampled = backend.shared(given_planes, planes, c.box_warp)
         features, depth, opacity, delta, weights = in_chunks(backend, shade(return_weights), c.chunk, canonical,
-                                                             prior, depths, shared=(planes, bias, beta))
+                                                             prior, depths, shared=(sampled, bias, beta))
+        if isinstance(sampled, SharedPlanes):
+            sampled.release()  # the backward's recomputed chunks each copy (and drop) what they sample
         # Each image within its own samples' range: a NaN in one image's rays stays in that image.
         per_image = depths.flatten(1)
         shape = (-1,) + (1,) * (depth.dim() - 1)
