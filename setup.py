@@ -13,6 +13,7 @@ installed instead of fetching another one into an isolated build environment.
 """
 import glob
 import os
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
@@ -54,6 +55,31 @@ def cuda_include_dir():
             return os.path.join(home, "include")
     sys.exit("OMNIFAST_SIMT=1 needs the CUDA toolkit's headers (cuda_fp16.h): none under "
              f"CUDA_HOME, CUDA_PATH or /usr/local/cuda (tried {[h for h in homes if h]})")
+
+
+def shared_cxx_runtime():
+    """Link flags that keep the C++ runtime shared. Where the compiler finds libstdc++.a but no
+    libstdc++.so (a toolchain without its development link), the linker copies the runtime into
+    _C, and that private copy's streams crash on first use (its locale is never set up): every
+    error message and shape check. Then the libstdc++.so.6 this process runs on is named."""
+    if not sys.platform.startswith("linux"):
+        return []
+    compiler = os.environ.get("CXX", "c++")
+    try:
+        found = subprocess.run([compiler, "-print-file-name=libstdc++.so"], capture_output=True,
+                               text=True, timeout=60).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    if os.path.isabs(found) and os.path.exists(found):
+        return []
+    with open("/proc/self/maps") as maps:  # torch is imported: its libstdc++ is loaded
+        loaded = {line.split()[-1] for line in maps if "/libstdc++.so" in line}
+    if not loaded:
+        sys.exit(f"{compiler} finds no shared libstdc++ (libstdc++.so) and none is loaded; "
+                 "install the compiler's libstdc++ development files")
+    runtime = sorted(loaded)[0]
+    print(f"omnifast: {compiler} has no libstdc++.so; linking {runtime}", file=sys.stderr)
+    return [runtime]
 
 
 def simt_sources(cuda_sources):
@@ -105,7 +131,7 @@ def extension():
     # the CPU loops' exp/log1p into vector blends (csrc/common/vector_math.h).
     # Hidden symbols by default, as pybind11 modules are built: only PyInit__C is exported.
     cxx_flags = ["-O3", "-fno-trapping-math", "-fvisibility=hidden"]
-    link_flags = []
+    link_flags = shared_cxx_runtime()
     if sys.platform.startswith("linux") and torch.backends.openmp.is_available():
         # at::parallel_for is header-inline over OpenMP: without -fopenmp it runs serially.
         cxx_flags.append("-fopenmp")

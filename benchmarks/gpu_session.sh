@@ -54,9 +54,20 @@ stage_build() {
   else
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$out/gpu.txt"
   fi
-  python3 -m pip install --no-build-isolation --no-deps -e . > "$out/build.log" 2>&1 \
+  python3 -m pip install -v --no-build-isolation --no-deps -e . > "$out/build.log" 2>&1 \
     || { tail -40 "$out/build.log"; return 1; }
   python3 -m omnifast info | tee -a "$out/gpu.txt" || return 1
+  # A bad argument must come back as an error message: a build whose C++ runtime is broken
+  # (setup.py's shared_cxx_runtime) crashes here rather than in every test.
+  python3 -c "import torch, omnifast
+try:
+    torch.ops.omnifast.composite(torch.zeros(2, 4, 3), torch.zeros(2, 5), torch.zeros(2, 4),
+                                 torch.tensor([0.1]), None, 0, 0, False)
+except RuntimeError:
+    print('error messages: ok')
+else:
+    raise SystemExit('error messages: a bad shape passed')" 2>&1 | tee -a "$out/gpu.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || return 1
   if [ "$DRY_RUN" = 1 ]; then
     echo "dry run: SASS look skipped" | tee -a "$out/gpu.txt"
     return 0
