@@ -91,6 +91,8 @@ def get_ray_limits_box(rays_o, rays_d, box_side_length):
 # ---- ray_marcher.py
 
 class MipRayMarcher2(nn.Module):
+    scale_colors = True  # OmniAvatar's marcher leaves the colours in [0, 1]
+
     def __init__(self):
         super().__init__()
 
@@ -114,7 +116,8 @@ class MipRayMarcher2(nn.Module):
         composite_depth = torch.clamp(composite_depth, torch.min(depths), torch.max(depths))
         if rendering_options.get('white_back', False):
             composite_rgb = composite_rgb + 1 - weight_total
-        composite_rgb = composite_rgb * 2 - 1
+        if self.scale_colors:
+            composite_rgb = composite_rgb * 2 - 1
         return composite_rgb, composite_depth, weights
 
     def forward(self, colors, densities, depths, rendering_options):
@@ -131,7 +134,10 @@ class ImportanceRenderer(nn.Module):
         self.ray_marcher = MipRayMarcher2()
         self.plane_axes = generate_planes()
 
-    def forward(self, planes, decoder, ray_origins, ray_directions, rendering_options):
+    def forward(self, planes, decoder, ray_origins, ray_directions, rendering_options, **model_kwargs):
+        """`model_kwargs` (OmniAvatar's FLAME parameters) reach `run_model`; OmniAvatar's
+        `det_sampling` option drops the jitter and spaces the importance draws evenly."""
+        det = rendering_options.get('det_sampling', False)
         self.plane_axes = self.plane_axes.to(ray_origins.device)
         if rendering_options['ray_start'] == rendering_options['ray_end'] == 'auto':
             ray_start, ray_end = get_ray_limits_box(ray_origins, ray_directions,
@@ -142,18 +148,18 @@ class ImportanceRenderer(nn.Module):
                 ray_end[~is_ray_valid] = ray_start[is_ray_valid].max()
             depths_coarse = self.sample_stratified(ray_origins, ray_start, ray_end,
                                                    rendering_options['depth_resolution'],
-                                                   rendering_options['disparity_space_sampling'])
+                                                   rendering_options['disparity_space_sampling'], det)
         else:
             depths_coarse = self.sample_stratified(ray_origins, rendering_options['ray_start'],
                                                    rendering_options['ray_end'],
                                                    rendering_options['depth_resolution'],
-                                                   rendering_options['disparity_space_sampling'])
+                                                   rendering_options['disparity_space_sampling'], det)
         batch_size, num_rays, samples_per_ray, _ = depths_coarse.shape
 
         # Coarse pass
         sample_coordinates = (ray_origins.unsqueeze(-2) + depths_coarse * ray_directions.unsqueeze(-2)).reshape(batch_size, -1, 3)
         sample_directions = ray_directions.unsqueeze(-2).expand(-1, -1, samples_per_ray, -1).reshape(batch_size, -1, 3)
-        out = self.run_model(planes, decoder, sample_coordinates, sample_directions, rendering_options)
+        out = self.run_model(planes, decoder, sample_coordinates, sample_directions, rendering_options, **model_kwargs)
         colors_coarse = out['rgb'].reshape(batch_size, num_rays, samples_per_ray, out['rgb'].shape[-1])
         densities_coarse = out['sigma'].reshape(batch_size, num_rays, samples_per_ray, 1)
 
@@ -161,10 +167,11 @@ class ImportanceRenderer(nn.Module):
         N_importance = rendering_options['depth_resolution_importance']
         if N_importance > 0:
             _, _, weights = self.ray_marcher(colors_coarse, densities_coarse, depths_coarse, rendering_options)
-            depths_fine = self.sample_importance(depths_coarse, weights, N_importance)
+            depths_fine = self.sample_importance(depths_coarse, weights, N_importance, det)
             sample_directions = ray_directions.unsqueeze(-2).expand(-1, -1, N_importance, -1).reshape(batch_size, -1, 3)
             sample_coordinates = (ray_origins.unsqueeze(-2) + depths_fine * ray_directions.unsqueeze(-2)).reshape(batch_size, -1, 3)
-            out = self.run_model(planes, decoder, sample_coordinates, sample_directions, rendering_options)
+            out = self.run_model(planes, decoder, sample_coordinates, sample_directions, rendering_options,
+                                 **model_kwargs)
             colors_fine = out['rgb'].reshape(batch_size, num_rays, N_importance, out['rgb'].shape[-1])
             densities_fine = out['sigma'].reshape(batch_size, num_rays, N_importance, 1)
             all_depths, all_colors, all_densities = self.unify_samples(
@@ -200,7 +207,7 @@ class ImportanceRenderer(nn.Module):
         return all_depths, all_colors, all_densities
 
     def sample_stratified(self, ray_origins, ray_start, ray_end, depth_resolution,
-                          disparity_space_sampling=False):
+                          disparity_space_sampling=False, det=False):
         N, M, _ = ray_origins.shape
         if disparity_space_sampling:
             depths_coarse = torch.linspace(0, 1, depth_resolution, device=ray_origins.device) \
@@ -217,10 +224,11 @@ class ImportanceRenderer(nn.Module):
                 depths_coarse = torch.linspace(ray_start, ray_end, depth_resolution, device=ray_origins.device) \
                     .reshape(1, 1, depth_resolution, 1).repeat(N, M, 1, 1)
                 depth_delta = (ray_end - ray_start) / (depth_resolution - 1)
-                depths_coarse += torch.rand_like(depths_coarse) * depth_delta
+                if not det:
+                    depths_coarse += torch.rand_like(depths_coarse) * depth_delta
         return depths_coarse
 
-    def sample_importance(self, z_vals, weights, N_importance):
+    def sample_importance(self, z_vals, weights, N_importance, det=False):
         with torch.no_grad():
             batch_size, num_rays, samples_per_ray, _ = z_vals.shape
             z_vals = z_vals.reshape(batch_size * num_rays, samples_per_ray)
@@ -229,7 +237,7 @@ class ImportanceRenderer(nn.Module):
             weights = F.avg_pool1d(weights, 2, 1).squeeze()
             weights = weights + 0.01
             z_vals_mid = 0.5 * (z_vals[:, :-1] + z_vals[:, 1:])
-            importance_z_vals = self.sample_pdf(z_vals_mid, weights[:, 1:-1], N_importance).detach() \
+            importance_z_vals = self.sample_pdf(z_vals_mid, weights[:, 1:-1], N_importance, det).detach() \
                 .reshape(batch_size, num_rays, N_importance, 1)
         return importance_z_vals
 

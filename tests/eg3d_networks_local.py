@@ -40,9 +40,10 @@ def _own_source():
     return inspect.getsource(sys.modules[__name__])
 
 
-def _persistent(eg3d_module):
+def _persistent(eg3d_module, register=True):
     """Record each instance's constructor arguments after construction (deep copies, as passed), and
-    reduce instances to `_reconstruct_persistent_obj(meta)` with meta version 6."""
+    reduce instances to `_reconstruct_persistent_obj(meta)` with meta version 6 (`register`: by its
+    class name for `_reconstruct_persistent_obj`; False for a class whose name EG3D's holds)."""
     def mark(cls):
         construct = cls.__init__
 
@@ -59,7 +60,8 @@ def _persistent(eg3d_module):
             return _reconstruct_persistent_obj, (meta,), None
 
         cls.__init__, cls.__reduce__, cls._eg3d_module = __init__, __reduce__, eg3d_module
-        _PERSISTENT[cls.__name__] = cls
+        if register:
+            _PERSISTENT[cls.__name__] = cls
         return cls
     return mark
 
@@ -860,12 +862,13 @@ class _LegacyNumpyPickler(pickle.Pickler):
         return NotImplemented
 
 
-def dump_snapshot(networks, file, *, module_src=None, legacy_numpy=False):
+def dump_snapshot(networks, file, *, module_src=None, legacy_numpy=False, names=None):
     """Pickle {training_set_kwargs, G, D, G_ema, augment_pipe=None} as EG3D's training loop saves a
     network snapshot (deep copies in eval mode, requires_grad False, on the CPU; pickle's default
     protocol). `module_src` ({EG3D module name: source text}, e.g. EG3D's own files) replaces this
     file's source in the persistent objects' meta; `legacy_numpy` names numpy's scalar reconstructor
-    `numpy.core.multiarray.scalar`, as files written under numpy 1.x do."""
+    `numpy.core.multiarray.scalar`, as files written under numpy 1.x do; `names` replaces the
+    (module, object) pairs pickled by reference (OmniAvatar's)."""
     resolution = networks['G'].img_resolution
     data = dict(training_set_kwargs=dict(class_name='training.dataset.ImageFolderDataset', path='ffhq.zip',
                                          use_labels=True, max_size=None, xflip=False, resolution=resolution,
@@ -873,7 +876,7 @@ def dump_snapshot(networks, file, *, module_src=None, legacy_numpy=False):
     for name in ('G', 'D', 'G_ema'):
         data[name] = copy.deepcopy(networks[name]).eval().requires_grad_(False).cpu()
     data['augment_pipe'] = None
-    names = _PICKLED_NAMES + ([('numpy.core.multiarray', _legacy_np_scalar)] if legacy_numpy else [])
+    names = (names or _PICKLED_NAMES) + ([('numpy.core.multiarray', _legacy_np_scalar)] if legacy_numpy else [])
     with contextlib.ExitStack() as stack:
         f = stack.enter_context(open(file, 'wb')) if isinstance(file, (str, bytes, os.PathLike)) else file
         stack.enter_context(_stand_in_modules(names))

@@ -99,7 +99,7 @@ def eval_gan_command(args):
     from .pickles import load_imported
 
     if load_imported(args.run) is not None:
-        raise ValueError(f"{args.run}: an imported EG3D network has no FLAME controls to evaluate; eval-gan reads "
+        raise ValueError(f"{args.run}: an imported network has no FLAME controls to evaluate; eval-gan reads "
                          f"train-gan runs (use generate to see its images)")
     if args.json:
         check_output(args.json, "--json", (".json",))
@@ -136,7 +136,8 @@ def generate_command(args):
         check_grid_memory(args.mesh_resolution, "--mesh-resolution")
     generator = load_generator(args.run, device_of(args.device), args.backend)
     if generator.layout is None and args.params:
-        raise ValueError("--params: an imported EG3D network has no FLAME parameters")
+        raise ValueError("--params: an imported network takes no FLAME parameters here (an OmniAvatar network "
+                         "renders its mean face)")
     # Every image of the grid (and the extras') is held, then joined: check the size first.
     cells = len(seeds) * (args.frames if args.sweep else 1) * (4 if args.extras else 1)
     check_memory(3 * cells * 3 * generator.G.img_resolution ** 2,
@@ -144,7 +145,8 @@ def generate_command(args):
     if args.labels and args.params:
         raise ValueError("--labels and --params both set the FLAME parameters: give one")
     if args.labels and generator.layout is None:
-        raise ValueError("--labels: an imported EG3D network has no FLAME parameters")
+        raise ValueError("--labels: an imported network takes no FLAME parameters here (an OmniAvatar network "
+                         "renders its mean face)")
     if args.labels:
         from .generate import read_label_pool, rows_for_seeds
 

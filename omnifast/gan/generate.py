@@ -195,14 +195,15 @@ def latents(seeds, z_dim, device):
 
 
 class ImportedGenerator:
-    """An EG3D network imported with ``omnifast import-pkl`` (its G_ema): EG3D's cameras around
-    its ``avg_camera_pivot`` at ``avg_camera_radius``, labels of 25 numbers (no FLAME), the
+    """An EG3D or OmniAvatar network imported with ``omnifast import-pkl`` (its G_ema): EG3D's
+    cameras around its ``avg_camera_pivot`` at ``avg_camera_radius``, labels of 25 numbers (an
+    OmniAvatar network's followed by zero FLAME parameters: the mean face, mouth closed), the
     mapping conditioned on the front camera as EG3D's ``gen_samples.py`` does."""
     layout = None
 
     def __init__(self, G, device="cpu", backend="omnifast"):
         if backend != "omnifast":
-            raise ValueError(f"--backend {backend}: an imported EG3D network renders with omnifast's kernels only")
+            raise ValueError(f"--backend {backend}: an imported network renders with omnifast's kernels only")
         self.device, self.G = torch.device(device), G.to(device)
         rendering = G.rendering_kwargs
         self.radius = float(rendering.get("avg_camera_radius", FFHQ_RADIUS))
@@ -214,7 +215,9 @@ class ImportedGenerator:
         cam2world = orbit_cam2world(math.pi / 2 + yaw, math.pi / 2 + pitch, self.radius, self.pivot,
                                     batch=params.shape[0])
         intrinsics = ffhq_intrinsics() if fov is None else fov_to_intrinsics(fov)
-        return camera_labels(cam2world, intrinsics).to(self.device)
+        labels = camera_labels(cam2world, intrinsics)
+        flame = torch.zeros(len(labels), getattr(self.G, "feature_dim", 0))
+        return torch.cat([labels, flame], 1).to(self.device)
 
     @torch.no_grad()
     def synthesize(self, seeds, labels, truncation=1.0):
@@ -230,15 +233,15 @@ class ImportedGenerator:
 
     def sweep_params(self, kind, base, frames):
         if kind != "yaw":
-            raise ValueError(f"--sweep {kind}: an imported EG3D network has no FLAME controls; it sweeps yaw only")
+            raise ValueError(f"--sweep {kind}: an imported network has no FLAME controls here; it sweeps yaw only")
         return base.repeat(frames, 1), torch.linspace(SWEEPS["yaw"][2], SWEEPS["yaw"][3], frames)
 
     def mesh(self, *args, **kwargs):
-        raise ValueError("--mesh: an imported EG3D network has no signed distance to mesh (it needs a train-gan run)")
+        raise ValueError("--mesh: an imported network has no signed distance to mesh (it needs a train-gan run)")
 
 
 def load_generator(run_dir, device="cpu", backend="omnifast"):
-    """The generator of a train-gan run or of an imported EG3D network."""
+    """The generator of a train-gan run or of an imported EG3D or OmniAvatar network."""
     from .pickles import load_imported
 
     imported = load_imported(run_dir)

@@ -169,9 +169,11 @@ class DualDiscriminator(nn.Module):
     head on the epilogue's last features that regresses expression and jaw (OmniAvatar's control
     loss; ``regress_dim`` 0: none, as in EG3D). With ``autocast`` the blocks run in bfloat16
     (EG3D: fp16 in its top layers), the epilogue in float32. ``disc_c_noise``: EG3D's Gaussian
-    noise on the label, times the batch's standard deviation of each number."""
+    noise on the label, times the batch's standard deviation of each number. ``label_width``:
+    read only the labels' first numbers (OmniAvatar's released D, given camera and FLAME)."""
     autocast = False
     disc_c_noise = 0.0
+    label_width = None
 
     def __init__(self, resolution, c_dim, regress_dim, channel_base=32768, channel_max=512, cmap_dim=None,
                  mbstd_group=4, conv_clamp=256, mapping_layers=8, mapping_lr_mul=0.01):
@@ -193,6 +195,8 @@ class DualDiscriminator(nn.Module):
         ``D({'image': ..., 'image_raw': ...}, c)`` returns EG3D's logits ``[N, 1]``."""
         if isinstance(image, dict):
             return self.forward(image["image"], image["image_raw"], image_raw)[0][:, None]
+        if self.label_width is not None:
+            c = c[..., :self.label_width]
         if self.disc_c_noise > 0:
             c = c + torch.randn_like(c) * c.std(0) * self.disc_c_noise
         raw = F.interpolate(image_raw, size=image.shape[-2:], mode="bilinear", align_corners=False, antialias=True)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .models import DualDiscriminator
+from .omniavatar import OmniAvatarGenerator
 from .triplane import TriPlaneGenerator, mapping_kwargs_of
 
 NETWORK_KEYS = ("G", "D", "G_ema")
@@ -59,7 +60,11 @@ PLAIN = ("training.volumetric_rendering.renderer.ImportanceRenderer",
          "torch.nn.modules.container.Sequential",
          "torch.nn.modules.container.ModuleList",
          "torch.nn.modules.activation.Softplus",
-         "torch.nn.modules.activation.LeakyReLU")
+         "torch.nn.modules.activation.LeakyReLU",
+         # OmniAvatar's warp and template networks
+         "training.im3dmm_network.IGRModel",
+         "torch.nn.modules.linear.Linear",
+         "torch.nn.modules.activation.SiLU")
 
 
 def _load_storage(data):
@@ -162,7 +167,9 @@ def _module_attribute(record, *path):
 def _build_generator(record):
     names = ("z_dim", "c_dim", "w_dim", "img_resolution", "img_channels")
     kwargs = _plain(dict(zip(names, record.init_args), **record.init_kwargs))
-    G = TriPlaneGenerator(**kwargs)
+    # OmniAvatar's generator has EG3D's class name; its settings tell them apart
+    omniavatar = "triplane_depth" in (kwargs.get("rendering_kwargs") or {})
+    G = (OmniAvatarGenerator if omniavatar else TriPlaneGenerator)(**kwargs)
     G.init_kwargs = kwargs
     nrr = record.state.get("neural_rendering_resolution", 64)
     if isinstance(nrr, bool) or not isinstance(nrr, (int, np.integer)) or not 1 <= nrr <= 4096:
@@ -170,7 +177,7 @@ def _build_generator(record):
                           f"got {nrr!r}")
     G.neural_rendering_resolution = int(nrr)
     renderer = _module_attribute(record, "renderer")
-    if renderer is not None and "plane_axes" in renderer.state:
+    if renderer is not None and "plane_axes" in renderer.state and not omniavatar:  # OmniAvatar's are unused
         G.set_plane_axes(renderer.state["plane_axes"])
     return G
 
@@ -279,6 +286,9 @@ def _load(f, name):
             out[key] = _rebuild(value, f"{name} [{key!r}]")
         else:
             out[key] = _plain(value)
+    generator = out.get("G_ema") or out.get("G")
+    if isinstance(out.get("D"), DualDiscriminator) and isinstance(generator, OmniAvatarGenerator):
+        out["D"].label_width = out["D"].init_kwargs["c_dim"]  # OmniAvatar's D reads its labels' first c_dim numbers
     return out
 
 
@@ -319,8 +329,9 @@ def import_network(pkl, out):
         raise FileExistsError(f"{out} already holds networks: give import-pkl a new or empty folder")
     check_new_run_folder(out, "network import", accepts)
     networks = load_network_pkl(pkl)
-    if not isinstance(networks.get("G_ema"), TriPlaneGenerator):
-        raise PickleError(f"{pkl}: has no EG3D generator (TriPlaneGenerator) as G_ema to generate with")
+    if not isinstance(networks.get("G_ema"), TriPlaneGenerator):  # EG3D's or OmniAvatar's
+        raise PickleError(f"{pkl}: has no EG3D or OmniAvatar generator (TriPlaneGenerator) as G_ema to generate "
+                          f"with")
     G = networks["G_ema"]
     config = {"imported": IMPORTED, "source": os.path.abspath(os.fspath(pkl)),
               "networks": {key: {"class": type(networks[key]).__name__, "init_kwargs": networks[key].init_kwargs}
@@ -346,20 +357,24 @@ def load_imported(run_dir, key="G_ema"):
     config = folder.read_config()
     if config.get("imported") != IMPORTED:
         return None
-    spec = (config.get("networks") or {}).get(key)
+    networks = config.get("networks") or {}
+    spec = networks.get(key)
     if spec is None:
         raise RunError(f"{run_dir}: the imported pickle had no {key}")
-    if spec.get("class") not in BUILDERS:
+    generators = {"TriPlaneGenerator": TriPlaneGenerator, "OmniAvatarGenerator": OmniAvatarGenerator}
+    if spec.get("class") not in (*generators, "DualDiscriminator"):
         raise RunError(f"{run_dir}: {key} is a {spec.get('class')!r}, not one omnifast rebuilds")
     state = folder.load_checkpoint((key,))
-    if spec["class"] == "TriPlaneGenerator":
-        module = TriPlaneGenerator(**spec["init_kwargs"])
+    if spec["class"] in generators:
+        module = generators[spec["class"]](**spec["init_kwargs"])
         module.neural_rendering_resolution = int(config["neural_rendering_resolution"])
         axes = config.get("plane_axes", "eg3d")
         module.renderer.axes = axes if isinstance(axes, str) else tuple(tuple(pair) for pair in axes)
     else:
         module = _build_discriminator(Persistent({"type": "class", "class_name": "DualDiscriminator",
                                                   "state": {"_init_kwargs": spec["init_kwargs"]}}))
+        if (networks.get("G_ema") or {}).get("class") == "OmniAvatarGenerator":
+            module.label_width = spec["init_kwargs"]["c_dim"]
     module.init_kwargs = spec["init_kwargs"]
     try:
         load_tensors(module, state[key], f"{folder.file('checkpoint.pt')} [{key!r}]")

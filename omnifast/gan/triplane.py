@@ -51,14 +51,18 @@ def _number(value):
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
-def check_rendering_kwargs(k):
-    """EG3D's rendering settings omnifast renders with, each of its type and range."""
+def check_rendering_kwargs(k, per_axis_box=False):
+    """EG3D's rendering settings omnifast renders with, each of its type and range
+    (``per_axis_box``: ``box_warp`` may also be 3 numbers, as OmniAvatar allows)."""
     where = "TriPlaneGenerator: rendering_kwargs"
     if not (_number(k["ray_start"]) and _number(k["ray_end"]) and 0 <= k["ray_start"] < k["ray_end"]):
         raise ValueError(f"{where} ray_start and ray_end must be numbers with 0 <= ray_start < ray_end (omnifast "
                          f"does not support 'auto'), got {k['ray_start']!r} and {k['ray_end']!r}")
-    if not (_number(k["box_warp"]) and k["box_warp"] > 0):
-        raise ValueError(f"{where} box_warp must be a positive number, got {k['box_warp']!r}")
+    box = k["box_warp"]
+    boxes = box if per_axis_box and isinstance(box, (list, tuple)) and len(box) == 3 else [box]
+    if not all(_number(b) and b > 0 for b in boxes):
+        raise ValueError(f"{where} box_warp must be a positive number{' or 3 of them' if per_axis_box else ''}, "
+                         f"got {box!r}")
     for key, low in (("depth_resolution", 2), ("depth_resolution_importance", 0)):
         value = k[key]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 4096:
@@ -100,6 +104,8 @@ class ImportanceRenderer(nn.Module):
     depths from ``ray_start`` to ``ray_end``, the coarse pass, importance depths from its
     weights, the fine pass, both merged and composited (midpoint, ``softplus(sigma - 1)``)."""
 
+    scale_colors = True  # EG3D's marcher maps the composited colours to [-1, 1]
+
     def __init__(self, axes="eg3d"):
         super().__init__()
         self.axes = axes
@@ -115,31 +121,35 @@ class ImportanceRenderer(nn.Module):
     def _march(self, colors, densities, depths, options):
         out = composite(colors, densities, depths.to(colors.dtype), field_type="density", mode="midpoint",
                         white_back=options.get("white_back", False), return_weights=True)
-        return out.features * 2 - 1, out.depth, out.weights
+        return (out.features * 2 - 1 if self.scale_colors else out.features), out.depth, out.weights
 
-    def forward(self, planes, decoder, ray_origins, ray_directions, options):
+    def forward(self, planes, decoder, ray_origins, ray_directions, options, **model_kwargs):
         n, m, _ = ray_origins.shape
         start, end, count = options["ray_start"], options["ray_end"], options["depth_resolution"]
+        det = options.get("det_sampling", False)  # OmniAvatar's: no jitter, evenly spaced importance draws
         # EG3D's draws: float32 depths jittered by rand_like, in this order before the importance draws
         depths = torch.linspace(start, end, count, device=ray_origins.device).reshape(1, 1, count, 1).repeat(n, m, 1, 1)
-        depths = depths + torch.rand_like(depths) * ((end - start) / (count - 1))
-        passes = [(depths.to(planes.dtype), self._shade(planes, decoder, ray_origins, ray_directions, depths, options))]
+        if not det:
+            depths = depths + torch.rand_like(depths) * ((end - start) / (count - 1))
+        passes = [(depths.to(planes.dtype),
+                   self._shade(planes, decoder, ray_origins, ray_directions, depths, options, model_kwargs))]
         extra = options["depth_resolution_importance"]
         if extra > 0:
             (coarse, (colors, sigmas)) = passes[0]
             _, _, weights = self._march(colors, sigmas, coarse, options)
-            fine = importance_sample(coarse.detach(), weights.detach(), extra)
-            passes.append((fine, self._shade(planes, decoder, ray_origins, ray_directions, fine, options)))
+            fine = importance_sample(coarse.detach(), weights.detach(), extra, deterministic=det)
+            passes.append((fine, self._shade(planes, decoder, ray_origins, ray_directions, fine, options,
+                                             model_kwargs)))
             depths, (colors, sigmas) = merge_samples(passes[0][0], fine, passes[0][1], passes[1][1])
         else:
             depths, (colors, sigmas) = passes[0]
         rgb, depth, weights = self._march(colors, sigmas, depths, options)
         return rgb, depth, weights.sum(2)
 
-    def _shade(self, planes, decoder, origins, directions, depths, options):
+    def _shade(self, planes, decoder, origins, directions, depths, options, model_kwargs):
         n, m, s, _ = depths.shape
         points = (origins.unsqueeze(-2) + depths.to(origins.dtype) * directions.unsqueeze(-2)).reshape(n, -1, 3)
-        out = self.run_model(planes, decoder, points, None, options)
+        out = self.run_model(planes, decoder, points, None, options, **model_kwargs)
         return out["rgb"].reshape(n, m, s, -1), out["sigma"].reshape(n, m, s, 1)
 
 
@@ -161,7 +171,7 @@ class TriPlaneGenerator(nn.Module):
             if rendering_kwargs.get(key, allowed[0]) not in allowed:
                 raise ValueError(f"TriPlaneGenerator: rendering_kwargs {key} must be {allowed[0]!r}, got "
                                  f"{rendering_kwargs[key]!r}")
-        check_rendering_kwargs(rendering_kwargs)
+        check_rendering_kwargs(rendering_kwargs, per_axis_box=self.volume_depth is not None)
         module = str(rendering_kwargs["superresolution_module"]).rsplit(".", 1)[-1]
         if module not in EG3D_SUPERRESOLUTION:
             raise ValueError(f"TriPlaneGenerator: superresolution_module must be one of "
@@ -175,10 +185,12 @@ class TriPlaneGenerator(nn.Module):
                              f"{img_channels} and {w_dim}")
         self.z_dim, self.c_dim, self.w_dim = z_dim, c_dim, w_dim
         self.img_resolution, self.img_channels = img_resolution, img_channels
-        self.renderer = ImportanceRenderer()
-        self.backbone = StyleGAN2Backbone(z_dim, c_dim, w_dim, 256, 32 * 3,
+        self.synthesis_kwargs = synthesis_kwargs_of(synthesis_kwargs, "TriPlaneGenerator")
+        self.renderer = self.make_renderer(rendering_kwargs)
+        channels = 32 * 3 * (self.volume_depth(rendering_kwargs) if self.volume_depth else 1)
+        self.backbone = StyleGAN2Backbone(z_dim, c_dim, w_dim, 256, channels,
                                           mapping_kwargs=mapping_kwargs_of(mapping_kwargs, "TriPlaneGenerator"),
-                                          **synthesis_kwargs_of(synthesis_kwargs, "TriPlaneGenerator"))
+                                          **self.synthesis_kwargs)
         sr_extra = synthesis_kwargs_of({k: v for k, v in (sr_kwargs or {}).items()
                                         if k not in ("channel_base", "channel_max", "conv_clamp")}, "superresolution")
         if sr_extra:
@@ -186,10 +198,17 @@ class TriPlaneGenerator(nn.Module):
         self.superresolution = SuperResolution(32, sr_input, sr_output, w_dim, widths,
                                                conv_clamp=256 if sr_num_fp16_res > 0 else None,
                                                antialias=rendering_kwargs["sr_antialias"])
-        self.decoder = OSGDecoder(32, {"decoder_lr_mul": rendering_kwargs.get("decoder_lr_mul", 1),
-                                       "decoder_output_dim": 32})
+        self.decoder = self.make_decoder(rendering_kwargs)
         self.neural_rendering_resolution = 64
         self.rendering_kwargs = rendering_kwargs
+
+    volume_depth = None  # EG3D: planes; OmniAvatar: a function of the settings giving the volumes' depth
+
+    def make_renderer(self, rendering_kwargs):
+        return ImportanceRenderer()
+
+    def make_decoder(self, rendering_kwargs):
+        return OSGDecoder(32, {"decoder_lr_mul": rendering_kwargs.get("decoder_lr_mul", 1), "decoder_output_dim": 32})
 
     def set_plane_axes(self, plane_axes):
         """Use a released renderer's plane matrices (EG3D's or the fixed branch's permutations)."""
@@ -212,6 +231,14 @@ class TriPlaneGenerator(nn.Module):
     def synthesis(self, ws, c, neural_rendering_resolution=None, update_emas=False, cache_backbone=False,
                   use_cached_backbone=False, noise_mode="random", **synthesis_kwargs):
         synthesis_kwargs_of(synthesis_kwargs, "TriPlaneGenerator.synthesis")
+        feature_image, depth_image, _ = self.render(ws, c, neural_rendering_resolution, cache_backbone,
+                                                    use_cached_backbone, noise_mode)
+        image, rgb = self.superresolve(feature_image[:, :3], feature_image, ws)
+        return {"image": image, "image_raw": rgb, "image_depth": depth_image}
+
+    def render(self, ws, c, neural_rendering_resolution, cache_backbone, use_cached_backbone, noise_mode,
+               **model_kwargs):
+        """The neural rendering: ``(feature image, depth image, opacity image)``, ``[N, ., R, R]``."""
         check_noise_mode(noise_mode)
         if neural_rendering_resolution is None:
             neural_rendering_resolution = self.neural_rendering_resolution
@@ -224,18 +251,19 @@ class TriPlaneGenerator(nn.Module):
         planes = cached if use_cached_backbone and cached is not None else self.planes(ws, noise_mode)
         if cache_backbone:
             self._last_planes = planes
-        features, depth, _ = self.renderer(planes, self.decoder, origins, directions, self.rendering_kwargs)
-        feature_image = features.permute(0, 2, 1).reshape(n, features.shape[-1], r, r).contiguous()
-        depth_image = depth.permute(0, 2, 1).reshape(n, 1, r, r)
-        rgb = feature_image[:, :3]
+        features, depth, opacity = self.renderer(planes, self.decoder, origins, directions, self.rendering_kwargs,
+                                                 **model_kwargs)
+        image = lambda t: t.permute(0, 2, 1).reshape(n, t.shape[-1], r, r)  # noqa: E731
+        return image(features).contiguous(), image(depth), image(opacity)
+
+    def superresolve(self, rgb, feature_image, ws):
+        """``(image, image_raw)``."""
         sr, noise = self.superresolution, self.rendering_kwargs["superresolution_noise_mode"]
-        if not sr.block0.up and r == sr.input_resolution:
+        if not sr.block0.up and rgb.shape[-1] == sr.input_resolution:
             # EG3D's SynthesisBlockNoUp (2X, 4X) adds its torgb into the image branch in place; with
             # no resize that is the raw image itself, so EG3D returns (and D sees) the sum as image_raw.
-            image, rgb = sr(rgb, feature_image, ws, noise, with_first=True)
-        else:
-            image = sr(rgb, feature_image, ws, noise)
-        return {"image": image, "image_raw": rgb, "image_depth": depth_image}
+            return sr(rgb, feature_image, ws, noise, with_first=True)
+        return sr(rgb, feature_image, ws, noise), rgb
 
     def sample(self, coordinates, directions, z, c, truncation_psi=1, truncation_cutoff=None, update_emas=False,
                noise_mode="random", **synthesis_kwargs):

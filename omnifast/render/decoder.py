@@ -30,6 +30,16 @@ class FullyConnected(nn.Module):
         return torch.addmm(b.unsqueeze(0), x.reshape(-1, x.shape[-1]), w.t()).reshape(*x.shape[:-1], -1)
 
 
+def activate_colour(x, activation):
+    """OmniAvatar's colour activations: ``"sigmoid"`` (MipNeRF's sigmoid * 1.002 - 0.001),
+    ``"lrelu"`` (leaky ReLU(0.2) * sqrt 2), anything else none."""
+    if activation == "sigmoid":
+        return torch.sigmoid(x) * (1 + 2 * 0.001) - 0.001
+    if activation == "lrelu":
+        return F.leaky_relu(x, 0.2) * math.sqrt(2)
+    return x
+
+
 class OSGDecoder(nn.Module):
     """OmniAvatar's ``OSGDecoder``: the pose part of the FLAME parameters (expression, neck and jaw:
     everything after the shape coefficients, OmniAvatar's last 106 numbers) through
@@ -90,11 +100,7 @@ class OSGDecoder(nn.Module):
         w = self.hidden.weight[:, :self.n_features] * self.hidden.weight_gain
         h = F.softplus(torch.baddbmm(bias.unsqueeze(1), features, w.t().expand(features.shape[0], -1, -1)))
         out = self.output(h)
-        colour = out[..., 1:]
-        if self.activation == "sigmoid":
-            colour = torch.sigmoid(colour) * (1 + 2 * 0.001) - 0.001
-        elif self.activation == "lrelu":
-            colour = F.leaky_relu(colour, 0.2) * math.sqrt(2)
+        colour = activate_colour(out[..., 1:], self.activation)
         # A copy, not a view: a caller keeping the correction of many chunks would otherwise
         # keep each chunk's whole decoder output alive through it.
         return colour, out[..., :1].contiguous()
