@@ -23,7 +23,7 @@ from torch import nn
 from ..ops.triplane import triplane_sample
 from ..render.decoder import FullyConnected, activate_colour
 from .networks import SynthesisNetwork, ToRGBLayer
-from .triplane import ImportanceRenderer, TriPlaneGenerator
+from .triplane import ImportanceRenderer, TriPlaneGenerator, synthesis_kwargs_of
 
 POSE_DIM = 106  # OmniAvatar's decoder reads the last 106 numbers: expression, neck, jaw
 OMNIAVATAR_NEEDS = ("triplane_depth", "with_sdf", "delta_geom", "decoder_activation", "pose_perturb_magtinude")
@@ -175,6 +175,8 @@ class OmniAvatarGenerator(TriPlaneGenerator):
     'image_raw', 'image_depth', 'image_mask'}`` for labels ``c`` = cam2world 16, intrinsics 9,
     then the FLAME parameters."""
 
+    per_axis_box = True
+
     @staticmethod
     def volume_depth(rendering_kwargs):
         return rendering_kwargs["triplane_depth"]
@@ -212,8 +214,7 @@ class OmniAvatarGenerator(TriPlaneGenerator):
 
     def planes(self, ws, noise_mode="random"):
         planes = self.backbone.synthesis(ws, noise_mode)
-        depth = self.rendering_kwargs["triplane_depth"]
-        return planes.view(len(planes), 3, 32, depth, planes.shape[-2], planes.shape[-1])
+        return planes.view(len(planes), 3, 32, self.volume_depth(self.rendering_kwargs), *planes.shape[-2:])
 
     def flame(self, c):
         """The FLAME parameters of labels ``c``: their last ``feature_dim`` numbers (None without a warp)."""
@@ -221,6 +222,7 @@ class OmniAvatarGenerator(TriPlaneGenerator):
 
     def synthesis(self, ws, c, neural_rendering_resolution=None, update_emas=False, cache_backbone=False,
                   use_cached_backbone=False, noise_mode="random", **synthesis_kwargs):
+        synthesis_kwargs_of(synthesis_kwargs, "TriPlaneGenerator.synthesis")
         feature_image, depth_image, opacity = self.render(ws, c, neural_rendering_resolution, cache_backbone,
                                                           use_cached_backbone, noise_mode, features_3dmm=self.flame(c))
         if self.bcg_synthesis is not None:
@@ -243,6 +245,7 @@ class OmniAvatarGenerator(TriPlaneGenerator):
 
     def sample_mixed(self, coordinates, directions, ws, truncation_psi=1, truncation_cutoff=None, update_emas=False,
                      noise_mode="random", features_3dmm=None, **synthesis_kwargs):
+        synthesis_kwargs_of(synthesis_kwargs, "TriPlaneGenerator.sample_mixed")
         if features_3dmm is None and self.feature_dim:  # OmniAvatar's default: the mean face
             features_3dmm = torch.zeros(len(coordinates), self.feature_dim, dtype=coordinates.dtype,
                                         device=coordinates.device)

@@ -171,7 +171,7 @@ class TriPlaneGenerator(nn.Module):
             if rendering_kwargs.get(key, allowed[0]) not in allowed:
                 raise ValueError(f"TriPlaneGenerator: rendering_kwargs {key} must be {allowed[0]!r}, got "
                                  f"{rendering_kwargs[key]!r}")
-        check_rendering_kwargs(rendering_kwargs, per_axis_box=self.volume_depth is not None)
+        check_rendering_kwargs(rendering_kwargs, per_axis_box=self.per_axis_box)
         module = str(rendering_kwargs["superresolution_module"]).rsplit(".", 1)[-1]
         if module not in EG3D_SUPERRESOLUTION:
             raise ValueError(f"TriPlaneGenerator: superresolution_module must be one of "
@@ -187,8 +187,7 @@ class TriPlaneGenerator(nn.Module):
         self.img_resolution, self.img_channels = img_resolution, img_channels
         self.synthesis_kwargs = synthesis_kwargs_of(synthesis_kwargs, "TriPlaneGenerator")
         self.renderer = self.make_renderer(rendering_kwargs)
-        channels = 32 * 3 * (self.volume_depth(rendering_kwargs) if self.volume_depth else 1)
-        self.backbone = StyleGAN2Backbone(z_dim, c_dim, w_dim, 256, channels,
+        self.backbone = StyleGAN2Backbone(z_dim, c_dim, w_dim, 256, 32 * 3 * self.volume_depth(rendering_kwargs),
                                           mapping_kwargs=mapping_kwargs_of(mapping_kwargs, "TriPlaneGenerator"),
                                           **self.synthesis_kwargs)
         sr_extra = synthesis_kwargs_of({k: v for k, v in (sr_kwargs or {}).items()
@@ -202,7 +201,12 @@ class TriPlaneGenerator(nn.Module):
         self.neural_rendering_resolution = 64
         self.rendering_kwargs = rendering_kwargs
 
-    volume_depth = None  # EG3D: planes; OmniAvatar: a function of the settings giving the volumes' depth
+    per_axis_box = False  # EG3D's box_warp is one number
+
+    @staticmethod
+    def volume_depth(rendering_kwargs):
+        """Depth slices of each of the three feature grids: EG3D's are planes."""
+        return 1
 
     def make_renderer(self, rendering_kwargs):
         return ImportanceRenderer()
