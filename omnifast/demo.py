@@ -69,7 +69,7 @@ def run_demo(args):
     written to ``demo.json``."""
     from .data import make_dataset
     from .flame import make_synthetic_flame
-    from .gan.commands import write_generation
+    from .gan.commands import check_video_writer, write_generation
     from .gan.evaluate import evaluate_gan
     from .gan.generate import HeadGenerator, parse_seeds
     from .gan.train import GANConfig, train_gan
@@ -95,6 +95,7 @@ def run_demo(args):
     settings = read_settings(args.gan_config) if args.gan_config else {}
     GANConfig.with_preset(plan["gan_preset"], **{**settings, "dataset": "-", "sdf_run": "-"})  # its errors now
     seeds = parse_seeds(plan["seeds"])
+    check_video_writer(".mp4", f"the demo's sweep videos ({os.path.join(out, 'generated')}/*.mp4)")
     if plan["quality_images"] == 1:
         raise ValueError("--quality-images 1: a Frechet distance needs the covariance of at least 2 images; "
                          "pass 2 or more, or 0 to skip it")

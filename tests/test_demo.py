@@ -4,11 +4,18 @@ import json
 import re
 
 import imageio.v2 as imageio
+import pytest
 
 from omnifast.cli import main as cli_main
 
+from conftest import CUDA_READY, CUDA_SKIP_REASON
 
-def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys):
+
+# Every stage on the device it is given: the CUDA run catches a CPU tensor meeting a GPU one
+# anywhere from the dataset's renderer to the control evaluation.
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[
+    pytest.mark.cuda, pytest.mark.skipif(not CUDA_READY, reason=CUDA_SKIP_REASON)])])
+def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys, device):
     out = tmp_path / "demo"
     # The exact FLAME prior as stage II's warp: a 3-step stage I network is no head yet.
     gan_config = tmp_path / "gan.json"
@@ -18,7 +25,7 @@ def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys):
                      "--space-points", "64", "--n-shape", "10", "--n-expr", "10", "--eval-meshes", "1",
                      "--resolution", "24", "--preview-size", "32", "--images", "8", "--image-resolution", "32",
                      "--gan-steps", "2", "--gan-config", str(gan_config), "--seeds", "0-1", "--frames", "3",
-                     "--eval-samples", "1", "--quality-images", "4", "--bench", "quick", "--device", "cpu",
+                     "--eval-samples", "1", "--quality-images", "4", "--bench", "quick", "--device", device,
                      "--no-progress"]) == 0
     for name in ("flame/FLAME_NEUTRAL.pkl", "sdf-run/checkpoint.pt", "sdf-run/eval.json", "sdf_head.ply",
                  "sdf_previews.png", "data/dataset.json", "dataset.png", "gan-run/checkpoint.pt",
@@ -29,6 +36,7 @@ def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys):
     frames = imageio.mimread(out / "generated" / "jaw.mp4")
     assert len(frames) == 3 and frames[0].shape[:2] == (32, 2 * 32)  # the seeds side by side
     summary = json.loads((out / "demo.json").read_text())
+    assert summary["device"] == device
     assert summary["stage_one"]["steps"] == 3 and summary["stage_one"]["metrics"]["meshes"] == 1
     assert summary["stage_one"]["passed"] is False
     assert summary["dataset"]["count"] == 8 and summary["stage_two"]["steps"] == 2
@@ -52,3 +60,16 @@ def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys):
     assert 'src="generated/jaw.mp4"' in page and "face depth vs the posed FLAME mesh" in page
     printed = capsys.readouterr().out
     assert "== 8/8 kernel benchmarks" in printed and "demo finished" in printed
+
+
+def test_demo_and_generate_refuse_mp4_without_its_writer_before_any_work(tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # as if imageio-ffmpeg were not installed
+    assert cli_main(["demo", "--out", str(tmp_path / "demo"), "--device", "cpu", "--no-progress"]) == 2
+    assert not (tmp_path / "demo").exists()  # refused before the first stage
+    assert cli_main(["generate", str(tmp_path / "run"), "--out", str(tmp_path / "grid.png"), "--sweep", "jaw",
+                     "--video", str(tmp_path / "jaw.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("writing MP4 needs the imageio-ffmpeg package") == 2, err
+    assert "or give a .gif" in err

@@ -191,7 +191,7 @@ class SyntheticHeads:
                 albedo = self.texture.albedo(canonical.unsqueeze(0), {k: v[n:n + 1] for k, v in colours.items()})[0]
                 normal = self.index.surface_normals(verts[n], f, b)
                 # Towards the light, in the camera's frame (x right, y down, z forward): in front, above.
-                light = torch.cat([g(1) - 0.5, -(0.3 + 0.5 * g(1)), -torch.ones(1, dtype=torch.float64)])
+                light = torch.cat([g(1) - 0.5, -(0.3 + 0.5 * g(1)), -torch.ones(1, dtype=torch.float64, device=device)])
                 light_world = torch.nn.functional.normalize(light, dim=0) @ cam2world[n, :3, :3].double().to(device).T
                 lambert = (normal @ light_world).clamp_min(0)
                 shade = (0.35 + 0.15 * g(1)) + (0.7 + 0.2 * g(1)) * lambert

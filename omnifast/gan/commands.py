@@ -130,6 +130,7 @@ def generate_command(args):
     check_output(args.out, "--out", (".png",))
     if args.video:
         check_output(args.video, "--video", (".mp4", ".gif"))
+        check_video_writer(args.video)
     if args.mesh:
         check_output(args.mesh, "--mesh", (".ply",))
     if args.mesh:
@@ -177,6 +178,8 @@ def write_generation(generator, seeds, base, out, *, sweep=None, frames=8, yaw=0
 
     if video and os.path.splitext(video)[1].lower() not in (".mp4", ".gif"):
         raise ValueError(f"--video must end in .mp4 or .gif, got {video!r}")
+    if video:
+        check_video_writer(video)
     def labels_of(row):  # every setting of one row of FLAME parameters
         params, yaws = generator.sweep_params(sweep, row, frames) if sweep else (row, torch.zeros(1))
         return torch.cat([generator.labels(params[i:i + 1], yaw + float(yaws[i]), pitch, fov)
@@ -218,6 +221,23 @@ def write_generation(generator, seeds, base, out, *, sweep=None, frames=8, yaw=0
     return written, settings
 
 
+def check_video_writer(path, what=None):
+    """An MP4 needs imageio's ffmpeg plugin (the ``imageio-ffmpeg`` package); without it imageio
+    would hand the frames to another writer that fails on them, so say so before any work."""
+    import os
+
+    from ..runs import RunError
+
+    if os.path.splitext(path)[1].lower() == ".gif":
+        return
+    try:
+        import imageio_ffmpeg  # noqa: F401
+    except ImportError:
+        raise RunError(f"{what or '--video ' + path}: writing MP4 needs the imageio-ffmpeg package, which is not "
+                       "installed (pip install imageio-ffmpeg, or pip install 'omnifast[gan]')"
+                       + ("" if what else "; or give a .gif")) from None
+
+
 def write_video(path, frames, fps=12):
     """MP4 (through imageio's ffmpeg) or GIF, written to a temporary name and renamed."""
     import os
@@ -232,7 +252,8 @@ def write_video(path, frames, fps=12):
         if ext == ".gif":
             imageio.mimwrite(partial, frames, duration=1000 / fps, loop=0)
         else:
-            imageio.mimwrite(partial, frames, fps=fps, macro_block_size=1)
+            check_video_writer(path)
+            imageio.mimwrite(partial, frames, format="FFMPEG", fps=fps, macro_block_size=1)
         # ffmpeg can fail (a full disk) without imageio raising: an empty result is an error, and
         # the file already at `path` stays.
         if not os.path.isfile(partial) or os.path.getsize(partial) == 0:

@@ -62,7 +62,8 @@ class FlameView:
         return depth, hit, canonical
 
     def in_face(self, canonical):
-        return ((canonical >= self.face_lo) & (canonical <= self.face_hi)).all(-1)
+        lo, hi = self.face_lo.to(canonical.device), self.face_hi.to(canonical.device)
+        return ((canonical >= lo) & (canonical <= hi)).all(-1)
 
 
 def _stats(values):
