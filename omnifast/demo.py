@@ -96,7 +96,7 @@ def run_demo(args):
     settings = read_settings(args.gan_config) if args.gan_config else {}
     GANConfig.with_preset(plan["gan_preset"], **{**settings, "dataset": "-", "sdf_run": "-"})  # its errors now
     seeds = parse_seeds(plan["seeds"])
-    check_video_writer(".mp4", f"the demo's sweep videos ({os.path.join(out, 'generated')}/*.mp4)")
+    check_video_writer(os.path.join(out, "generated", f"{SWEEPS[0]}.mp4"), "the demo's sweep videos")
     if plan["quality_images"] == 1:
         raise ValueError("--quality-images 1: a Frechet distance needs the covariance of at least 2 images; "
                          "pass 2 or more, or 0 to skip it")

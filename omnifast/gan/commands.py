@@ -252,7 +252,6 @@ def write_video(path, frames, fps=12):
         if ext == ".gif":
             imageio.mimwrite(partial, frames, duration=1000 / fps, loop=0)
         else:
-            check_video_writer(path)
             imageio.mimwrite(partial, frames, format="FFMPEG", fps=fps, macro_block_size=1)
         # ffmpeg can fail (a full disk) without imageio raising: an empty result is an error, and
         # the file already at `path` stays.
