@@ -40,6 +40,7 @@ def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys, device):
     assert summary["stage_one"]["steps"] == 3 and summary["stage_one"]["metrics"]["meshes"] == 1
     assert summary["stage_one"]["passed"] is False
     assert summary["dataset"]["count"] == 8 and summary["stage_two"]["steps"] == 2
+    assert summary["stage_two"]["config"]["generator"]["background"] is True  # for the data's backgrounds
     fd = summary["stage_two"]["fd_random"]  # G_ema's quality proxy at the start (step 0) and the end
     assert set(fd["by_step"]) == {"0", "1", "2"} and fd["start"] == fd["by_step"]["0"] > 0
     assert fd["end_over_start"] == fd["by_step"]["2"] / fd["start"]
@@ -51,7 +52,10 @@ def test_demo_end_to_end_on_a_tiny_configuration(tmp_path, capsys, device):
     assert set(summary["stage_seconds"]) == {str(n) for n in range(1, 9)}
     assert summary["control"]["samples"] == 1 and summary["control"]["quality"]["images"] == 4
     # The exact prior: near the FLAME mesh after two iterations (as in test_gan's eval-gan test).
-    assert summary["control"]["geometry"]["surface_mm"]["p95"] < 10
+    # Adam's first steps move every weight by about the learning rate, so two of them can shift
+    # the whole surface by about a centimetre (10.8 mm with the background network; 3.3 without).
+    surface = summary["control"]["geometry"]["surface_mm"]
+    assert surface["p95"] < 15 and surface["p95"] - surface["mean"] < 5
     assert {row["op"] for row in summary["bench"]} >= {"triplane_sample", "composite", "closest_point"}
     assert all(row["speedup"] > 0 for row in summary["bench"])
     page = (out / "index.html").read_text()

@@ -109,6 +109,39 @@ def test_mixed_precision_runs_super_resolution_and_d_in_bfloat16(stage_one):
     assert torch.nn.functional.cosine_similarity(g16[0].flatten(), g32[0].flatten(), dim=0) > 0.99  # R1's input
 
 
+def test_recomputing_the_full_resolution_blocks_gives_the_same_gradients(stage_one):
+    # G main, D main and R1 (a double backward) with the super-resolution's last block and D's
+    # first block recomputed in the backward: the same losses and gradients as keeping them.
+    from omnifast.gan import loss as L
+    run = GANRun(config_for(stage_one, recompute_full_resolution=False))
+    run.G.double(), run.D.double()
+    z = torch.randn(2, run.G.config.z_dim, dtype=torch.float64)
+    c = run.dataset.labels[:2].double()
+    real = torch.rand(2, 3, 32, 32, dtype=torch.float64) * 2 - 1
+    params = [p for p in (*run.G.parameters(), *run.D.parameters()) if p.requires_grad]
+    results, calls = {}, []
+    for block in (run.G.superresolution.block1, getattr(run.D, f"b{run.D.resolution}")):
+        block.forward = lambda *args, forward=block.forward: calls.append(forward) or forward(*args)
+    for recompute in (False, True):
+        calls.clear()
+        run.G.superresolution.recompute = run.D.recompute = recompute
+        torch.manual_seed(0)  # the noise inputs (their strengths' gradients) alike in both
+        out = run.G(z, c, noise_mode="random", generator=torch.Generator().manual_seed(1))
+        logits, regressed = L.run_discriminator(run.D, out["image"], out["image_raw"], c, 0.0)
+        loss = L.generator_loss(logits) + regressed.square().mean()
+        loss = loss + L.r1_penalty(run.D, real, L.resize(real, 16), c, 0.0).mean()
+        results[recompute] = loss, torch.autograd.grad(loss, params, allow_unused=True)
+        # SR once, D twice (G's image, R1); recomputed, each again in the backward (R1's D twice more)
+        assert len(calls) == (7 if recompute else 3)
+    (kept, kept_grads), (again, again_grads) = results[False], results[True]
+    torch.testing.assert_close(again, kept, rtol=1e-12, atol=0)
+    assert sum(g is not None and g.abs().max() > 0 for g in kept_grads) > 40
+    for a, b in zip(again_grads, kept_grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-14)
+
+
 def test_resume_continues_exactly(stage_one, tmp_path):
     config = config_for(stage_one, steps=4, checkpoint_every=2)
     train_gan(config, str(tmp_path / "straight"), progress=False)
@@ -501,8 +534,10 @@ def test_eval_gan_measures_geometry_and_control_against_flame(gan_run, tmp_path)
     # The run's warp is the exact FLAME prior and its correction starts at zero: two iterations
     # later the generated surface still lies near the FLAME mesh, in the right frame and units
     # (Adam's first steps move each weight by about the learning rate whatever its gradient: the
-    # 95th percentile is 0.7-8 mm across seeds; a wrong frame or unit is off by centimetres).
-    assert report["geometry"]["surface_mm"]["p95"] < 10
+    # 95th percentile is 0.7-8 mm across seeds without the tiny preset's background network, 11 mm
+    # with it, a shift of the whole surface; a wrong frame or unit is off by many centimetres).
+    surface = report["geometry"]["surface_mm"]
+    assert surface["p95"] < 15 and surface["p95"] - surface["mean"] < 5
     assert report["geometry"]["depth_mm"]["mean"] < 30
 
 
@@ -613,6 +648,8 @@ def test_a_new_run_refuses_a_folder_that_is_not_a_stage_two_run(stage_one, tmp_p
     ("gpc_prob", 1.5, r"gpc_prob must be a probability in \[0, 1\], got 1.5"),
     ("seed", 2 ** 64, r"seed must be an integer in \[0, 2\^63\), got 18446744073709551616"),
     ("nrr_fade_kimg", 0, "nrr_fade_kimg must be a finite number > 0, got 0"),
+    ("recompute_full_resolution", "yes", "recompute_full_resolution must be true or false, got 'yes'"),
+    ("mixed_precision", 1, "mixed_precision must be true or false, got 1"),
 ])
 def test_nonsense_settings_are_refused_by_name(tmp_path, name, value, message):
     with pytest.raises(RunError, match=message):

@@ -463,6 +463,24 @@ def test_no_gradient_reaches_the_warp(flame, sdf_warp):
             p.requires_grad_(False)
 
 
+def test_a_beta_pushed_through_zero_renders_its_magnitude_and_keeps_its_gradient(flame, sdf_warp):
+    # An optimiser's step can take the learnable beta below zero: the render is that of |beta|
+    # (a sharp surface, not the 1e-6 floor's), and beta's gradient still flows back.
+    planes, labels, *_ = scene(flame, 4)
+    decoder = OSGDecoder(8, pose_dim=pose_dim(flame)).double()
+    outs = {}
+    for beta in (0.004, -0.004):
+        renderer = renderer_for(sdf_warp, beta=beta, depth_resolution=6, depth_resolution_importance=4,
+                                det_sampling=True)
+        out = renderer(planes, decoder, labels, 4)
+        out.features.sum().backward()
+        outs[beta] = out.features.detach(), renderer.sigmoid_beta.grad
+    (positive, grad_positive), (negative, grad_negative) = outs[0.004], outs[-0.004]
+    torch.testing.assert_close(negative, positive, rtol=1e-12, atol=1e-12)
+    assert grad_positive.abs() > 0
+    torch.testing.assert_close(grad_negative, -grad_positive, rtol=1e-9, atol=0)
+
+
 def test_sdf_gradient_is_the_final_sdfs_gradient_and_backends_agree(flame, sdf_warp):
     # W in float64 here, so that finite differences of s + delta s are exact enough to compare.
     import copy

@@ -9,7 +9,10 @@ states, G_ema) plus the most the iteration adds, phase by phase.
 The contenders: omnifast's kernels, EG3D's plain PyTorch path (``reference``) and that path
 wrapped in ``torch.utils.checkpoint`` over chunks of rays (``reference+checkpoint``), with EG3D's
 coarse + fine samples, and omnifast's proposal sampler (24 samples per ray). The backbone,
-super-resolution and discriminator are the same code for all; only the renderer differs. The
+super-resolution and discriminator are the same code for all; the renderer differs, and omnifast's
+rows run training as omnifast does by default, with the super-resolution's last block and, in R1,
+D's first block recomputed in the backward (``recompute_full_resolution``), where EG3D's path keeps
+their activations. The
 SR-free cases train a generator without super-resolution whose image is the render at the
 image's resolution (the ``sr-free`` presets). The images are random and W is untrained: an
 iteration's cost does not depend on either."""
@@ -198,7 +201,8 @@ class TrainBench:
                          render=dict(depth_resolution=case.coarse, depth_resolution_importance=case.fine,
                                      sampling=setup.sampling, proposal_samples=case.proposal),
                          batch=case.batch, nrr_initial=case.nrr, backend=setup.backend, device=str(self.device),
-                         mbstd_group=min(4, case.batch), **sizes)
+                         mbstd_group=min(4, case.batch), recompute_full_resolution=setup.backend == "omnifast",
+                         **sizes)
 
     def make_run(self, case, setup):
         """A run as after its first iteration: the optimisers' states and the gradients exist
@@ -250,6 +254,7 @@ class TrainBench:
                "image_resolution": run.G.image_resolution,
                "samples_per_ray": case.proposal if setup.sampling == "proposal" else [case.coarse, case.fine],
                "sdf_network": self.network, "note": case.note, "pass": "forward+backward", "warp": "sdf",
+               "recompute_full_resolution": c.recompute_full_resolution,
                "seconds_per_iteration": seconds, "images_per_second": case.batch / seconds,
                "kimg_per_day": case.batch / seconds * 86400 / 1000,
                "plain_iteration_seconds": plain["seconds"], "regularised_iteration_seconds": full["seconds"],

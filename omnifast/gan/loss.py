@@ -56,7 +56,17 @@ def generator_loss(fake_logits):
 
 def discriminator_loss(fake_logits, real_logits):
     """``softplus(D(G(z))) + softplus(-D(x))``, each averaged: ``(fake term, real term)``."""
-    return F.softplus(fake_logits).mean(), F.softplus(-real_logits).mean()
+    return discriminator_fake_loss(fake_logits), discriminator_real_loss(real_logits)
+
+
+def discriminator_fake_loss(fake_logits):
+    """D's loss on generated images, ``softplus(D(G(z)))``, averaged."""
+    return F.softplus(fake_logits).mean()
+
+
+def discriminator_real_loss(real_logits):
+    """D's loss on real images, ``softplus(-D(x))``, averaged."""
+    return F.softplus(-real_logits).mean()
 
 
 def r1_penalty(D, image, image_raw, c, blur_sigma):

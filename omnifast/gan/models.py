@@ -21,6 +21,7 @@ from .networks import (
     SynthesisNetwork,
     channels_at,
     check_noise_mode,
+    recomputed,
     setup_filter,
 )
 
@@ -170,8 +171,11 @@ class DualDiscriminator(nn.Module):
     loss; ``regress_dim`` 0: none, as in EG3D). With ``autocast`` the blocks run in bfloat16
     (EG3D: fp16 in its top layers), the epilogue in float32. ``disc_c_noise``: EG3D's Gaussian
     noise on the label, times the batch's standard deviation of each number. ``label_width``:
-    read only the labels' first numbers (OmniAvatar's released D, given camera and FLAME)."""
+    read only the labels' first numbers (OmniAvatar's released D, given camera and FLAME). With
+    ``recompute``, the first block (at the image's resolution) keeps only its input for the
+    backward and runs again there."""
     autocast = False
+    recompute = False
     disc_c_noise = 0.0
     label_width = None
 
@@ -203,7 +207,7 @@ class DualDiscriminator(nn.Module):
         x, img = None, torch.cat([image, raw], 1)
         with torch.autocast(image.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             for r in self.block_resolutions:
-                x = getattr(self, f"b{r}")(x, img)
+                x = recomputed(getattr(self, f"b{r}"), self.recompute and r == self.resolution, x, img)
         with torch.autocast(image.device.type, enabled=False):
             h = self.b4.features(x)
             logits = self.b4(h, self.mapping(None, c))

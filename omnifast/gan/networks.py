@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..render.decoder import FullyConnected
 
@@ -312,8 +313,10 @@ class SuperResolution(nn.Module):
     (EG3D's ``SuperresolutionHybrid2X`` and ``4X``): ``block0`` keeps the resolution (EG3D's
     ``SynthesisBlockNoUp``); four times (``8XDC``): both blocks double it. Widths and
     ``conv_clamp`` 256 are EG3D's (``widths`` changes them for small models). With ``autocast``
-    the blocks run in bfloat16 (EG3D runs them in fp16), the image returns in float32."""
+    the blocks run in bfloat16 (EG3D runs them in fp16), the image returns in float32. With
+    ``recompute``, ``block1`` keeps only its inputs for the backward and runs again there."""
     autocast = False
+    recompute = False
 
     def __init__(self, channels, input_resolution, output_resolution, w_dim=512, widths=None, conv_clamp=256,
                  antialias=True, use_noise=True):
@@ -340,8 +343,16 @@ class SuperResolution(nn.Module):
         w = ws[:, -1:].expand(-1, 3, -1)
         with torch.autocast(rgb.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             x, first = self.block0(x, rgb, w, noise_mode)
-            x, rgb = self.block1(x, first, w, noise_mode)
+            x, rgb = recomputed(self.block1, self.recompute, x, first, w, noise_mode)
         return (rgb.to(ws.dtype), first.to(ws.dtype)) if with_first else rgb.to(ws.dtype)
+
+
+def recomputed(module, recompute, *args):
+    """``module(*args)``; with ``recompute`` (and gradients on), keeping only ``args`` for the
+    backward, which runs the module again with the same random numbers (double backward too)."""
+    if recompute and torch.is_grad_enabled():
+        return checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
 
 
 def bias_act(x, bias=None, gain=1.0, clamp=None, activation="lrelu"):

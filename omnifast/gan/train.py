@@ -24,25 +24,30 @@ CHECKPOINT_KEYS = ("config", "step", "G", "D", "G_ema", "opt_G", "opt_D")
 TINY_GENERATOR = dict(z_dim=64, w_dim=64, grid_resolution=32, grid_channels=8, channel_base=2048, channel_max=64,
                       feature_channels=16, sr_channels=[32, 16])
 SR_FREE_RENDER = dict(sampling="proposal", proposal_samples=24, depth_resolution=48, depth_resolution_importance=48)
+# The tiny presets' training, for runs of a few hundred iterations at batch 2 on 64^2 images:
+# - OmniAvatar's background network (``use_background``), composited behind the head: without it
+#   the dual discriminator's raw image makes G paint the data's backgrounds with density, which
+#   swells the head into a blob that fills the frame and keeps no face (the demo's grids before);
+# - no blur (EG3D's fades over 6250 iterations: a short run would see colour fields only);
+# - R1 gamma 0.2 (StyleGAN2's rule, 0.0002 res^2 / batch, gives 0.4 here; EG3D's 1 is for 512^2 at
+#   batch 32) and a wider D (16 -> 32 channels at 64^2): in runs of 250-500 iterations these gave
+#   the hair caps and skin tones that EG3D's settings did not;
+# - the geometry prior at 100: at 1 a short run's corrections drift the face by centimetres;
+# - no recomputation in the backward: at 64^2 it would cost time and save nothing that matters.
+TINY_TRAINING = dict(batch=2, d_channel_base=2048, d_channel_max=128, r1_gamma=0.2, blur_sigma=0.0,
+                     geometry_prior=100.0, recompute_full_resolution=False)
+TINY_BACKGROUND = dict(background=True, background_resolution=32)
 PRESETS = {  # neural rendering resolution, network sizes, samples per ray, batch
-    # tiny: EG3D's blur (10 pixels of a 512^2 image, faded over 6250 iterations) scaled to its 64^2
-    # images and its few hundred iterations: 1.25 pixels, faded over 100 iterations at batch 2
-    # (at 10 pixels D sees colour fields only, and a 250-iteration run learns no more than those).
-    # The geometry prior weighs 100: at weight 1 a short run's D soon makes G fill the frame with
-    # density to paint the background (the demo's face depth drifted 29 mm from FLAME's, 10 at 100).
-    "tiny": dict(nrr_initial=32, generator=TINY_GENERATOR, render=dict(depth_resolution=12,
-                 depth_resolution_importance=12), batch=2, d_channel_base=1024, d_channel_max=64,
-                 blur_sigma=1.25, blur_fade_kimg=0.2, geometry_prior=100.0),
+    "tiny": dict(nrr_initial=32, generator={**TINY_GENERATOR, **TINY_BACKGROUND},
+                 render=dict(depth_resolution=12, depth_resolution_importance=12), **TINY_TRAINING),
     "64": dict(nrr_initial=64, batch=4),
     "128": dict(nrr_initial=128, batch=4),
     "256": dict(nrr_initial=256, batch=4),
     # SR-free: the generator's image is the rendered image at the dataset's resolution (no
     # super-resolution), rendered with the proposal sampler (RenderConfig sampling="proposal").
-    "sr-free-tiny": dict(nrr_initial=32, generator={**TINY_GENERATOR, "superresolution": False},
+    "sr-free-tiny": dict(nrr_initial=32, generator={**TINY_GENERATOR, **TINY_BACKGROUND, "superresolution": False},
                          render=dict(sampling="proposal", proposal_samples=8, depth_resolution=12,
-                                     depth_resolution_importance=12, probe_stride=2),
-                         batch=2, d_channel_base=1024, d_channel_max=64, blur_sigma=1.25, blur_fade_kimg=0.2,
-                         geometry_prior=100.0),
+                                     depth_resolution_importance=12, probe_stride=2), **TINY_TRAINING),
     "sr-free-256": dict(nrr_initial=256, batch=4, generator=dict(superresolution=False), render=SR_FREE_RENDER),
     "sr-free-512": dict(nrr_initial=512, batch=4, generator=dict(superresolution=False), render=SR_FREE_RENDER),
 }
@@ -86,6 +91,10 @@ class GANConfig:
     mbstd_group: int = 4
     backend: str = "omnifast"
     mixed_precision: bool = True  # CUDA: super-resolution and D in bfloat16 autocast (EG3D: their fp16 layers)
+    # The super-resolution's last block (G main) and D's first block (R1), both at the image's
+    # resolution, keep only their inputs and run again in the backward: the same gradients without
+    # those activations held while the rest of the phase runs. EG3D keeps them.
+    recompute_full_resolution: bool = True
     seed: int = 0
     init: str = None             # start from these weights: an EG3D .pkl, an import-pkl or a train-gan run
     device: str = "cpu"
@@ -110,6 +119,9 @@ class GANConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        for name in ("mixed_precision", "recompute_full_resolution"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if self.init is not None and (not isinstance(self.init, str) or not self.init.strip()):
             raise ValueError(f"init must be the path of an EG3D .pkl, an import-pkl folder or a run, got {self.init!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 63:
@@ -166,7 +178,7 @@ class GANConfig:
 
 # How a run is carried out, not what it trains: resuming may change these; every other setting
 # must match the run's own (RUN_DEFINING).
-OPERATIONAL = ("steps", "device", "log_every", "image_every", "checkpoint_every")
+OPERATIONAL = ("steps", "device", "log_every", "image_every", "checkpoint_every", "recompute_full_resolution")
 RUN_DEFINING = tuple(f.name for f in dataclasses.fields(GANConfig) if f.name not in OPERATIONAL)
 
 
@@ -254,6 +266,7 @@ class GANRun:
         self.D.autocast = amp
         if self.G.superresolution is not None:
             self.G.superresolution.autocast = amp
+            self.G.superresolution.recompute = config.recompute_full_resolution
         # G_ema shares the frozen warp (its FLAME model and network) rather than holding a copy.
         self.G_ema = copy.deepcopy(self.G, memo={id(warp): warp}).eval().requires_grad_(False)
         if world_size > 1:  # every process starts from rank 0's weights (they are equal when seeded alike)
@@ -352,21 +365,29 @@ class GANRun:
         with torch.no_grad():
             z, gen_c, map_c = self.fake_inputs(g)
             fake = self._synthesis(self.G, z, gen_c, map_c)
+        # EG3D's two backward passes (generated, then real): D's graph of one batch at a time.
         self.opt_D.zero_grad(set_to_none=True)
         logits_fake, _ = L.run_discriminator(self.D, fake["image"], fake["image_raw"], gen_c, sigma)
+        loss_fake = L.discriminator_fake_loss(logits_fake)
+        loss_fake.backward()
+        del fake, logits_fake
         logits_real, regressed_real = L.run_discriminator(self.D, real, real_raw, real_c, sigma)
-        loss_fake, loss_real = L.discriminator_loss(logits_fake, logits_real)
+        loss_real = L.discriminator_real_loss(logits_real)
         control_real = L.control_loss(regressed_real, target_real)
-        (loss_fake + loss_real + c.control * control_real).backward()
+        (loss_real + c.control * control_real).backward()
         terms.update(D=(loss_fake + loss_real).item(), D_control=control_real.item())
-        del fake, logits_fake, logits_real, regressed_real
+        del logits_real, regressed_real
         self._step(self.opt_D, self.D)
 
         # D reg: lazy R1 on the real images.
         if c.r1_gamma and self.step % c.r1_interval == 0:
             self._phase("D_reg")
             self.opt_D.zero_grad(set_to_none=True)
-            r1 = L.r1_penalty(self.D, real, real_raw, real_c, sigma).mean()
+            self.D.recompute = c.recompute_full_resolution  # here only: elsewhere it costs more than it saves
+            try:
+                r1 = L.r1_penalty(self.D, real, real_raw, real_c, sigma).mean()
+            finally:
+                self.D.recompute = False
             (r1 * (c.r1_gamma / 2) * c.r1_interval).backward()
             terms["r1"] = r1.item()
             self._step(self.opt_D, self.D)

@@ -339,8 +339,9 @@ class Renderer(nn.Module):
         backend, c = backend_named(backend), self.config
         given_planes, planes = planes, backend.prepare(planes)
         bias = self.pose_bias(decoder, params, planes.dtype)
-        # A step of an optimiser can push beta through zero: it is used at no less than 1e-6.
-        beta = self.sigmoid_beta.to(planes.dtype).clamp_min(1e-6)
+        # A step of an optimiser can push beta through zero: its magnitude is used (VolSDF's
+        # |beta|, the same for any positive beta), so its gradient goes on, at no less than 1e-6.
+        beta = self.sigmoid_beta.to(planes.dtype).abs().clamp_min(1e-6)
         given = depths is not None
         det = c.det_sampling if deterministic is None else deterministic
         depths = depths.to(planes.dtype) if given else self.stratified(origins, generator, det).to(planes.dtype)
