@@ -358,10 +358,17 @@ def test_cli_bench_train_rows(tmp_path):
             assert fit["bytes_per_pixel"] > 0 and fit["resolution_80GB_batch4"] > 0
     assert rows[0]["speedup"] == pytest.approx(rows[1]["seconds_per_iteration"] / rows[0]["seconds_per_iteration"])
     assert "kimg/day" in result.stdout and "SR-free training, omnifast proposal" in result.stdout
-    only = run_cli("bench", "train", "--quick", "--device", "cpu", "--sr-free", "--cases", "1", "--json", str(path))
+    only = run_cli("bench", "train", "--quick", "--device", "cpu", "--sr-free", "--cases", "1", "--runs", "3",
+                   "--json", str(path))
     assert only.returncode == 0, only.stderr
-    assert [(r["contender"], r["resolution"], r["sr_free"]) for r in json.loads(path.read_text())["results"]] == [
+    rows = json.loads(path.read_text())["results"]
+    assert [(r["contender"], r["resolution"], r["sr_free"]) for r in rows] == [
         ("omnifast", 16, True), ("omnifast proposal", 16, True)]
+    for row in rows:  # each contender's three iterations of each kind, the median one reported
+        times = row["iterations_seconds"]
+        assert [len(times["plain"]), len(times["regularised"])] == [3, 3]
+        assert row["plain_iteration_seconds"] == sorted(times["plain"])[1]
+        assert row["regularised_iteration_seconds"] == sorted(times["regularised"])[1]
 
 
 def test_cli_rejects_unknown_pass():

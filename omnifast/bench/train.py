@@ -8,7 +8,8 @@ states, G_ema) plus the most the iteration adds, phase by phase.
 
 The contenders: omnifast's kernels, EG3D's plain PyTorch path (``reference``) and that path
 wrapped in ``torch.utils.checkpoint`` over chunks of rays (``reference+checkpoint``), with EG3D's
-coarse + fine samples, and omnifast's proposal sampler (24 samples per ray). The backbone,
+coarse + fine samples, and omnifast's proposal sampler (24 samples per ray). The contenders take
+turns, iteration by iteration (a slower spell of a shared machine falls on all). The backbone,
 super-resolution and discriminator are the same code for all; the renderer differs, and omnifast's
 rows run training as omnifast does by default, with the super-resolution's last block and, in R1,
 D's first block recomputed in the backward (``recompute_full_resolution``), where EG3D's path keeps
@@ -223,25 +224,37 @@ class TrainBench:
             run.step = 0
             run.train_step()
 
-    def measure(self, case, setup, runs=1, warmup=0, shares=True):
-        """One contender on one case: a plain iteration (step 1) and one with every lazy
+    def measure(self, case, setups, runs=1, warmup=0, shares=True):
+        """Contenders on one case: for each, a plain iteration (step 1) and one with every lazy
         regulariser (step 0), each timed by phase; the amortised iteration; peak memory (the
         larger of the two iterations', plus what the run holds between iterations); and with
-        ``shares``, each part's seconds in a profiled plain iteration."""
-        run = self.make_run(case, setup)
-        clock = run.clock = PhaseClock(self.device)
-        measured = {}
+        ``shares``, each part's seconds in a profiled plain iteration. The contenders take turns,
+        iteration by iteration, so that a slower spell of a shared machine falls on all of them,
+        and each keeps the iteration of median time. ``{setup: row}``."""
+        made = {setup: self.make_run(case, setup) for setup in setups}
+        timed = {setup: {"plain": [], "regularised": []} for setup in setups}
         for label, step in (("plain", 1), ("regularised", 0)):
-            times, phases, peaks = [], [], []
             for i in range(warmup + runs):
-                run.step = step
-                run.train_step()
-                if i >= warmup:
-                    times.append(sum(clock.seconds.values()))
-                    phases.append(dict(clock.seconds))
-                    peaks.append(dict(clock.peaks))
-            middle = sorted(range(len(times)), key=times.__getitem__)[len(times) // 2]
-            measured[label] = {"seconds": times[middle], "phases": phases[middle], "peaks": peaks[middle]}
+                for setup, run in made.items():
+                    clock = run.clock = PhaseClock(self.device)
+                    run.step = step
+                    run.train_step()
+                    if i >= warmup:
+                        timed[setup][label].append((sum(clock.seconds.values()), dict(clock.seconds),
+                                                    dict(clock.peaks)))
+        rows = {}
+        for setup, run in made.items():
+            run.clock = None
+            measured = {label: dict(zip(("seconds", "phases", "peaks"), sorted(got, key=lambda t: t[0])[len(got) // 2]))
+                        for label, got in timed[setup].items()}
+            rows[setup] = self._row(case, setup, run, measured)
+            rows[setup]["iterations_seconds"] = {label: [t[0] for t in got] for label, got in timed[setup].items()}
+            if shares:
+                run.step = 1
+                rows[setup]["part_seconds"] = part_seconds(run.train_step, run, self.device)
+        return rows
+
+    def _row(self, case, setup, run, measured):
         c, plain, full = run.config, measured["plain"], measured["regularised"]
         g_reg = max(0.0, full["phases"]["G_main"] - plain["phases"]["G_main"])
         d_reg = full["phases"].get("D_reg", 0.0)
@@ -249,22 +262,18 @@ class TrainBench:
         fixed = static_bytes(run)
         phase_peaks = {**plain["peaks"], "G_main+G_reg": full["peaks"]["G_main"], "D_reg": full["peaks"].get("D_reg")}
         peak = None if None in phase_peaks.values() else max(phase_peaks.values())
-        row = {"op": "train", "backend": setup.backend, "sampling": setup.sampling, "contender": setup.name,
-               "sr_free": case.sr_free, "resolution": case.nrr, "batch": case.batch,
-               "image_resolution": run.G.image_resolution,
-               "samples_per_ray": case.proposal if setup.sampling == "proposal" else [case.coarse, case.fine],
-               "sdf_network": self.network, "note": case.note, "pass": "forward+backward", "warp": "sdf",
-               "recompute_full_resolution": c.recompute_full_resolution,
-               "seconds_per_iteration": seconds, "images_per_second": case.batch / seconds,
-               "kimg_per_day": case.batch / seconds * 86400 / 1000,
-               "plain_iteration_seconds": plain["seconds"], "regularised_iteration_seconds": full["seconds"],
-               "phases": {**plain["phases"], "G_reg": g_reg, "D_reg": d_reg},
-               "extra_peak_bytes": peak, "phase_peak_bytes": phase_peaks, "static_bytes": fixed,
-               "peak_bytes": None if peak is None else peak + fixed}
-        if shares:
-            run.step = 1
-            row["part_seconds"] = part_seconds(run.train_step, run, self.device)
-        return row
+        return {"op": "train", "backend": setup.backend, "sampling": setup.sampling, "contender": setup.name,
+                "sr_free": case.sr_free, "resolution": case.nrr, "batch": case.batch,
+                "image_resolution": run.G.image_resolution,
+                "samples_per_ray": case.proposal if setup.sampling == "proposal" else [case.coarse, case.fine],
+                "sdf_network": self.network, "note": case.note, "pass": "forward+backward", "warp": "sdf",
+                "recompute_full_resolution": c.recompute_full_resolution,
+                "seconds_per_iteration": seconds, "images_per_second": case.batch / seconds,
+                "kimg_per_day": case.batch / seconds * 86400 / 1000,
+                "plain_iteration_seconds": plain["seconds"], "regularised_iteration_seconds": full["seconds"],
+                "phases": {**plain["phases"], "G_reg": g_reg, "D_reg": d_reg},
+                "extra_peak_bytes": peak, "phase_peak_bytes": phase_peaks, "static_bytes": fixed,
+                "peak_bytes": None if peak is None else peak + fixed}
 
 
 def run_train_bench(device, quick=False, cases=None, runs=None, shares=True, sr_free_only=False):
@@ -286,7 +295,7 @@ def run_train_bench(device, quick=False, cases=None, runs=None, shares=True, sr_
     rows = []
     for case in [c for c in train_cases(device, quick) if c.sr_free or not sr_free_only][:cases]:
         bench.warm_up(case)
-        got = {s: bench.measure(case, s, runs, warmup, shares) for s in case.setups}
+        got = bench.measure(case, case.setups, runs, warmup, shares)
         base, ref = got[OMNIFAST], got.get(Setup("reference"))
         for setup, row in got.items():
             row["seconds_over_omnifast_dense"] = row["seconds_per_iteration"] / base["seconds_per_iteration"]
