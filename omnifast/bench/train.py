@@ -233,22 +233,24 @@ class TrainBench:
         and each keeps the iteration of median time. ``{setup: row}``."""
         made = {setup: self.make_run(case, setup) for setup in setups}
         timed = {setup: {"plain": [], "regularised": []} for setup in setups}
+        for run in made.values():
+            run.clock = PhaseClock(self.device)
         for label, step in (("plain", 1), ("regularised", 0)):
             for i in range(warmup + runs):
                 for setup, run in made.items():
-                    clock = run.clock = PhaseClock(self.device)
                     run.step = step
                     run.train_step()
                     if i >= warmup:
-                        timed[setup][label].append((sum(clock.seconds.values()), dict(clock.seconds),
-                                                    dict(clock.peaks)))
+                        timed[setup][label].append({"seconds": sum(run.clock.seconds.values()),
+                                                    "phases": dict(run.clock.seconds), "peaks": dict(run.clock.peaks)})
         rows = {}
         for setup, run in made.items():
             run.clock = None
-            measured = {label: dict(zip(("seconds", "phases", "peaks"), sorted(got, key=lambda t: t[0])[len(got) // 2]))
+            measured = {label: sorted(got, key=lambda t: t["seconds"])[len(got) // 2]
                         for label, got in timed[setup].items()}
             rows[setup] = self._row(case, setup, run, measured)
-            rows[setup]["iterations_seconds"] = {label: [t[0] for t in got] for label, got in timed[setup].items()}
+            rows[setup]["iterations_seconds"] = {label: [t["seconds"] for t in got]
+                                                 for label, got in timed[setup].items()}
             if shares:
                 run.step = 1
                 rows[setup]["part_seconds"] = part_seconds(run.train_step, run, self.device)

@@ -37,7 +37,7 @@ SR_FREE_RENDER = dict(sampling="proposal", proposal_samples=24, depth_resolution
 TINY_TRAINING = dict(batch=2, d_channel_base=2048, d_channel_max=128, r1_gamma=0.2, blur_sigma=0.0,
                      geometry_prior=100.0, recompute_full_resolution=False)
 # The background network at 16^2, upsampled: the data's backgrounds are smooth gradients, and at
-# 32^2 it painted them with pixel-sized speckle (and cost more).
+# 32^2 it painted them with pixel-sized speckle.
 TINY_BACKGROUND = dict(background=True, background_resolution=16)
 PRESETS = {  # neural rendering resolution, network sizes, samples per ray, batch
     "tiny": dict(nrr_initial=32, generator={**TINY_GENERATOR, **TINY_BACKGROUND},
