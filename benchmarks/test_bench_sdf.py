@@ -51,3 +51,38 @@ def test_training_step(benchmark, run):
     benchmark.pedantic(run.train_step, rounds=3, warmup_rounds=1)
     if DEVICE == "cpu":
         assert 240 / step_s >= CPU_STEPS_IN_4_MINUTES, f"{1 / step_s:.1f} steps/s"
+
+
+WARP_FLOOR_CPU = 1.1
+
+
+def test_frozen_warp_evaluation(benchmark):
+    """Stage II's frozen W on one render's samples (CPU: 64^2 rays x 48, the small network; CUDA:
+    4 x 128^2 x 48, the full one), no gradients: the omnifast backend (omnifast.softplus in the
+    MLP) against the reference backend (PyTorch's), taking turns, with peak memory. Floor on the
+    CPU: 1.1x."""
+    from omnifast.bench.render import untrained_warps
+
+    cuda = DEVICE == "cuda"
+    warp = untrained_warps(torch.device(DEVICE), "full" if cuda else "small")["sdf"]
+    batch, rays = (4, 128 * 128) if cuda else (1, 64 * 64)
+    generator = torch.Generator().manual_seed(0)
+    points = ((torch.rand(batch, rays * 48, 3, generator=generator) - 0.5) * 0.9).to(DEVICE)
+    params = torch.zeros(batch, warp.param_dim, device=DEVICE)
+
+    def call(backend):
+        with torch.no_grad():
+            return warp(points, params, backend)
+
+    ours, ref = (lambda: call("omnifast")), (lambda: call("reference"))
+    for a, b in zip(ours(), ref()):  # the same answer to float32 rounding
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    t_ours, t_ref = (t.median_s for t in time_calls([ours, ref], DEVICE, warmup=1, runs=5))
+    speedup = t_ref / t_ours
+    benchmark.extra_info.update(device=DEVICE, points=points.shape[0] * points.shape[1], omnifast_ms=t_ours * 1e3,
+                                reference_ms=t_ref * 1e3, speedup_vs_reference=speedup,
+                                omnifast_peak_bytes=measure_peak_bytes(ours, DEVICE),
+                                reference_peak_bytes=measure_peak_bytes(ref, DEVICE))
+    benchmark.pedantic(ours, rounds=3, warmup_rounds=1)
+    if not cuda:
+        assert speedup >= WARP_FLOOR_CPU, f"{speedup:.2f}x < {WARP_FLOOR_CPU}x"

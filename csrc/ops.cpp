@@ -54,6 +54,18 @@ TORCH_LIBRARY(
   m.def(
       "mesh_closest_point(Tensor points, Tensor verts, Tensor[] topology, Tensor[] tree,"
       " int sign) -> (Tensor, Tensor, Tensor, Tensor)");
+  // softplus(x) = log(1 + exp(beta x)) / beta, x where beta x > threshold (PyTorch's); results
+  // below the smallest normal number are 0. Any shape; a contiguous result.
+  m.def("softplus(Tensor x, float beta, float threshold) -> Tensor");
+  // EG3D's bias_act (leaky ReLU or linear): y = clamp((x + bias) * slope, +-clamp), slope
+  // `positive` where x + bias > 0, else `negative` (both times the gain); x [N, C, *], bias [C].
+  // Its gradient from the output alone: grad * slope where |y| < clamp, else 0.
+  m.def(
+      "bias_act(Tensor x, Tensor? bias, float positive, float negative, float? clamp)"
+      " -> Tensor");
+  m.def(
+      "bias_act_grad(Tensor grad, Tensor y, float positive, float negative, float? clamp)"
+      " -> Tensor");
   // The plane gradient in a fixed order (CUDA's deterministic path; CPU twin for tests).
   m.def(
       "triplane_sample_plane_grad_rows(Tensor grad_out, Tensor planes, Tensor coords,"

@@ -12,18 +12,20 @@ from .ops import (
     MeshIndex,
     SharedPlanes,
     barycentric_interpolate,
+    bias_act,
     closest_point,
     composite,
     correspondence,
     importance_sample,
     merge_samples,
+    softplus,
     triplane_sample,
 )
 
 __version__ = "0.1.0"
 __all__ = ["ClosestPoint", "CompositeResult", "Correspondence", "MeshBVH", "MeshIndex", "SharedPlanes",
-           "barycentric_interpolate", "closest_point", "composite", "correspondence",
-           "importance_sample", "merge_samples", "triplane_sample", "info", "__version__"]
+           "barycentric_interpolate", "bias_act", "closest_point", "composite", "correspondence",
+           "importance_sample", "merge_samples", "softplus", "triplane_sample", "info", "__version__"]
 
 
 def info():

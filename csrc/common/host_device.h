@@ -93,6 +93,19 @@ OMNIFAST_MATH_FN(sqrt_of, sqrt)
 OMNIFAST_MATH_FN(abs_of, fabs)
 #undef OMNIFAST_MATH_FN
 
+// The exponential and log1p that shared math calls by default (a template parameter `Math`); the
+// CPU's float32 loops pass vectorisable ones instead (common/vector_math.h).
+struct StandardMath {
+  template <typename T>
+  static OMNIFAST_HD T exp(T x) {
+    return exp_of(x);
+  }
+  template <typename T>
+  static OMNIFAST_HD T log1p(T x) {
+    return log1p_of(x);
+  }
+};
+
 // x * y + z with one rounding (exact products for compensated arithmetic).
 template <typename T>
 OMNIFAST_HD T fma_of(T x, T y, T z) {
@@ -122,6 +135,18 @@ OMNIFAST_HD float largest_finite<float>() {
 template <>
 OMNIFAST_HD double largest_finite<double>() {
   return 1.7976931348623157e308;
+}
+
+// The smallest positive normal number: below it the CPU's arithmetic takes slow paths.
+template <typename T>
+OMNIFAST_HD T smallest_normal();
+template <>
+OMNIFAST_HD float smallest_normal<float>() {
+  return 1.17549435e-38f;
+}
+template <>
+OMNIFAST_HD double smallest_normal<double>() {
+  return 2.2250738585072014e-308;
 }
 
 template <typename T>

@@ -75,7 +75,7 @@ OMNIFAST_HD float log1p(float x) {
 
 }  // namespace vector_math
 
-// The math policy of the shared kernels' density functions (e.g. composite.h's StandardMath).
+// The math policy of the shared kernels' density functions (common/host_device.h's StandardMath).
 struct VectorMath {
   static OMNIFAST_HD float exp(float x) { return vector_math::exp(x); }
   static OMNIFAST_HD float log1p(float x) { return vector_math::log1p(x); }

@@ -36,19 +36,6 @@ struct CompositeShape {
   int mode;          // CompositeMode
 };
 
-// The exponential and log1p the density math calls: the standard ones by default; the CPU's
-// table loops pass vectorisable ones (common/vector_math.h).
-struct StandardMath {
-  template <typename T>
-  static OMNIFAST_HD T exp(T x) {
-    return exp_of(x);
-  }
-  template <typename T>
-  static OMNIFAST_HD T log1p(T x) {
-    return log1p_of(x);
-  }
-};
-
 // Raw density of one sample and its derivatives with respect to the field value and beta.
 template <typename acc_t>
 struct Density {

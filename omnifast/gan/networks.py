@@ -7,6 +7,8 @@ and the [1, 3, 3, 1] filter for every resampling with EG3D's padding. Module and
 are EG3D's (``fc0``, ``embed``, ``b64.conv1``, ``b4.out``, ...), so state dicts line up.
 Resampling convolutions work at the lower resolution: up, a transposed convolution (stride 2)
 then the filter; down, the filter then a convolution of stride 2."""
+import contextlib
+import contextvars
 import math
 
 import torch
@@ -14,9 +16,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..ops.activation import bias_act as fused_bias_act
 from ..render.decoder import FullyConnected
 
 LRELU_GAIN = math.sqrt(2)
+_FUSED = contextvars.ContextVar("omnifast_fused_bias_act", default=True)
+
+
+@contextlib.contextmanager
+def fused_activations(enabled):
+    """Inside, the networks' ``bias_act`` runs omnifast's op (:func:`omnifast.bias_act`, one pass
+    each way; the default) or, disabled, the plain PyTorch one (EG3D's path without its CUDA
+    plugin, the reference backend's): the same values to rounding."""
+    token = _FUSED.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _FUSED.reset(token)
 
 
 class _Activation(torch.autograd.Function):
@@ -51,7 +67,7 @@ class _Activation(torch.autograd.Function):
 
 def lrelu(x):
     """``leaky_relu(x, 0.2) * sqrt 2``, keeping only its output."""
-    return _Activation.apply(x, True, 1.0, None)
+    return bias_act(x)
 
 
 def normalize_2nd_moment(x, eps=1e-8):
@@ -358,11 +374,15 @@ def recomputed(module, recompute, *args):
 def bias_act(x, bias=None, gain=1.0, clamp=None, activation="lrelu"):
     """EG3D's ``bias_act``: add the bias, leaky ReLU (0.2) times sqrt 2, times ``gain``, clamped
     to +-``clamp`` (``conv_clamp`` times the gain)."""
+    leaky = activation == "lrelu"
+    if not leaky and gain == 1 and clamp is None:
+        return x if bias is None else x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
+    if _FUSED.get() and x.dtype in (torch.float32, torch.float64) and x.dim() >= 2:
+        return fused_bias_act(x, None if bias is None else bias.to(x.dtype), act=activation,
+                              gain=gain * LRELU_GAIN if leaky else gain, clamp=clamp)
     if bias is not None:
         x = x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
-    if activation != "lrelu" and gain == 1 and clamp is None:
-        return x
-    return _Activation.apply(x, activation == "lrelu", gain, clamp)
+    return _Activation.apply(x, leaky, gain, clamp)
 
 
 class Conv2dLayer(nn.Module):

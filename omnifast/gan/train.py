@@ -16,6 +16,7 @@ from ..render import BACKENDS, RenderConfig
 from ..runs import RunError, RunFolder, atomic_write, check_new_run_folder, check_steps_left
 from . import loss as L
 from .models import DualDiscriminator, Generator, GeneratorConfig
+from .networks import fused_activations
 
 TRAIN_LOG = "train_log.csv"
 TRAIN_COLUMNS = ("step", "seconds", "G", "D", "geometry_prior", "control", "D_control", "density_reg", "eikonal", "r1",
@@ -323,7 +324,12 @@ class GANRun:
         """EG3D's phases, each its own optimiser step: G main; G reg (the density regulariser
         and the eikonal loss, every ``density_reg_interval`` steps, weighted by the interval);
         D main; D reg (R1, every ``r1_interval`` steps, weighted by the interval). Each phase
-        draws its own latents and labels."""
+        draws its own latents and labels. The networks' activations are omnifast's fused op
+        under the omnifast backend and plain PyTorch under the references."""
+        with fused_activations(self.config.backend == "omnifast"):
+            return self._train_step()
+
+    def _train_step(self):
         c, terms = self.config, {}
         self._phase("data")
         torch.manual_seed(_step_seed(c.seed, self.step, 2 + self.rank))  # noise inputs and ray jitter

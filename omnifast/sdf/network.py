@@ -2,12 +2,15 @@
 the point, conditioned on the FLAME parameters, returning the signed distance to the posed head
 and the point's correspondence in canonical space."""
 import contextlib
+import functools
 import math
 from collections import namedtuple
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from ..ops.activation import softplus
 
 SDFOutput = namedtuple("SDFOutput", ["sdf", "canonical", "gradient"])
 
@@ -100,7 +103,7 @@ class SemanticSDF(nn.Module):
             parts += [torch.sin((2.0 ** k) * math.pi * x), torch.cos((2.0 ** k) * math.pi * x)]
         return torch.cat(parts, -1)
 
-    def _field(self, x, cond):
+    def _field(self, x, cond, activation):
         """Network output in box units for box coordinates ``x [B, N, 3]``."""
         embedded = self._embed(x)
         h = embedded
@@ -110,10 +113,11 @@ class SemanticSDF(nn.Module):
             h = layer(h)
             if str(i) in self.condition_in:
                 h = h + self.condition_in[str(i)](cond).unsqueeze(1)
-            h = self.activation(h)
+            h = activation(h)
         return self.sdf_out(h).squeeze(-1), self.offset_out(h)
 
-    def forward(self, points, params, frames=None, *, with_gradient=False, create_graph=True):
+    def forward(self, points, params, frames=None, *, with_gradient=False, create_graph=True,
+                fast_softplus=False):
         """Evaluate the field.
 
         Args:
@@ -124,6 +128,8 @@ class SemanticSDF(nn.Module):
                 omitted.
             with_gradient: also return ``grad_x s`` (autograd; differentiable again with
                 ``create_graph``, as the eikonal and normal losses need).
+            fast_softplus: the activations by :func:`omnifast.softplus` (the same values to
+                rounding; several times faster than PyTorch's on the CPU).
         Returns:
             ``SDFOutput(sdf [B, N], canonical [B, N, 3], gradient [B, N, 3] or None)``.
         """
@@ -147,7 +153,10 @@ class SemanticSDF(nn.Module):
             # Distance beyond the box; the clamp keeps its derivatives finite (zero) inside.
             outside = ((local - inside) ** 2).sum(-1).clamp_min(1e-20).sqrt() - 1e-10
             cond = self.condition(params / self.param_scale)
-            sdf, offset = self._field(inside, cond)
+            activation = self.activation
+            if fast_softplus:
+                activation = functools.partial(softplus, beta=activation.beta, threshold=activation.threshold)
+            sdf, offset = self._field(inside, cond, activation)
             sdf = (sdf + outside) * self.scale
             canonical = unposed + offset * self.scale
             gradient = None

@@ -61,6 +61,24 @@ def mesh():
         index.vertex_normals(verts)
 
 
+def softplus():
+    for dtype in (torch.float32, torch.float64):
+        for shape in ((0,), (7,), (3, 257)):
+            x = (torch.randn(shape) * 30).to(dtype).requires_grad_()
+            torch.autograd.grad(omnifast.softplus(x, 10.0).sum(), x)
+
+
+def bias_act():
+    for dtype in (torch.float32, torch.float64):
+        for shape in ((0, 3), (2, 5), (2, 3, 7, 9)):
+            x = (torch.randn(shape) * 3).to(dtype).requires_grad_()
+            b = torch.randn(shape[1], dtype=dtype)
+            for bias, clamp in ((b, 2.0), (None, None)):
+                y = omnifast.bias_act(x, bias, act="lrelu", clamp=clamp)
+                grad, = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+                torch.autograd.grad(grad.sum(), x)
+
+
 if __name__ == "__main__":
     if not _C_loader.compiled_backends()["simt"]:
         sys.exit("sanitize.py needs the SIMT build (OMNIFAST_SIMT=1)")
@@ -70,5 +88,7 @@ if __name__ == "__main__":
         triplane()
         composite()
         mesh()
+        softplus()
+        bias_act()
     after = _C_loader.simt_stats()
     print("sanitizers: no report;", ", ".join(f"{k} {after[k] - before[k]}" for k in after))
