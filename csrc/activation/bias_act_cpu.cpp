@@ -23,24 +23,29 @@ OMNIFAST_VECTOR_CLONES void grad_row(int64_t n, const T* __restrict grad, const 
   for (int64_t i = 0; i < n; ++i) out[i] = bias_act_gradient(grad[i], y[i], s);
 }
 
+// fn(r) for every row r = (image, channel), rows split over the workers.
+template <typename F>
+void each_row(const BiasActShape& shape, F&& fn) {
+  const int64_t rows = shape.inner == 0 ? 0 : shape.numel / shape.inner;
+  at::parallel_for(0, rows, row_grain(shape.inner), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) fn(r);
+  });
+}
+
 template <typename T>
 void values(const BiasActShape& shape, const T* x, const T* bias, T* out) {
   const BiasActSlopes<T> s = slopes_of<T>(shape);
-  const int64_t inner = shape.inner, rows = inner == 0 ? 0 : shape.numel / inner;
-  at::parallel_for(0, rows, row_grain(inner), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      value_row(inner, x + r * inner, bias ? bias[r % shape.channels] : T(0), s, out + r * inner);
+  const int64_t n = shape.inner;
+  each_row(shape, [&](int64_t r) {
+    value_row(n, x + r * n, bias ? bias[r % shape.channels] : T(0), s, out + r * n);
   });
 }
 
 template <typename T>
 void grads(const BiasActShape& shape, const T* grad, const T* y, T* out) {
   const BiasActSlopes<T> s = slopes_of<T>(shape);
-  const int64_t inner = shape.inner, rows = inner == 0 ? 0 : shape.numel / inner;
-  at::parallel_for(0, rows, row_grain(inner), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r)
-      grad_row(inner, grad + r * inner, y + r * inner, s, out + r * inner);
-  });
+  const int64_t n = shape.inner;
+  each_row(shape, [&](int64_t r) { grad_row(n, grad + r * n, y + r * n, s, out + r * n); });
 }
 
 }  // namespace

@@ -375,14 +375,13 @@ def bias_act(x, bias=None, gain=1.0, clamp=None, activation="lrelu"):
     """EG3D's ``bias_act``: add the bias, leaky ReLU (0.2) times sqrt 2, times ``gain``, clamped
     to +-``clamp`` (``conv_clamp`` times the gain)."""
     leaky = activation == "lrelu"
-    if not leaky and gain == 1 and clamp is None:
-        return x if bias is None else x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
-    if _FUSED.get() and x.dtype in (torch.float32, torch.float64) and x.dim() >= 2:
+    identity = not leaky and gain == 1 and clamp is None
+    if not identity and _FUSED.get() and x.dtype in (torch.float32, torch.float64) and x.dim() >= 2:
         return fused_bias_act(x, None if bias is None else bias.to(x.dtype), act=activation,
                               gain=gain * LRELU_GAIN if leaky else gain, clamp=clamp)
     if bias is not None:
         x = x + bias.to(x.dtype).reshape(1, -1, *([1] * (x.dim() - 2)))
-    return _Activation.apply(x, leaky, gain, clamp)
+    return x if identity else _Activation.apply(x, leaky, gain, clamp)
 
 
 class Conv2dLayer(nn.Module):
