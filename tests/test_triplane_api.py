@@ -1,6 +1,7 @@
 """Registration (opcheck, torch.compile), bad input, the EG3D/OmniAvatar drop-ins, and the CLI."""
 import json
 import math
+import os
 import subprocess
 import sys
 import types
@@ -246,9 +247,9 @@ def test_patch_swaps_the_renderer_module_functions():
 # ---------------------------------------------------------------------------------------------
 # The command line
 
-def run_cli(*args):
+def run_cli(*args, env=None):
     return subprocess.run([sys.executable, "-m", "omnifast", *args], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=600, env=env)
 
 
 def test_cli_info():
@@ -299,8 +300,12 @@ def test_cli_bench_all_ops(tmp_path):
 
 def test_cli_bench_render_rows_and_budget(tmp_path):
     path = tmp_path / "bench.json"
-    result = run_cli("bench", "render", "--quick", "--device", "cpu", "--memory-budget", "0.5", "--json", str(path))
+    scratch = tmp_path / "tmp"  # omnifast's temporary files: none may be left behind
+    scratch.mkdir()
+    result = run_cli("bench", "render", "--quick", "--device", "cpu", "--memory-budget", "0.5", "--json", str(path),
+                     env={**os.environ, "TMPDIR": str(scratch)})
     assert result.returncode == 0, result.stderr
+    assert not [p.name for p in scratch.iterdir() if not p.name.startswith("torchinductor_")]  # torch's own cache
     report = json.loads(path.read_text())
     rows = report["results"]
     backends = ("omnifast", "reference", "reference+checkpoint")

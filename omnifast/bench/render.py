@@ -81,9 +81,9 @@ def untrained_warps(device, network="small"):
     warp costs hardly depends on its weights (PyTorch's softplus is slower on the larger
     activations of an untrained W, omnifast's too: the two backends' ratio measured the same,
     about 1.2x, on it and on the demo's trained W)."""
-    folder = tempfile.mkdtemp(prefix="omnifast-bench-flame-")
-    make_synthetic_flame(folder)
-    flame = Flame(folder, 100, 100)
+    with tempfile.TemporaryDirectory(prefix="omnifast-bench-flame-") as folder:  # read once, then removed
+        make_synthetic_flame(folder)
+        flame = Flame(folder, 100, 100)
     sampler = SDFSampler(flame)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)

@@ -22,7 +22,10 @@ TRAIN_LOG = "train_log.csv"
 TRAIN_COLUMNS = ("step", "seconds", "G", "D", "geometry_prior", "control", "D_control", "density_reg", "eikonal", "r1",
                  "fd_random", "nrr", "blur", "beta")
 CHECKPOINT_KEYS = ("config", "step", "G", "D", "G_ema", "opt_G", "opt_D")
-TINY_GENERATOR = dict(z_dim=64, w_dim=64, grid_resolution=32, grid_channels=8, channel_base=2048, channel_max=64,
+# The tri-grid at 128^2: at 32^2 an eye of the demo's heads is about one cell, and no fit shows it,
+# not even one image fitted directly (benchmarks/grid_capacity.py); at 128^2 one does, for about
+# 15% more time an iteration (the backbone's last layers have 16 and 32 channels).
+TINY_GENERATOR = dict(z_dim=64, w_dim=64, grid_resolution=128, grid_channels=8, channel_base=2048, channel_max=64,
                       feature_channels=16, sr_channels=[32, 16])
 SR_FREE_RENDER = dict(sampling="proposal", proposal_samples=24, depth_resolution=48, depth_resolution_importance=48)
 # The tiny presets' training, for runs of a few hundred iterations at batch 2 on 64^2 images:
