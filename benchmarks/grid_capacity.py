@@ -26,6 +26,8 @@ def fit(data, sdf_run, resolution, steps, lr, index):
                                    generator={**preset["generator"], "grid_resolution": resolution})
     run = GANRun(config)
     G = run.G
+    if index >= len(run.dataset):
+        raise SystemExit(f"--index must be below the dataset's {len(run.dataset)} images, got {index}")
     image, label = run.dataset[index]
     real = image[None].float() / 127.5 - 1
     real_raw = F.interpolate(real, size=config.nrr_initial, mode="bilinear", antialias=True)
@@ -53,19 +55,35 @@ def fit(data, sdf_run, resolution, steps, lr, index):
     return [out["image"][0], raw[0]], real[0]
 
 
+def at_least(low, kind=int):
+    def parse(text):
+        value = kind(text)
+        if not value >= low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
+        return value
+    return parse
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True)
     parser.add_argument("--sdf-run", required=True)
-    parser.add_argument("--resolutions", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--lr", type=float, default=0.03)
-    parser.add_argument("--index", type=int, default=0, help="which image of the dataset")
+    parser.add_argument("--resolutions", type=at_least(4), nargs="+", default=[32, 128],
+                        help="tri-grid resolutions (powers of two)")
+    parser.add_argument("--steps", type=at_least(1), default=300)
+    parser.add_argument("--lr", type=at_least(1e-12, float), default=0.03)
+    parser.add_argument("--index", type=at_least(0), default=0, help="which image of the dataset")
     parser.add_argument("--out", required=True, help="PNG: per resolution the image and the raw image, then the data")
     args = parser.parse_args()
+    for resolution in args.resolutions:
+        if resolution & (resolution - 1):
+            parser.error(f"--resolutions: each must be a power of two (the backbone doubles), got {resolution}")
     tiles = []
     for resolution in args.resolutions:
-        fitted, real = fit(args.data, args.sdf_run, resolution, args.steps, args.lr, args.index)
+        try:
+            fitted, real = fit(args.data, args.sdf_run, resolution, args.steps, args.lr, args.index)
+        except (OSError, ValueError) as error:  # RunError is a ValueError: a missing or mismatched folder
+            raise SystemExit(f"grid_capacity.py: {error}") from None
         tiles += fitted
     row = torch.cat([*tiles, real], -1)
     write_png(args.out, ((row.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy().astype(np.uint8))

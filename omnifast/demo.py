@@ -21,7 +21,7 @@ DEMO = {
                  seeds="0-7", frames=24, mesh_resolution=128, eval_samples=16, quality_images=256),
 }
 # What to expect, printed at the start (the CPU's from runs of the default settings).
-EXPECTED = {"cpu": "about 13 minutes on 2 CPU cores (longer on a slower machine: every stage runs a fixed "
+EXPECTED = {"cpu": "about 11 minutes on 2 CPU cores (longer on a slower machine: every stage runs a fixed "
                    "number of steps)",
             "cuda": "about an hour on an H200, projected from cut-down runs there (stage I 0.08 s a step, "
                     "16 dataset images a second, stage II 1.3 s an iteration)"}
