@@ -11,13 +11,13 @@ comes from this.
 """
 import argparse
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from omnifast.gan import loss as L
 from omnifast.gan.networks import fused_activations
 from omnifast.gan.train import PRESETS, GANConfig, GANRun, write_png
+from omnifast.sdf.commands import at_least, positive_float
 
 
 def fit(data, sdf_run, resolution, steps, lr, index):
@@ -30,7 +30,7 @@ def fit(data, sdf_run, resolution, steps, lr, index):
         raise SystemExit(f"--index must be below the dataset's {len(run.dataset)} images, got {index}")
     image, label = run.dataset[index]
     real = image[None].float() / 127.5 - 1
-    real_raw = F.interpolate(real, size=config.nrr_initial, mode="bilinear", antialias=True)
+    real_raw = L.resize(real, config.nrr_initial)  # the training's raw target
     c = label[None]
     z = torch.randn(1, G.config.z_dim, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -55,15 +55,6 @@ def fit(data, sdf_run, resolution, steps, lr, index):
     return [out["image"][0], raw[0]], real[0]
 
 
-def at_least(low, kind=int):
-    def parse(text):
-        value = kind(text)
-        if not value >= low:
-            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text}")
-        return value
-    return parse
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True)
@@ -71,7 +62,7 @@ def main():
     parser.add_argument("--resolutions", type=at_least(4), nargs="+", default=[32, 128],
                         help="tri-grid resolutions (powers of two)")
     parser.add_argument("--steps", type=at_least(1), default=300)
-    parser.add_argument("--lr", type=at_least(1e-12, float), default=0.03)
+    parser.add_argument("--lr", type=positive_float, default=0.03)
     parser.add_argument("--index", type=at_least(0), default=0, help="which image of the dataset")
     parser.add_argument("--out", required=True, help="PNG: per resolution the image and the raw image, then the data")
     args = parser.parse_args()
@@ -86,7 +77,7 @@ def main():
             raise SystemExit(f"grid_capacity.py: {error}") from None
         tiles += fitted
     row = torch.cat([*tiles, real], -1)
-    write_png(args.out, ((row.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy().astype(np.uint8))
+    write_png(args.out, ((row.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
 
 
 if __name__ == "__main__":
