@@ -9,6 +9,7 @@ opening someone else's checkpoint cannot run code.
 """
 import csv
 import json
+import math
 import os
 import pickle
 import re
@@ -24,6 +25,28 @@ PATH_SETTINGS = ("dataset", "sdf_run", "flame_dir", "init")
 
 class RunError(ValueError):
     """A run folder's file is missing, unreadable or incomplete (the message names the file)."""
+
+
+def check_fields(config, integers=(), numbers=(), flags=()):
+    """Check a settings dataclass's fields, raising ``ValueError("<Class>: <name> must be ...,
+    got ...")`` for the first bad one: ``integers`` (name, low): integers >= low; ``numbers``
+    (name, low, inclusive): finite numbers above (or at) low; ``flags``: true or false. A NaN or
+    a string would otherwise pass a comparison or fail far from the setting that caused it."""
+    def fail(name, expected):
+        raise ValueError(f"{type(config).__name__}: {name} must be {expected}, got {getattr(config, name)!r}")
+
+    for name, low in integers:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            fail(name, f"an integer >= {low}")
+    for name, low, inclusive in numbers:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or value < low or (value == low and not inclusive):
+            fail(name, f"a finite number {'>=' if inclusive else '>'} {low}")
+    for name in flags:
+        if not isinstance(getattr(config, name), bool):
+            fail(name, "true or false")
 
 
 def atomic_write(path, write, binary=True):

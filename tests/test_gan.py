@@ -652,6 +652,14 @@ def test_a_new_run_refuses_a_folder_that_is_not_a_stage_two_run(stage_one, tmp_p
     ("nrr_fade_kimg", 0, "nrr_fade_kimg must be a finite number > 0, got 0"),
     ("recompute_full_resolution", "yes", "recompute_full_resolution must be true or false, got 'yes'"),
     ("mixed_precision", 1, "mixed_precision must be true or false, got 1"),
+    # the generator's and the renderer's settings are checked with the run's, by name
+    ("generator", dict(grid_resolution=100), "GeneratorConfig: grid_resolution must be a power of two >= 4, got 100"),
+    ("generator", dict(z_dim="64"), "GeneratorConfig: z_dim must be an integer >= 1, got '64'"),
+    ("generator", dict(sr_channels=[32]), r"GeneratorConfig: sr_channels must be empty \(EG3D's\) or two positive"),
+    ("generator", dict(pose_noise=float("nan")), "GeneratorConfig: pose_noise must be a finite number >= 0, got nan"),
+    ("generator", dict(decoder_activation="relu"), "GeneratorConfig: decoder_activation must be one of"),
+    ("generator", dict(background=1), "GeneratorConfig: background must be true or false, got 1"),
+    ("render", dict(depth_resolution=1), "RenderConfig: depth_resolution must be an integer >= 2, got 1"),
 ])
 def test_nonsense_settings_are_refused_by_name(tmp_path, name, value, message):
     with pytest.raises(RunError, match=message):

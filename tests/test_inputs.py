@@ -12,10 +12,13 @@ import pytest
 import torch
 
 from omnifast.cli import main as cli_main
-from omnifast.data import ImageDataset, make_dataset
+from omnifast.data import ImageDataset, SceneDistribution, make_dataset
 from omnifast.flame import make_synthetic_flame
+from omnifast.gan.models import GeneratorConfig
 from omnifast.gan.train import GANConfig, train_gan
 from omnifast.runs import RunError, RunFolder, atomic_write
+from omnifast.sdf.data import ParamDistribution
+from omnifast.sdf.losses import LossWeights
 from omnifast.sdf.network import NetworkConfig
 from omnifast.sdf.train import TrainConfig, load_run, train
 
@@ -362,3 +365,22 @@ def test_running_out_of_memory_is_one_line(monkeypatch, capsys):
     monkeypatch.setattr(cli, "build_parser", lambda: (parser, {**handlers, "info": lambda a: np.zeros(2)[5]}))
     with pytest.raises(IndexError):  # a defect is not disguised as a user error
         cli_main(["info"])
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda: SceneDistribution(radius=0),
+     "SceneDistribution: radius must be a finite number > 0, got 0"),
+    (lambda: SceneDistribution(pivot=(0, float("nan"), 0)),
+     "SceneDistribution: pivot must be None or three finite numbers"),
+    (lambda: LossWeights(normal=float("nan")),
+     "LossWeights: normal must be a finite number >= 0, got nan"),
+    (lambda: ParamDistribution(jaw_open_max=-0.1),
+     "ParamDistribution: jaw_open_max must be a finite number >= 0, got -0.1"),
+    (lambda: NetworkConfig(frequencies=True), "NetworkConfig: frequencies must be an integer >= 0, got True"),
+    (lambda: GeneratorConfig(sr_input_resolution=48),
+     r"GeneratorConfig: sr_input_resolution must be 0 \(EG3D's\) or a power of two >= 4, got 48"),
+])
+def test_settings_classes_refuse_bad_values_by_name(make, message):
+    """A NaN weight would silently switch its loss off; a string would fail far from its setting."""
+    with pytest.raises(ValueError, match=message):
+        make()

@@ -465,7 +465,15 @@ def test_commands_name_a_bad_checkpoint(tiny_run, tmp_path, content, message):
 @pytest.mark.parametrize("content,message", [("{not json", "not a readable JSON settings file"),
                                              ("[1, 2]", "expected a JSON object"),
                                              ('{"stepz": 3}', "unknown setting 'stepz'"),
-                                             ('{"batch": "four"}', "batch must be a positive integer")])
+                                             ('{"batch": "four"}', "batch must be a positive integer"),
+                                             ('{"network": {"hidden": "16"}}',
+                                              "NetworkConfig: hidden must be an integer >= 1, got '16'"),
+                                             ('{"network": {"layers": 3, "skip": 3}}',
+                                              "NetworkConfig: skip must be 0 (none) or a hidden layer"),
+                                             ('{"weights": {"eikonal": -1}}',
+                                              "LossWeights: eikonal must be a finite number >= 0, got -1"),
+                                             ('{"distribution": {"neck_std": "0.1"}}',
+                                              "ParamDistribution: neck_std must be a finite number >= 0")])
 def test_train_sdf_names_a_bad_config_file(tiny_run, tmp_path, content, message):
     settings = tmp_path / "settings.json"
     settings.write_text(content)

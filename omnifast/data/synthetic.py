@@ -9,6 +9,7 @@ import torch
 
 from ..geometry import camera_labels, camera_rays, ffhq_intrinsics, orbit_cam2world, ray_box_intersection
 from ..ops.mesh import MeshIndex, barycentric_interpolate
+from ..runs import check_fields
 
 # FLAME's 51 static landmarks: 10 brow, 9 nose, 12 eye (6 each), 20 mouth (12 outer lip, 8 inner).
 BROWS, NOSE, EYES, OUTER_LIP, INNER_LIP = (range(0, 10), range(10, 19), (range(19, 25), range(25, 31)),
@@ -23,6 +24,13 @@ class SceneDistribution:
     pitch_std: float = 0.12
     radius: float = 2.7
     pivot: tuple = None     # world point the cameras look at (None: the face's centre)
+
+    def __post_init__(self):
+        check_fields(self, numbers=[("yaw_std", 0, True), ("pitch_std", 0, True), ("radius", 0, False)])
+        pivot = self.pivot
+        if pivot is not None and (not isinstance(pivot, (tuple, list)) or len(pivot) != 3 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pivot)):
+            raise ValueError(f"SceneDistribution: pivot must be None or three finite numbers, got {pivot!r}")
 
 
 def _segment_distance(points, a, b):

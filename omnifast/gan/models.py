@@ -11,7 +11,8 @@ from torch import nn
 
 from ..geometry.cameras import LABEL_SIZE
 from ..render import OSGDecoder, Renderer
-from ..render.decoder import FullyConnected
+from ..render.decoder import ACTIVATIONS, FullyConnected
+from ..runs import check_fields
 from .networks import (
     DiscriminatorBlock,
     DiscriminatorEpilogue,
@@ -50,6 +51,25 @@ class GeneratorConfig:
     # False: no super-resolution; the image is the rendered image at the image's resolution (the
     # SR-free presets), and the dual discriminator's raw input is that same image.
     superresolution: bool = True
+
+    def __post_init__(self):
+        check_fields(self, integers=[(name, 1) for name in ("z_dim", "w_dim", "mapping_layers", "grid_channels",
+                                                            "triplane_depth", "channel_base", "channel_max",
+                                                            "feature_channels")],
+                     numbers=[("pose_noise", 0, True)], flags=("background", "sr_noise", "superresolution"))
+        for name in ("grid_resolution", "background_resolution", "sr_input_resolution"):  # the backbones double
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value & (value - 1) or value < 4 \
+                    and not (name == "sr_input_resolution" and value == 0):
+                extra = "0 (EG3D's) or " if name == "sr_input_resolution" else ""
+                raise ValueError(f"GeneratorConfig: {name} must be {extra}a power of two >= 4, got {value!r}")
+        if not isinstance(self.sr_channels, (list, tuple)) or len(self.sr_channels) not in (0, 2) \
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.sr_channels):
+            raise ValueError(f"GeneratorConfig: sr_channels must be empty (EG3D's) or two positive integers, "
+                             f"got {self.sr_channels!r}")
+        if self.decoder_activation not in ACTIVATIONS:
+            raise ValueError(f"GeneratorConfig: decoder_activation must be one of {ACTIVATIONS}, "
+                             f"got {self.decoder_activation!r}")
 
 
 EG3D_SR_INPUT = {128: 64, 256: 128, 512: 128}

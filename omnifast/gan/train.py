@@ -166,6 +166,8 @@ class GANConfig:
         unknown |= set(self.render) - {f.name for f in dataclasses.fields(RenderConfig)}
         if unknown:
             raise ValueError(f"unknown generator or render setting {sorted(unknown)[0]!r}")
+        GeneratorConfig(**self.generator)  # each setting checked now, not when the run builds its networks
+        RenderConfig(**self.render)
 
     def to_dict(self):
         return dataclasses.asdict(self)

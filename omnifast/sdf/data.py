@@ -2,12 +2,13 @@
 canonical points, and off-surface samples with ground-truth signed distance and correspondence
 from :func:`omnifast.correspondence` on the watertight (capped) posed mesh."""
 from collections import namedtuple
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
 from ..geometry import jitter, surface_samples
 from ..ops.mesh import MeshIndex, barycentric_interpolate
+from ..runs import check_fields
 
 # The sign of the prior's distance: the winding number, not the pseudonormal. FLAME's expressions
 # fold the surface here and there (the lips, the nose); a folded vertex's pseudonormal points the
@@ -39,6 +40,9 @@ class ParamDistribution:
     jaw_side_std: float = 0.03
     neck_std: float = 0.1
     global_std: float = 0.0
+
+    def __post_init__(self):
+        check_fields(self, numbers=[(f.name, 0, True) for f in fields(self)])
 
     def sample(self, layout, batch, generator=None, device="cpu", dtype=torch.float32):
         """``[batch, layout.size]`` parameter vectors."""

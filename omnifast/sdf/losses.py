@@ -1,6 +1,8 @@
 """The semantic SDF's losses. Distances enter in units of the network's box half-size, so the
 weights do not depend on the head's size in metres."""
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+
+from ..runs import check_fields
 
 
 @dataclass
@@ -12,6 +14,9 @@ class LossWeights:
     semantic: float = 1.0      # |x_bar - x_bar*| on the surface
     sdf: float = 1.0           # |s - s*| off the surface
     correspondence: float = 0.5  # |x_bar - x_bar*| off the surface
+
+    def __post_init__(self):  # a NaN weight would silently turn its term off
+        check_fields(self, numbers=[(f.name, 0, True) for f in fields(self)])
 
 
 def iso_loss(sdf, gradient, normals):

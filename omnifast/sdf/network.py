@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..ops.activation import softplus
+from ..runs import check_fields
 
 SDFOutput = namedtuple("SDFOutput", ["sdf", "canonical", "gradient"])
 
@@ -26,6 +27,13 @@ class NetworkConfig:
     condition: int = 64       # width of the parameter embedding
     softplus_beta: float = 100.0
     init_radius: float = 0.5  # geometric initialisation: a sphere of this radius in box units
+
+    def __post_init__(self):
+        check_fields(self, integers=[("hidden", 1), ("layers", 1), ("skip", 0), ("frequencies", 0), ("condition", 1)],
+                     numbers=[("softplus_beta", 0, False), ("init_radius", 0, False)])
+        if self.skip >= self.layers:
+            raise ValueError(f"NetworkConfig: skip must be 0 (none) or a hidden layer after the first, below layers "
+                             f"({self.layers}), got {self.skip}")
 
     @staticmethod
     def preset(name):
