@@ -98,7 +98,8 @@ def run_demo(args):
     # for them (as the tiny presets do; the others are EG3D's FFHQ recipe) unless the user's settings
     # name the generator's.
     settings.setdefault("generator", {**PRESETS[plan["gan_preset"]].get("generator", {}), "background": True})
-    GANConfig.with_preset(plan["gan_preset"], **{**settings, "dataset": "-", "sdf_run": "-"})  # its errors now
+    GANConfig.with_preset(plan["gan_preset"], f"--gan-config {args.gan_config}" if args.gan_config else "settings",
+                          **{**settings, "dataset": "-", "sdf_run": "-"})  # its errors now
     seeds = parse_seeds(plan["seeds"])
     check_video_writer(os.path.join(out, "generated", f"{SWEEPS[0]}.mp4"), "the demo's sweep videos")
     if plan["quality_images"] == 1:

@@ -381,6 +381,14 @@ def test_train_gan_command(stage_one, tmp_path):
     changed = run("--out", out, "--resume", "--data", str(stage_one / "data"), "--sdf-run", str(stage_one / "sdf"),
                   "--config", str(settings), "--lr-g", "0.1", "--no-progress", "--device", "cpu")
     assert changed.returncode == 2 and "lr_g" in changed.stderr
+    # a bad value is named with the file it came from, before anything is written
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"generator": {"grid_resolution": 96}}))
+    refused = run("--out", str(tmp_path / "refused"), "--data", str(stage_one / "data"), "--sdf-run",
+                  str(stage_one / "sdf"), "--config", str(bad), "--no-progress", "--device", "cpu")
+    assert refused.returncode == 2 and (f"settings ({bad}, the command line): GeneratorConfig: grid_resolution must "
+                                        "be a power of two >= 4, got 96") in refused.stderr, refused.stderr
+    assert not (tmp_path / "refused").exists()
 
 
 def test_resume_honours_the_operational_settings_it_is_given(stage_one, tmp_path):

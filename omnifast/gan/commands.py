@@ -2,6 +2,7 @@
 commands."""
 import json
 import math
+import os
 
 import numpy as np
 
@@ -168,7 +169,6 @@ def write_generation(generator, seeds, base, out, *, sweep=None, frames=8, yaw=0
     ``out`` (a row per seed, a column per setting of ``sweep``), with ``extras`` the raw, depth
     and normals grids beside it, the sweep as a ``video`` (.mp4 or .gif), and the first seed's
     ``mesh`` (PLY, and its canonical twin). Returns ``(written paths, settings)``."""
-    import os
 
     import torch
 
@@ -224,7 +224,6 @@ def write_generation(generator, seeds, base, out, *, sweep=None, frames=8, yaw=0
 def check_video_writer(path, what=None):
     """An MP4 needs imageio's ffmpeg plugin (the ``imageio-ffmpeg`` package); without it imageio
     would hand the frames to another writer that fails on them, so say so before any work."""
-    import os
 
     from ..runs import RunError
 
@@ -240,7 +239,6 @@ def check_video_writer(path, what=None):
 
 def write_video(path, frames, fps=12):
     """MP4 (through imageio's ffmpeg) or GIF, written to a temporary name and renamed."""
-    import os
 
     import imageio.v2 as imageio
 
@@ -296,7 +294,10 @@ def train_gan_command(args):
         raise RunError("a new run needs --data and --sdf-run (or a --config naming them)")
     preset = settings.pop("preset", None)
     preset = args.preset or preset or ("64" if device.startswith("cuda") else "tiny")
-    config = GANConfig.with_preset(preset, **{**settings, "device": device})
+    # A bad value is named with where it came from: the resumed run's settings, --config, the flags.
+    origins = [os.path.join(args.out, "config.json")] * args.resume + [args.config] * bool(args.config)
+    source = f"settings ({', '.join([*origins, 'the command line'])})"
+    config = GANConfig.with_preset(preset, source, **{**settings, "device": device})
     terms = train_gan(config, args.out, resume=args.resume, steps=args.steps, progress=not args.no_progress)
     print(json.dumps({k: round(v, 5) for k, v in terms.items()}))
     return 0

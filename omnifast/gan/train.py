@@ -109,11 +109,12 @@ class GANConfig:
     checkpoint_every: int = 100
 
     @staticmethod
-    def with_preset(preset, **settings):
+    def with_preset(preset, source="settings", **settings):
+        """The preset's settings, then ``settings``; ``source`` names where these came from in errors."""
         if preset not in PRESETS:
             raise RunError(f"preset must be one of {', '.join(PRESETS)}, got {preset!r}")
         values = {**PRESETS[preset], **settings}
-        return GANConfig.from_dict({**values, "preset": preset})
+        return GANConfig.from_dict({**values, "preset": preset}, source)
 
     def __post_init__(self):
         for name in ("steps", "batch", "r1_interval", "density_reg_interval", "nrr_initial", "log_every",
