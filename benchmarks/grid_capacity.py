@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from omnifast.gan import loss as L
+from omnifast.gan.models import GeneratorConfig
 from omnifast.gan.networks import fused_activations
 from omnifast.gan.train import PRESETS, GANConfig, GANRun, write_png
 from omnifast.sdf.commands import at_least, positive_float
@@ -66,9 +67,11 @@ def main():
     parser.add_argument("--index", type=at_least(0), default=0, help="which image of the dataset")
     parser.add_argument("--out", required=True, help="PNG: per resolution the image and the raw image, then the data")
     args = parser.parse_args()
-    for resolution in args.resolutions:
-        if resolution & (resolution - 1):
-            parser.error(f"--resolutions: each must be a power of two (the backbone doubles), got {resolution}")
+    for resolution in args.resolutions:  # all checked before the first fit
+        try:
+            GeneratorConfig(**{**PRESETS["tiny"]["generator"], "grid_resolution": resolution})
+        except ValueError as error:
+            parser.error(f"--resolutions: {error}")
     tiles = []
     for resolution in args.resolutions:
         try:

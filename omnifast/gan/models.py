@@ -58,10 +58,10 @@ class GeneratorConfig:
                                                             "feature_channels")],
                      numbers=[("pose_noise", 0, True)], flags=("background", "sr_noise", "superresolution"))
         for name in ("grid_resolution", "background_resolution", "sr_input_resolution"):  # the backbones double
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value & (value - 1) or value < 4 \
-                    and not (name == "sr_input_resolution" and value == 0):
-                extra = "0 (EG3D's) or " if name == "sr_input_resolution" else ""
+            value, eg3d = getattr(self, name), name == "sr_input_resolution"  # 0: EG3D's per module
+            integer = isinstance(value, int) and not isinstance(value, bool)
+            if not integer or not ((value >= 4 and not value & (value - 1)) or (eg3d and value == 0)):
+                extra = "0 (EG3D's) or " if eg3d else ""
                 raise ValueError(f"GeneratorConfig: {name} must be {extra}a power of two >= 4, got {value!r}")
         if not isinstance(self.sr_channels, (list, tuple)) or len(self.sr_channels) not in (0, 2) \
                 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in self.sr_channels):
